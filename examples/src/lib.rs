@@ -1,0 +1,6 @@
+//! Shared pieces of the example applications.
+//!
+//! The binaries in `src/bin/` are the runnable apps; this library holds what
+//! more than one of them needs.
+
+pub mod payload;

@@ -1,0 +1,6 @@
+//! Integration tests against the local AWS stack (`scripts/local-aws.sh up`).
+//!
+//! All of them live in this one test binary, as modules, so the AWS SDK is
+//! linked once.
+
+mod stack;
