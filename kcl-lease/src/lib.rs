@@ -1,7 +1,42 @@
 //! Shard leases: how a fleet of workers shares the shards of a stream through
 //! one DynamoDB table.
 //!
-//! A lease per shard records who processes the shard and how far it has been
-//! checkpointed, in the Java KCL's item format. Every write that depends on
-//! ownership is conditional on the owner and the lease counter, so a worker
-//! that lost a lease can never move its checkpoint.
+//! - [`Lease`]: one item per shard in the lease table, in the Java KCL's item
+//!   format (attribute names and types in [`dynamodb`]), so an application
+//!   can move from the Java KCL to this project by pointing at its table.
+//! - [`LeaseStore`]: every operation a worker makes on the tables, with two
+//!   implementations of the same semantics: [`DynamoDbLeaseStore`] and
+//!   [`InMemoryLeaseStore`]. Every write that depends on ownership is
+//!   conditional on the owner and the lease counter (fencing): a worker that
+//!   lost a lease gets [`LeaseStoreError::LeaseLost`] and changes nothing.
+//! - [`liveness`]: workers heartbeat one item each, in a table of their own,
+//!   instead of renewing every lease; a lease expires when its owner's
+//!   heartbeat has not changed for the failover time, judged by the
+//!   observer's own monotonic clock.
+//! - [`assignment`]: a pure function from a table snapshot to a plan: which
+//!   free leases to take and which leases to ask others to hand over.
+//! - [`LeaseCoordinator`]: the task that runs heartbeats and assignment
+//!   rounds and publishes the leases its worker holds.
+//! - [`backoff`]: the retry component every AWS call goes through.
+
+pub mod assignment;
+pub mod backoff;
+mod config;
+mod coordinator;
+pub mod dynamodb;
+mod error;
+mod lease;
+pub mod liveness;
+mod memory;
+mod store;
+
+pub use config::{LeaseConfig, LeaseConfigError};
+pub use coordinator::{CoordinatorHandle, HeldLease, LeaseCoordinator, RoundReport};
+pub use dynamodb::DynamoDbLeaseStore;
+pub use error::LeaseStoreError;
+pub use lease::{HashKeyRange, Lease, LeaseToken};
+pub use memory::InMemoryLeaseStore;
+pub use store::{
+    CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WRITE_OPERATIONS, WorkerHeartbeat,
+    write_requests,
+};

@@ -1,0 +1,342 @@
+//! The assignment plan: a pure function from what the lease table holds to
+//! who should hold what.
+//!
+//! Every worker computes the same plan from its snapshot and carries out only
+//! its own part: it takes the free leases planned for it and asks the owners
+//! of the leases planned to move to it for a graceful handoff. Conditional
+//! writes settle any disagreement between snapshots taken at different
+//! moments; the next round repairs the rest.
+//!
+//! The plan:
+//! 1. Each live worker's target is the fair share, `total / workers`, and the
+//!    `total % workers` workers holding the most leases now get one more, so
+//!    that as few leases as possible move. Targets are capped by the maximum
+//!    leases per worker.
+//! 2. Workers above their target give their surplus (their highest lease
+//!    keys, never a lease already being handed over).
+//! 3. Workers below their target receive, least loaded first, free leases
+//!    first (unowned or expired, lowest key first: shard ids grow with
+//!    creation, so parents come before children) and then the surplus.
+//!
+//! Afterwards every worker is within one lease of every other, no lease has
+//! moved that did not need to, and running the plan again changes nothing,
+//! so leases never ping-pong between workers.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Who holds a lease, as the assignment sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Holder {
+    /// Unowned, or its owner has expired: anyone may take it.
+    Free,
+    /// Owned by this live worker (during a handoff, the receiving one).
+    Held(String),
+    /// Held by an owner outside the assignment (alive but not a heartbeating
+    /// worker of this fleet, e.g. a Java KCL worker during a migration): left
+    /// alone and not counted.
+    Pinned,
+}
+
+/// One lease, as the assignment sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseView {
+    /// The lease key (shard id).
+    pub key: String,
+    /// Who holds it.
+    pub holder: Holder,
+    /// Whether a handoff of it is already under way (it will not be moved
+    /// again until that completes).
+    pub moving: bool,
+}
+
+/// What the plan asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Free leases to take: (lease key, worker).
+    pub takes: Vec<(String, String)>,
+    /// Held leases to hand over: (lease key, from, to).
+    pub moves: Vec<(String, String, String)>,
+    /// Each live worker's target number of leases.
+    pub targets: BTreeMap<String, usize>,
+}
+
+impl Plan {
+    /// The part of the plan `worker` carries out: leases to take, and leases
+    /// to ask their owners to hand over (with the current owner).
+    pub fn for_worker<'a>(
+        &'a self,
+        worker: &'a str,
+    ) -> (
+        impl Iterator<Item = &'a str> + 'a,
+        impl Iterator<Item = (&'a str, &'a str)> + 'a,
+    ) {
+        let takes = self
+            .takes
+            .iter()
+            .filter(move |(_, to)| to == worker)
+            .map(|(key, _)| key.as_str());
+        let moves = self
+            .moves
+            .iter()
+            .filter(move |(_, _, to)| to == worker)
+            .map(|(key, from, _)| (key.as_str(), from.as_str()));
+        (takes, moves)
+    }
+}
+
+/// Plans who should hold which lease among `workers` (the live workers,
+/// including the planning one).
+pub fn plan(
+    leases: &[LeaseView],
+    workers: &BTreeSet<String>,
+    max_per_worker: Option<usize>,
+) -> Plan {
+    let mut plan = Plan::default();
+    if workers.is_empty() {
+        return plan;
+    }
+    let mut held: BTreeMap<&str, Vec<&LeaseView>> =
+        workers.iter().map(|w| (w.as_str(), Vec::new())).collect();
+    let mut free: Vec<&LeaseView> = Vec::new();
+    for lease in leases {
+        match &lease.holder {
+            Holder::Free => free.push(lease),
+            // An owner that is not live but not yet expired either: the
+            // lease is neither free nor counted until that resolves.
+            Holder::Held(owner) => {
+                if let Some(list) = held.get_mut(owner.as_str()) {
+                    list.push(lease);
+                }
+            }
+            Holder::Pinned => {}
+        }
+    }
+    free.sort_by(|a, b| a.key.cmp(&b.key));
+
+    let total = free.len() + held.values().map(Vec::len).sum::<usize>();
+    let count = workers.len();
+    let (base, extra) = (total / count, total % count);
+    // The workers holding the most get the extra leases: fewest moves.
+    let mut by_load: Vec<&str> = held.keys().copied().collect();
+    by_load.sort_by(|a, b| held[b].len().cmp(&held[a].len()).then(a.cmp(b)));
+    let cap = max_per_worker.unwrap_or(usize::MAX);
+    for (rank, worker) in by_load.iter().enumerate() {
+        let target = (base + usize::from(rank < extra)).min(cap);
+        plan.targets.insert((*worker).to_owned(), target);
+    }
+
+    // Surplus of workers above target: their highest keys not already moving.
+    let mut surplus: Vec<(&str, &LeaseView)> = Vec::new();
+    for (worker, leases) in &mut held {
+        let target = plan.targets[*worker];
+        if leases.len() <= target {
+            continue;
+        }
+        leases.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut give = leases.len() - target;
+        for lease in leases.iter().rev() {
+            if give == 0 {
+                break;
+            }
+            if !lease.moving {
+                surplus.push((worker, lease));
+                give -= 1;
+            }
+        }
+    }
+    surplus.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+
+    // Workers below target, least loaded first, get free leases, then surplus.
+    let mut receivers: Vec<(&str, usize)> = held
+        .iter()
+        .filter(|(worker, leases)| leases.len() < plan.targets[**worker])
+        .map(|(worker, leases)| (*worker, plan.targets[*worker] - leases.len()))
+        .collect();
+    receivers.sort_by(|a, b| held[a.0].len().cmp(&held[b.0].len()).then(a.0.cmp(b.0)));
+    let mut free = free.into_iter();
+    let mut surplus = surplus.into_iter();
+    for (worker, mut wanted) in receivers {
+        while wanted > 0 {
+            if let Some(lease) = free.next() {
+                plan.takes.push((lease.key.clone(), worker.to_owned()));
+            } else if let Some((from, lease)) = surplus.next() {
+                plan.moves
+                    .push((lease.key.clone(), from.to_owned(), worker.to_owned()));
+            } else {
+                break;
+            }
+            wanted -= 1;
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn view(key: usize, holder: Holder) -> LeaseView {
+        LeaseView {
+            key: format!("shardId-{key:012}"),
+            holder,
+            moving: false,
+        }
+    }
+
+    fn workers(n: usize) -> BTreeSet<String> {
+        (0..n).map(|i| format!("w{i}")).collect()
+    }
+
+    /// Who holds what once the plan is carried out.
+    fn apply(leases: &[LeaseView], plan: &Plan) -> Vec<LeaseView> {
+        let mut after = leases.to_vec();
+        for lease in &mut after {
+            if let Some((_, to)) = plan.takes.iter().find(|(k, _)| *k == lease.key) {
+                lease.holder = Holder::Held(to.clone());
+            }
+            if let Some((_, _, to)) = plan.moves.iter().find(|(k, _, _)| *k == lease.key) {
+                lease.holder = Holder::Held(to.clone());
+            }
+        }
+        after
+    }
+
+    fn counts(leases: &[LeaseView], workers: &BTreeSet<String>) -> BTreeMap<String, usize> {
+        let mut counts: BTreeMap<String, usize> = workers.iter().map(|w| (w.clone(), 0)).collect();
+        for lease in leases {
+            if let Holder::Held(w) = &lease.holder
+                && let Some(n) = counts.get_mut(w)
+            {
+                *n += 1;
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn a_new_worker_gets_its_share_from_the_others() {
+        // Two workers hold 4 + 4; a third joins.
+        let leases: Vec<_> = (0..8)
+            .map(|i| view(i, Holder::Held(format!("w{}", i % 2))))
+            .collect();
+        let plan = plan(&leases, &workers(3), None);
+        assert!(plan.takes.is_empty());
+        assert_eq!(plan.moves.len(), 2, "{plan:?}");
+        assert!(plan.moves.iter().all(|(_, _, to)| to == "w2"));
+        let after = counts(&apply(&leases, &plan), &workers(3));
+        assert_eq!(after.values().copied().collect::<Vec<_>>(), [3, 3, 2]);
+    }
+
+    #[test]
+    fn free_leases_go_first_and_to_the_least_loaded() {
+        let mut leases = vec![
+            view(0, Holder::Held("w0".into())),
+            view(1, Holder::Held("w0".into())),
+        ];
+        leases.extend((2..6).map(|i| view(i, Holder::Free)));
+        let plan = plan(&leases, &workers(2), None);
+        assert!(plan.moves.is_empty());
+        assert_eq!(plan.takes.len(), 4);
+        assert_eq!(plan.takes[0], ("shardId-000000000002".into(), "w1".into()));
+        let after = counts(&apply(&leases, &plan), &workers(2));
+        assert_eq!(after["w0"], 3);
+        assert_eq!(after["w1"], 3);
+    }
+
+    #[test]
+    fn max_leases_per_worker_leaves_the_rest_free() {
+        let leases: Vec<_> = (0..10).map(|i| view(i, Holder::Free)).collect();
+        let plan = plan(&leases, &workers(2), Some(4));
+        assert_eq!(plan.takes.len(), 8);
+        assert!(plan.targets.values().all(|&t| t == 4));
+    }
+
+    #[test]
+    fn pinned_and_moving_leases_are_left_alone() {
+        let mut leases = vec![view(0, Holder::Pinned)];
+        let mut moving = view(1, Holder::Held("w0".into()));
+        moving.moving = true;
+        leases.push(moving);
+        leases.push(view(2, Holder::Held("w0".into())));
+        let plan = plan(&leases, &workers(2), None);
+        assert_eq!(
+            plan.moves,
+            [("shardId-000000000002".into(), "w0".into(), "w1".into())]
+        );
+    }
+
+    #[test]
+    fn no_workers_no_plan() {
+        assert_eq!(
+            plan(&[view(0, Holder::Free)], &BTreeSet::new(), None),
+            Plan::default()
+        );
+    }
+
+    fn snapshot() -> impl Strategy<Value = (Vec<LeaseView>, BTreeSet<String>)> {
+        (1usize..8, 0usize..60).prop_flat_map(|(worker_count, lease_count)| {
+            // Holders drawn among live workers, a few dead ones, and free.
+            let holder = prop_oneof![
+                3 => (0..worker_count).prop_map(|w| Holder::Held(format!("w{w}"))),
+                1 => Just(Holder::Free),
+            ];
+            (
+                proptest::collection::vec(holder, lease_count),
+                Just(worker_count),
+            )
+                .prop_map(|(holders, worker_count)| {
+                    let leases = holders
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, holder)| view(i, holder))
+                        .collect();
+                    (leases, workers(worker_count))
+                })
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_plan_balances_with_fewest_moves_and_is_stable(
+            (leases, workers) in snapshot(),
+        ) {
+            let before = counts(&leases, &workers);
+            let plan = plan(&leases, &workers, None);
+            let after_leases = apply(&leases, &plan);
+            let after = counts(&after_leases, &workers);
+
+            // Every lease is held, and loads differ by at most one.
+            prop_assert!(after_leases.iter().all(|l| matches!(l.holder, Holder::Held(_))));
+            let (min, max) = (after.values().min().unwrap(), after.values().max().unwrap());
+            prop_assert!(max - min <= 1, "{after:?}");
+
+            // Moves: exactly the surplus above the targets, the least possible.
+            let base = leases.len() / workers.len();
+            let extra = leases.len() % workers.len();
+            let mut loads: Vec<usize> = before.values().copied().collect();
+            loads.sort_unstable_by(|a, b| b.cmp(a));
+            let least_moves: usize = loads
+                .iter()
+                .enumerate()
+                .map(|(rank, &n)| n.saturating_sub(base + usize::from(rank < extra)))
+                .sum();
+            prop_assert_eq!(plan.moves.len(), least_moves);
+
+            // No lease moves twice: planning again changes nothing.
+            let again = super::plan(&after_leases, &workers, None);
+            prop_assert!(again.takes.is_empty() && again.moves.is_empty(), "{again:?}");
+        }
+
+        #[test]
+        fn the_plan_respects_the_cap((leases, workers) in snapshot(), cap in 1usize..10) {
+            let before = counts(&leases, &workers);
+            let plan = plan(&leases, &workers, Some(cap));
+            let after = counts(&apply(&leases, &plan), &workers);
+            for (worker, n) in &after {
+                // A worker above the cap already is not given more.
+                prop_assert!(*n <= cap.max(before[worker]));
+            }
+        }
+    }
+}

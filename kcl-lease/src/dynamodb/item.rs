@@ -1,0 +1,336 @@
+//! Leases as DynamoDB items, in the Java KCL's attribute names and types, so
+//! a table written by either library reads the same in the other.
+//!
+//! | attribute | type | field |
+//! |---|---|---|
+//! | `leaseKey` | S | [`Lease::key`] (hash key) |
+//! | `leaseOwner` | S | [`Lease::owner`] |
+//! | `leaseCounter` | N | [`Lease::counter`] |
+//! | `checkpoint`, `checkpointSubSequenceNumber` | S, N | [`Lease::checkpoint`] |
+//! | `pendingCheckpoint`, `pendingCheckpointSubSequenceNumber` | S, N | [`Lease::pending_checkpoint`] |
+//! | `pendingCheckpointState` | B | [`Lease::pending_checkpoint_state`] |
+//! | `ownerSwitchesSinceCheckpoint` | N | [`Lease::owner_switches_since_checkpoint`] |
+//! | `parentShardId` | SS | [`Lease::parent_shard_ids`] |
+//! | `childShardIds` | SS | [`Lease::child_shard_ids`] |
+//! | `startingHashKey`, `endingHashKey` | S | [`Lease::hash_key_range`] |
+//! | `checkpointOwner` | S | [`Lease::checkpoint_owner`] |
+//!
+//! Attributes this project does not know (the Java KCL 3.x adds some) are
+//! ignored when reading and left alone by every update.
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::AttributeValue;
+use kcl_checkpoint::ExtendedSequenceNumber;
+
+use crate::{HashKeyRange, Lease, LeaseStoreError};
+
+pub(crate) const LEASE_KEY: &str = "leaseKey";
+pub(crate) const LEASE_OWNER: &str = "leaseOwner";
+pub(crate) const LEASE_COUNTER: &str = "leaseCounter";
+pub(crate) const CHECKPOINT: &str = "checkpoint";
+pub(crate) const CHECKPOINT_SUB_SEQUENCE: &str = "checkpointSubSequenceNumber";
+pub(crate) const PENDING_CHECKPOINT: &str = "pendingCheckpoint";
+pub(crate) const PENDING_CHECKPOINT_SUB_SEQUENCE: &str = "pendingCheckpointSubSequenceNumber";
+pub(crate) const PENDING_CHECKPOINT_STATE: &str = "pendingCheckpointState";
+pub(crate) const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
+pub(crate) const PARENT_SHARD_IDS: &str = "parentShardId";
+pub(crate) const CHILD_SHARD_IDS: &str = "childShardIds";
+pub(crate) const STARTING_HASH_KEY: &str = "startingHashKey";
+pub(crate) const ENDING_HASH_KEY: &str = "endingHashKey";
+pub(crate) const CHECKPOINT_OWNER: &str = "checkpointOwner";
+
+/// A DynamoDB item.
+pub(crate) type Item = HashMap<String, AttributeValue>;
+
+pub(crate) fn s(value: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(value.into())
+}
+
+pub(crate) fn n(value: u64) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+/// The item the Java KCL would write for `lease`.
+pub(crate) fn lease_to_item(lease: &Lease) -> Item {
+    let mut item = Item::new();
+    item.insert(LEASE_KEY.into(), s(&lease.key));
+    item.insert(LEASE_COUNTER.into(), n(lease.counter));
+    if let Some(owner) = &lease.owner {
+        item.insert(LEASE_OWNER.into(), s(owner));
+    }
+    item.insert(
+        OWNER_SWITCHES.into(),
+        n(lease.owner_switches_since_checkpoint),
+    );
+    item.insert(CHECKPOINT.into(), s(lease.checkpoint.checkpoint_str()));
+    item.insert(
+        CHECKPOINT_SUB_SEQUENCE.into(),
+        n(lease.checkpoint.sub_sequence_number()),
+    );
+    if let Some(pending) = &lease.pending_checkpoint {
+        item.insert(PENDING_CHECKPOINT.into(), s(pending.checkpoint_str()));
+        item.insert(
+            PENDING_CHECKPOINT_SUB_SEQUENCE.into(),
+            n(pending.sub_sequence_number()),
+        );
+    }
+    if let Some(state) = &lease.pending_checkpoint_state {
+        item.insert(
+            PENDING_CHECKPOINT_STATE.into(),
+            AttributeValue::B(Blob::new(state.clone())),
+        );
+    }
+    // DynamoDB rejects empty sets: an empty set is an absent attribute.
+    if !lease.parent_shard_ids.is_empty() {
+        item.insert(
+            PARENT_SHARD_IDS.into(),
+            AttributeValue::Ss(lease.parent_shard_ids.iter().cloned().collect()),
+        );
+    }
+    if !lease.child_shard_ids.is_empty() {
+        item.insert(
+            CHILD_SHARD_IDS.into(),
+            AttributeValue::Ss(lease.child_shard_ids.iter().cloned().collect()),
+        );
+    }
+    if let Some(range) = lease.hash_key_range {
+        item.insert(STARTING_HASH_KEY.into(), s(range.start.to_string()));
+        item.insert(ENDING_HASH_KEY.into(), s(range.end.to_string()));
+    }
+    if let Some(checkpoint_owner) = &lease.checkpoint_owner {
+        item.insert(CHECKPOINT_OWNER.into(), s(checkpoint_owner));
+    }
+    item
+}
+
+/// Reads a lease item written by this project or by the Java KCL.
+pub(crate) fn lease_from_item(item: &Item) -> Result<Lease, LeaseStoreError> {
+    let key = match item.get(LEASE_KEY) {
+        Some(AttributeValue::S(key)) => key.clone(),
+        _ => return Err(invalid("", format!("no string attribute {LEASE_KEY}"))),
+    };
+    let reader = Reader { key: &key, item };
+    let checkpoint = reader
+        .position(CHECKPOINT, CHECKPOINT_SUB_SEQUENCE)?
+        .ok_or_else(|| invalid(&key, format!("no {CHECKPOINT} attribute")))?;
+    let hash_key_range = match (
+        reader.string(STARTING_HASH_KEY)?,
+        reader.string(ENDING_HASH_KEY)?,
+    ) {
+        (Some(start), Some(end)) => Some(HashKeyRange {
+            start: reader.hash_key(STARTING_HASH_KEY, start)?,
+            end: reader.hash_key(ENDING_HASH_KEY, end)?,
+        }),
+        _ => None,
+    };
+    Ok(Lease {
+        owner: reader.string(LEASE_OWNER)?.map(str::to_owned),
+        counter: reader.number(LEASE_COUNTER)?.unwrap_or(0),
+        checkpoint,
+        pending_checkpoint: reader.position(PENDING_CHECKPOINT, PENDING_CHECKPOINT_SUB_SEQUENCE)?,
+        pending_checkpoint_state: match item.get(PENDING_CHECKPOINT_STATE) {
+            None => None,
+            Some(AttributeValue::B(blob)) => Some(blob.as_ref().to_vec()),
+            Some(_) => {
+                return Err(invalid(
+                    &key,
+                    format!("{PENDING_CHECKPOINT_STATE} is not binary"),
+                ));
+            }
+        },
+        owner_switches_since_checkpoint: reader.number(OWNER_SWITCHES)?.unwrap_or(0),
+        parent_shard_ids: reader.string_set(PARENT_SHARD_IDS)?,
+        child_shard_ids: reader.string_set(CHILD_SHARD_IDS)?,
+        hash_key_range,
+        checkpoint_owner: reader.string(CHECKPOINT_OWNER)?.map(str::to_owned),
+        key,
+    })
+}
+
+fn invalid(key: &str, reason: String) -> LeaseStoreError {
+    LeaseStoreError::InvalidItem {
+        lease_key: key.to_owned(),
+        reason,
+    }
+}
+
+/// Typed access to one item's attributes, with errors naming the lease.
+struct Reader<'a> {
+    key: &'a str,
+    item: &'a Item,
+}
+
+impl<'a> Reader<'a> {
+    fn string(&self, name: &str) -> Result<Option<&'a str>, LeaseStoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::S(value)) => Ok(Some(value)),
+            Some(_) => Err(invalid(self.key, format!("{name} is not a string"))),
+        }
+    }
+
+    fn number(&self, name: &str) -> Result<Option<u64>, LeaseStoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(None),
+            Some(AttributeValue::N(value)) => value.parse().map(Some).map_err(|_| {
+                invalid(
+                    self.key,
+                    format!("{name} = {value} is not a non-negative integer"),
+                )
+            }),
+            Some(_) => Err(invalid(self.key, format!("{name} is not a number"))),
+        }
+    }
+
+    fn string_set(
+        &self,
+        name: &str,
+    ) -> Result<std::collections::BTreeSet<String>, LeaseStoreError> {
+        match self.item.get(name) {
+            None | Some(AttributeValue::Null(_)) => Ok(Default::default()),
+            Some(AttributeValue::Ss(values)) => Ok(values.iter().cloned().collect()),
+            Some(_) => Err(invalid(self.key, format!("{name} is not a string set"))),
+        }
+    }
+
+    fn position(
+        &self,
+        sequence: &str,
+        sub_sequence: &str,
+    ) -> Result<Option<ExtendedSequenceNumber>, LeaseStoreError> {
+        // The Java KCL writes an empty pending checkpoint as absent, and
+        // reads an empty string as absent too.
+        let Some(value) = self.string(sequence)?.filter(|v| !v.is_empty()) else {
+            return Ok(None);
+        };
+        ExtendedSequenceNumber::from_lease_attributes(value, self.number(sub_sequence)?)
+            .map(Some)
+            .map_err(|error| invalid(self.key, format!("{sequence}: {error}")))
+    }
+
+    fn hash_key(&self, name: &str, value: &str) -> Result<u128, LeaseStoreError> {
+        value.parse().map_err(|_| {
+            invalid(
+                self.key,
+                format!("{name} = {value} is not a 128-bit hash key"),
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn java_item(json_like: &[(&str, AttributeValue)]) -> Item {
+        json_like
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    }
+
+    /// An item exactly as the Java KCL writes it.
+    fn written_by_java_kcl() -> Item {
+        java_item(&[
+            ("leaseKey", s("shardId-000000000001")),
+            ("leaseOwner", s("w1")),
+            ("leaseCounter", AttributeValue::N("42".into())),
+            (
+                "checkpoint",
+                s("49590338271490256608559692538361571095921575989136588898"),
+            ),
+            ("checkpointSubSequenceNumber", AttributeValue::N("0".into())),
+            (
+                "ownerSwitchesSinceCheckpoint",
+                AttributeValue::N("1".into()),
+            ),
+            (
+                "parentShardId",
+                AttributeValue::Ss(vec!["shardId-000000000000".into()]),
+            ),
+        ])
+    }
+
+    #[test]
+    fn reads_an_item_written_by_the_java_kcl() {
+        let lease = lease_from_item(&written_by_java_kcl()).unwrap();
+        assert_eq!(lease.key, "shardId-000000000001");
+        assert_eq!(lease.owner.as_deref(), Some("w1"));
+        assert_eq!(lease.counter, 42);
+        assert_eq!(
+            lease.checkpoint,
+            ExtendedSequenceNumber::record(
+                "49590338271490256608559692538361571095921575989136588898",
+                0
+            )
+            .unwrap()
+        );
+        assert_eq!(lease.owner_switches_since_checkpoint, 1);
+        assert_eq!(
+            lease.parent_shard_ids.iter().collect::<Vec<_>>(),
+            ["shardId-000000000000"]
+        );
+        assert!(lease.child_shard_ids.is_empty());
+        assert_eq!(lease.pending_checkpoint, None);
+        assert_eq!(lease.checkpoint_owner, None);
+        assert_eq!(lease.hash_key_range, None);
+    }
+
+    #[test]
+    fn writes_what_the_java_kcl_writes() {
+        let lease = lease_from_item(&written_by_java_kcl()).unwrap();
+        assert_eq!(lease_to_item(&lease), written_by_java_kcl());
+    }
+
+    #[test]
+    fn every_field_round_trips() {
+        let lease = Lease {
+            key: "shardId-000000000007".into(),
+            owner: Some("receiver".into()),
+            counter: 9,
+            checkpoint: ExtendedSequenceNumber::record("123", 4).unwrap(),
+            pending_checkpoint: Some(ExtendedSequenceNumber::record("125", 0).unwrap()),
+            pending_checkpoint_state: Some(vec![0, 1, 255]),
+            owner_switches_since_checkpoint: 2,
+            parent_shard_ids: ["shardId-000000000003".into(), "shardId-000000000004".into()].into(),
+            child_shard_ids: ["shardId-000000000009".into()].into(),
+            hash_key_range: Some(HashKeyRange {
+                start: 0,
+                end: u128::MAX,
+            }),
+            checkpoint_owner: Some("sender".into()),
+        };
+        let item = lease_to_item(&lease);
+        assert_eq!(item[ENDING_HASH_KEY], s(u128::MAX.to_string()));
+        assert_eq!(item[PENDING_CHECKPOINT_SUB_SEQUENCE], n(0));
+        assert_eq!(lease_from_item(&item).unwrap(), lease);
+
+        let sentinel = Lease::new("shardId-000000000000", ExtendedSequenceNumber::ShardEnd);
+        assert_eq!(
+            lease_from_item(&lease_to_item(&sentinel)).unwrap(),
+            sentinel
+        );
+    }
+
+    #[test]
+    fn malformed_items_are_rejected_with_the_lease_named() {
+        let mut no_checkpoint = written_by_java_kcl();
+        no_checkpoint.remove("checkpoint");
+        let mut bad_counter = written_by_java_kcl();
+        bad_counter.insert("leaseCounter".into(), AttributeValue::N("-1".into()));
+        let mut bad_sequence = written_by_java_kcl();
+        bad_sequence.insert("checkpoint".into(), s("12ab"));
+        let mut wrong_type = written_by_java_kcl();
+        wrong_type.insert("leaseOwner".into(), AttributeValue::N("3".into()));
+        for item in [no_checkpoint, bad_counter, bad_sequence, wrong_type] {
+            let error = lease_from_item(&item).unwrap_err();
+            assert!(
+                matches!(&error, LeaseStoreError::InvalidItem { lease_key, .. } if lease_key == "shardId-000000000001"),
+                "{error}"
+            );
+        }
+        assert!(lease_from_item(&Item::new()).is_err());
+    }
+}

@@ -1,0 +1,608 @@
+//! The lease store on DynamoDB: conditional writes for every change that
+//! depends on ownership, strongly consistent reads, and retries with backoff
+//! and jitter on throttling and server errors.
+//!
+//! Two tables:
+//! - the lease table (hash key `leaseKey`), in the Java KCL's item format
+//!   (see [`item`]);
+//! - the workers table (hash key `workerId`, by default the lease table's
+//!   name with `-Workers` appended), one heartbeat item per worker:
+//!   `heartbeat` (N, grows with every beat) and `heartbeatEpochMillis` (N,
+//!   the writer's wall clock, for operators only: no worker compares it).
+//!   Kept apart so a Java KCL reader of the lease table never sees an item
+//!   that is not a lease.
+
+mod item;
+
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
+    ScalarAttributeType, TableStatus,
+};
+use tracing::info;
+
+use crate::backoff::{Backoff, BackoffConfig, retry_with_backoff};
+use crate::store::{CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WorkerHeartbeat};
+use crate::{Lease, LeaseStoreError, LeaseToken};
+use item::*;
+
+const WORKER_ID: &str = "workerId";
+const HEARTBEAT: &str = "heartbeat";
+const HEARTBEAT_EPOCH_MILLIS: &str = "heartbeatEpochMillis";
+
+/// How long [`LeaseStore::ensure_tables`] waits for a new table to become
+/// active.
+const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The lease and workers tables in DynamoDB.
+#[derive(Clone, Debug)]
+pub struct DynamoDbLeaseStore {
+    /// The client, with the SDK's own retries turned off: every retry goes
+    /// through [`retry_with_backoff`], so it is jittered and counted.
+    client: Client,
+    lease_table: String,
+    workers_table: String,
+    backoff: BackoffConfig,
+    requests: Arc<RequestCounter>,
+}
+
+impl DynamoDbLeaseStore {
+    /// A store on `lease_table` and its workers table
+    /// (`<lease_table>-Workers`), through a client built from `client`'s
+    /// configuration (credentials, region, endpoint).
+    pub fn new(client: &Client, lease_table: impl Into<String>) -> Self {
+        let lease_table = lease_table.into();
+        let config = client
+            .config()
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .build();
+        Self {
+            client: Client::from_conf(config),
+            workers_table: format!("{lease_table}-Workers"),
+            lease_table,
+            backoff: BackoffConfig::default(),
+            requests: Arc::default(),
+        }
+    }
+
+    /// Uses `workers_table` for worker heartbeats instead of the default.
+    pub fn with_workers_table(mut self, workers_table: impl Into<String>) -> Self {
+        self.workers_table = workers_table.into();
+        self
+    }
+
+    /// Retries throttled and failed requests following `backoff`.
+    pub fn with_backoff(mut self, backoff: BackoffConfig) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The lease table's name.
+    pub fn lease_table(&self) -> &str {
+        &self.lease_table
+    }
+
+    /// The workers table's name.
+    pub fn workers_table(&self) -> &str {
+        &self.workers_table
+    }
+
+    /// Sends a request, retrying throttling, server errors and transport
+    /// failures with backoff. A failed condition comes back as
+    /// `Ok(Err(ConditionFailed))`; every other failure as a
+    /// [`LeaseStoreError`].
+    async fn send<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        table: &str,
+        mut call: F,
+    ) -> Result<Result<T, ConditionFailed>, LeaseStoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E>>>,
+    {
+        let result = retry_with_backoff(operation, Backoff::new(self.backoff.clone()), || {
+            self.requests.add(operation);
+            let response = call();
+            async move {
+                match response.await {
+                    Ok(value) => ControlFlow::Break(Ok(Ok(value))),
+                    Err(error) => match classify(&error) {
+                        ErrorClass::ConditionFailed => ControlFlow::Break(Ok(Err(ConditionFailed))),
+                        ErrorClass::Transient => ControlFlow::Continue(DisplayErrorContext(error)),
+                        ErrorClass::Permanent => {
+                            ControlFlow::Break(Err(DisplayErrorContext(error)))
+                        }
+                    },
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(exhausted) if classify(&exhausted.error.0) == ErrorClass::Transient => {
+                Err(LeaseStoreError::Unavailable {
+                    operation,
+                    table: table.to_owned(),
+                    attempts: exhausted.attempts,
+                    message: exhausted.error.to_string(),
+                })
+            }
+            Err(refused) => Err(LeaseStoreError::Refused {
+                operation,
+                table: table.to_owned(),
+                code: refused.error.0.code().unwrap_or_default().to_owned(),
+                message: refused.error.to_string(),
+            }),
+        }
+    }
+
+    /// Sends a request whose only expected failure is its condition: a failed
+    /// condition means the lease moved on.
+    async fn send_conditional<T, E, F, Fut>(
+        &self,
+        operation: &'static str,
+        lease_key: &str,
+        call: F,
+    ) -> Result<T, LeaseStoreError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E>>>,
+    {
+        self.send(operation, &self.lease_table, call)
+            .await?
+            .map_err(|ConditionFailed| LeaseStoreError::lost(lease_key))
+    }
+
+    async fn ensure_table(&self, table: &str, hash_key: &str) -> Result<(), LeaseStoreError> {
+        let table_error = |reason: String| LeaseStoreError::Table {
+            table: table.to_owned(),
+            reason,
+        };
+        let describe = || self.client.describe_table().table_name(table).send();
+        let status = match self.send("DescribeTable", table, describe).await {
+            Ok(Ok(described)) => described.table.and_then(|t| t.table_status),
+            Err(LeaseStoreError::Refused { code, .. }) if code == "ResourceNotFoundException" => {
+                None
+            }
+            Err(error) => return Err(error),
+            Ok(Err(ConditionFailed)) => return Err(unreachable_condition("DescribeTable")),
+        };
+        if status.is_none() {
+            info!(table, "creating table (on-demand billing)");
+            let create = self
+                .client
+                .create_table()
+                .table_name(table)
+                .billing_mode(BillingMode::PayPerRequest)
+                .key_schema(
+                    KeySchemaElement::builder()
+                        .attribute_name(hash_key)
+                        .key_type(KeyType::Hash)
+                        .build()
+                        .map_err(|e| table_error(e.to_string()))?,
+                )
+                .attribute_definitions(
+                    AttributeDefinition::builder()
+                        .attribute_name(hash_key)
+                        .attribute_type(ScalarAttributeType::S)
+                        .build()
+                        .map_err(|e| table_error(e.to_string()))?,
+                );
+            match self
+                .send("CreateTable", table, || create.clone().send())
+                .await
+            {
+                Ok(_) => {}
+                // Another worker is creating it at the same moment.
+                Err(LeaseStoreError::Refused { code, .. }) if code == "ResourceInUseException" => {}
+                Err(error) => return Err(error),
+            }
+        } else if status == Some(TableStatus::Active) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + TABLE_ACTIVE_TIMEOUT;
+        let mut poll = Duration::from_millis(100);
+        loop {
+            let described = self.send("DescribeTable", table, describe).await?;
+            let status = described
+                .ok()
+                .and_then(|d| d.table)
+                .and_then(|t| t.table_status);
+            if status == Some(TableStatus::Active) {
+                info!(table, "table is active");
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(table_error(format!(
+                    "not active after {TABLE_ACTIVE_TIMEOUT:?} (status {status:?})"
+                )));
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    async fn update_lease(
+        &self,
+        lease_key: &str,
+        update: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    ) -> Result<Lease, LeaseStoreError> {
+        let update = update
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(lease_key))
+            .return_values(ReturnValue::AllNew);
+        let output = self
+            .send_conditional("UpdateItem", lease_key, || update.clone().send())
+            .await?;
+        lease_from_item(&output.attributes.unwrap_or_default())
+    }
+}
+
+/// DynamoDB refused a write because its condition did not hold.
+struct ConditionFailed;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ErrorClass {
+    ConditionFailed,
+    /// Throttling, a server error, a timeout or a dropped connection: worth
+    /// retrying.
+    Transient,
+    /// Anything else (permissions, validation, a missing table).
+    Permanent,
+}
+
+fn classify<E: ProvideErrorMetadata>(error: &SdkError<E>) -> ErrorClass {
+    match error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            match service.err().code() {
+                Some("ConditionalCheckFailedException") => ErrorClass::ConditionFailed,
+                Some(
+                    "ThrottlingException"
+                    | "ProvisionedThroughputExceededException"
+                    | "RequestLimitExceeded"
+                    | "InternalServerError"
+                    | "ServiceUnavailable"
+                    | "TransactionConflictException",
+                ) => ErrorClass::Transient,
+                _ if status >= 500 || status == 429 => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            ErrorClass::Transient
+        }
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// The condition that `token` still processes the lease.
+const HELD_CONDITION: &str = "leaseCounter = :counter AND (checkpointOwner = :worker OR \
+     (attribute_not_exists(checkpointOwner) AND leaseOwner = :worker))";
+
+/// The condition that a lease is still as `seen` in the fields that fence
+/// ownership, with its expression values.
+fn unchanged_condition(seen: &Lease) -> (String, Vec<(&'static str, AttributeValue)>) {
+    let mut values = vec![(":seen_counter", n(seen.counter))];
+    let mut condition = String::from("leaseCounter = :seen_counter");
+    match &seen.owner {
+        Some(owner) => {
+            condition.push_str(" AND leaseOwner = :seen_owner");
+            values.push((":seen_owner", s(owner)));
+        }
+        None => condition.push_str(" AND attribute_not_exists(leaseOwner)"),
+    }
+    match &seen.checkpoint_owner {
+        Some(checkpoint_owner) => {
+            condition.push_str(" AND checkpointOwner = :seen_checkpoint_owner");
+            values.push((":seen_checkpoint_owner", s(checkpoint_owner)));
+        }
+        None => condition.push_str(" AND attribute_not_exists(checkpointOwner)"),
+    }
+    (condition, values)
+}
+
+#[async_trait]
+impl LeaseStore for DynamoDbLeaseStore {
+    async fn ensure_tables(&self) -> Result<(), LeaseStoreError> {
+        self.ensure_table(&self.lease_table, LEASE_KEY).await?;
+        self.ensure_table(&self.workers_table, WORKER_ID).await
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        let mut leases = Vec::new();
+        let mut start_key = None;
+        loop {
+            let scan = self
+                .client
+                .scan()
+                .table_name(&self.lease_table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start_key);
+            let page = self
+                .send("Scan", &self.lease_table, || scan.clone().send())
+                .await?
+                .map_err(|ConditionFailed| unreachable_condition("Scan"))?;
+            for item in page.items() {
+                leases.push(lease_from_item(item)?);
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start_key = Some(key),
+                _ => return Ok(leases),
+            }
+        }
+    }
+
+    async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(key))
+            .consistent_read(true);
+        let output = self
+            .send("GetItem", &self.lease_table, || get.clone().send())
+            .await?
+            .map_err(|ConditionFailed| unreachable_condition("GetItem"))?;
+        output.item.as_ref().map(lease_from_item).transpose()
+    }
+
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.lease_table)
+            .set_item(Some(lease_to_item(lease)))
+            .condition_expression("attribute_not_exists(leaseKey)");
+        Ok(self
+            .send("PutItem", &self.lease_table, || put.clone().send())
+            .await?
+            .is_ok())
+    }
+
+    async fn take_lease(&self, seen: &Lease, worker: &str) -> Result<Lease, LeaseStoreError> {
+        let (condition, values) = unchanged_condition(seen);
+        let switches = seen.processing_owner().is_some_and(|p| p != worker);
+        let mut update =
+            format!("SET {LEASE_OWNER} = :worker, {LEASE_COUNTER} = {LEASE_COUNTER} + :one");
+        if switches {
+            update.push_str(&format!(
+                ", {OWNER_SWITCHES} = if_not_exists({OWNER_SWITCHES}, :zero) + :one"
+            ));
+        }
+        update.push_str(&format!(" REMOVE {CHECKPOINT_OWNER}"));
+        let mut request = self
+            .client
+            .update_item()
+            .update_expression(update)
+            .condition_expression(condition)
+            .expression_attribute_values(":worker", s(worker))
+            .expression_attribute_values(":one", n(1));
+        if switches {
+            request = request.expression_attribute_values(":zero", n(0));
+        }
+        for (name, value) in values {
+            request = request.expression_attribute_values(name, value);
+        }
+        self.update_lease(&seen.key, request).await
+    }
+
+    async fn request_handoff(&self, seen: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        let Some(from) = &seen.owner else {
+            return Err(LeaseStoreError::lost(&seen.key));
+        };
+        if seen.handoff_in_progress() {
+            return Err(LeaseStoreError::lost(&seen.key));
+        }
+        let request = self
+            .client
+            .update_item()
+            .update_expression(format!("SET {LEASE_OWNER} = :to, {CHECKPOINT_OWNER} = :from"))
+            .condition_expression(
+                "leaseCounter = :counter AND leaseOwner = :from AND attribute_not_exists(checkpointOwner)",
+            )
+            .expression_attribute_values(":to", s(to))
+            .expression_attribute_values(":from", s(from))
+            .expression_attribute_values(":counter", n(seen.counter));
+        self.update_lease(&seen.key, request).await
+    }
+
+    async fn checkpoint(
+        &self,
+        token: &LeaseToken,
+        update: &CheckpointUpdate,
+    ) -> Result<(), LeaseStoreError> {
+        let mut set = vec![
+            format!("{CHECKPOINT} = :checkpoint"),
+            format!("{CHECKPOINT_SUB_SEQUENCE} = :checkpoint_sub"),
+            format!("{OWNER_SWITCHES} = :zero"),
+        ];
+        let mut remove = Vec::new();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(&token.key))
+            .condition_expression(HELD_CONDITION)
+            .expression_attribute_values(":counter", n(token.counter))
+            .expression_attribute_values(":worker", s(&token.worker))
+            .expression_attribute_values(":checkpoint", s(update.checkpoint.checkpoint_str()))
+            .expression_attribute_values(
+                ":checkpoint_sub",
+                n(update.checkpoint.sub_sequence_number()),
+            )
+            .expression_attribute_values(":zero", n(0));
+        match &update.pending_checkpoint {
+            Some(pending) => {
+                set.push(format!("{PENDING_CHECKPOINT} = :pending"));
+                set.push(format!("{PENDING_CHECKPOINT_SUB_SEQUENCE} = :pending_sub"));
+                request = request
+                    .expression_attribute_values(":pending", s(pending.checkpoint_str()))
+                    .expression_attribute_values(":pending_sub", n(pending.sub_sequence_number()));
+            }
+            None => {
+                remove.push(PENDING_CHECKPOINT);
+                remove.push(PENDING_CHECKPOINT_SUB_SEQUENCE);
+            }
+        }
+        match &update.pending_checkpoint_state {
+            Some(state) => {
+                set.push(format!("{PENDING_CHECKPOINT_STATE} = :state"));
+                request = request.expression_attribute_values(
+                    ":state",
+                    AttributeValue::B(Blob::new(state.clone())),
+                );
+            }
+            None => remove.push(PENDING_CHECKPOINT_STATE),
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let request = request.update_expression(expression);
+        self.send_conditional("UpdateItem", &token.key, || request.clone().send())
+            .await
+            .map(drop)
+    }
+
+    async fn release_lease(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
+        let base = self
+            .client
+            .update_item()
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(&token.key))
+            .expression_attribute_values(":counter", n(token.counter))
+            .expression_attribute_values(":worker", s(&token.worker))
+            .expression_attribute_values(":one", n(1));
+        // A plain release: the lease becomes unowned.
+        let plain = base
+            .clone()
+            .update_expression(format!(
+                "REMOVE {LEASE_OWNER} SET {LEASE_COUNTER} = {LEASE_COUNTER} + :one"
+            ))
+            .condition_expression(
+                "leaseCounter = :counter AND attribute_not_exists(checkpointOwner) AND leaseOwner = :worker",
+            );
+        match self
+            .send_conditional("UpdateItem", &token.key, || plain.clone().send())
+            .await
+        {
+            Err(LeaseStoreError::LeaseLost { .. }) => {}
+            other => return other.map(drop),
+        }
+        // A handoff was asked for: completing it leaves the receiver as owner.
+        let complete_handoff = base
+            .update_expression(format!(
+                "REMOVE {CHECKPOINT_OWNER} SET {LEASE_COUNTER} = {LEASE_COUNTER} + :one, \
+                 {OWNER_SWITCHES} = if_not_exists({OWNER_SWITCHES}, :zero) + :one"
+            ))
+            .condition_expression("leaseCounter = :counter AND checkpointOwner = :worker")
+            .expression_attribute_values(":zero", n(0));
+        self.send_conditional("UpdateItem", &token.key, || complete_handoff.clone().send())
+            .await
+            .map(drop)
+    }
+
+    async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(key));
+        self.send("DeleteItem", &self.lease_table, || delete.clone().send())
+            .await?
+            .map_err(|ConditionFailed| unreachable_condition("DeleteItem"))
+            .map(drop)
+    }
+
+    async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.workers_table)
+            .item(WORKER_ID, s(&heartbeat.worker))
+            .item(HEARTBEAT, n(heartbeat.beat))
+            .item(HEARTBEAT_EPOCH_MILLIS, n(now_ms));
+        self.send("PutItem", &self.workers_table, || put.clone().send())
+            .await?
+            .map_err(|ConditionFailed| unreachable_condition("PutItem"))
+            .map(drop)
+    }
+
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
+        let mut heartbeats = Vec::new();
+        let mut start_key = None;
+        loop {
+            let scan = self
+                .client
+                .scan()
+                .table_name(&self.workers_table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start_key);
+            let page = self
+                .send("Scan", &self.workers_table, || scan.clone().send())
+                .await?
+                .map_err(|ConditionFailed| unreachable_condition("Scan"))?;
+            for item in page.items() {
+                // An item that is not a heartbeat is skipped, not fatal: the
+                // workers table is ours, but a stray item must not stop a fleet.
+                if let (Some(AttributeValue::S(worker)), Some(AttributeValue::N(beat))) =
+                    (item.get(WORKER_ID), item.get(HEARTBEAT))
+                    && let Ok(beat) = beat.parse()
+                {
+                    heartbeats.push(WorkerHeartbeat {
+                        worker: worker.clone(),
+                        beat,
+                    });
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start_key = Some(key),
+                _ => return Ok(heartbeats),
+            }
+        }
+    }
+
+    async fn remove_heartbeat(&self, worker: &str) -> Result<(), LeaseStoreError> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.workers_table)
+            .key(WORKER_ID, s(worker));
+        self.send("DeleteItem", &self.workers_table, || delete.clone().send())
+            .await?
+            .map_err(|ConditionFailed| unreachable_condition("DeleteItem"))
+            .map(drop)
+    }
+
+    fn request_counts(&self) -> RequestCounts {
+        self.requests.snapshot()
+    }
+}
+
+/// A request without a condition expression reported a failed condition:
+/// DynamoDB broke its contract. Reported, never panicked on.
+fn unreachable_condition(operation: &'static str) -> LeaseStoreError {
+    LeaseStoreError::Refused {
+        operation,
+        table: String::new(),
+        code: "ConditionalCheckFailedException".into(),
+        message: "ConditionalCheckFailedException for a request without a condition".into(),
+    }
+}

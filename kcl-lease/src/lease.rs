@@ -1,0 +1,112 @@
+//! The lease: who processes a shard and how far it has been checkpointed.
+
+use std::collections::BTreeSet;
+
+use kcl_checkpoint::ExtendedSequenceNumber;
+
+/// One shard's lease, as stored in the lease table (one item per shard, in
+/// the Java KCL's format; see the crate docs for the attribute names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The shard id (`leaseKey`, the table's hash key).
+    pub key: String,
+    /// The worker the lease is assigned to (`leaseOwner`); `None` when free.
+    /// During a handoff this is already the receiving worker.
+    pub owner: Option<String>,
+    /// Grows by one on every change of ownership (take, handoff completion,
+    /// release). Ownership-dependent writes are conditional on it, so a
+    /// worker holding an old value can change nothing (`leaseCounter`).
+    pub counter: u64,
+    /// How far the shard has been processed (`checkpoint` and
+    /// `checkpointSubSequenceNumber`).
+    pub checkpoint: ExtendedSequenceNumber,
+    /// A checkpoint the processor prepared but has not committed
+    /// (`pendingCheckpoint`, `pendingCheckpointSubSequenceNumber`).
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// Application state stored with the pending checkpoint
+    /// (`pendingCheckpointState`, binary).
+    pub pending_checkpoint_state: Option<Vec<u8>>,
+    /// How many times the lease changed hands since the last checkpoint
+    /// (`ownerSwitchesSinceCheckpoint`).
+    pub owner_switches_since_checkpoint: u64,
+    /// The shards this one was split or merged from (`parentShardId`, a
+    /// string set: two ids for a merge).
+    pub parent_shard_ids: BTreeSet<String>,
+    /// The shards this one was split or merged into (`childShardIds`).
+    pub child_shard_ids: BTreeSet<String>,
+    /// The shard's hash key range (`startingHashKey`, `endingHashKey`).
+    pub hash_key_range: Option<HashKeyRange>,
+    /// Set while a graceful handoff is under way (`checkpointOwner`): the
+    /// worker that still processes the shard and must checkpoint and release
+    /// it, while [`owner`](Self::owner) names the worker that receives it.
+    pub checkpoint_owner: Option<String>,
+}
+
+impl Lease {
+    /// A new, unowned lease for `key` that starts at `checkpoint`.
+    pub fn new(key: impl Into<String>, checkpoint: ExtendedSequenceNumber) -> Self {
+        Self {
+            key: key.into(),
+            owner: None,
+            counter: 0,
+            checkpoint,
+            pending_checkpoint: None,
+            pending_checkpoint_state: None,
+            owner_switches_since_checkpoint: 0,
+            parent_shard_ids: BTreeSet::new(),
+            child_shard_ids: BTreeSet::new(),
+            hash_key_range: None,
+            checkpoint_owner: None,
+        }
+    }
+
+    /// The worker that processes the shard now: the handing-over worker while
+    /// a handoff is under way, otherwise the owner.
+    pub fn processing_owner(&self) -> Option<&str> {
+        self.checkpoint_owner.as_deref().or(self.owner.as_deref())
+    }
+
+    /// Whether a graceful handoff has been asked for and not yet completed.
+    pub fn handoff_in_progress(&self) -> bool {
+        self.checkpoint_owner.is_some()
+    }
+
+    /// Whether the shard has been read to its end and checkpointed there.
+    pub fn is_finished(&self) -> bool {
+        self.checkpoint == ExtendedSequenceNumber::ShardEnd
+    }
+
+    /// The fencing token a worker that processes this lease writes with.
+    pub fn token(&self) -> Option<LeaseToken> {
+        Some(LeaseToken {
+            key: self.key.clone(),
+            worker: self.processing_owner()?.to_owned(),
+            counter: self.counter,
+        })
+    }
+}
+
+/// What a worker that processes a lease holds: every write it makes is
+/// conditional on the lease still being processed by `worker` at `counter`,
+/// so after the lease moved on, the write fails with
+/// [`LeaseStoreError::LeaseLost`](crate::LeaseStoreError::LeaseLost) and
+/// changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LeaseToken {
+    /// The lease (shard id).
+    pub key: String,
+    /// The worker processing it.
+    pub worker: String,
+    /// The lease counter when the worker got it.
+    pub counter: u64,
+}
+
+/// A shard's range of partition-key hashes, both ends included (hash keys are
+/// 128-bit unsigned integers, stored as decimal strings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HashKeyRange {
+    /// The lowest hash key of the shard.
+    pub start: u128,
+    /// The highest hash key of the shard.
+    pub end: u128,
+}

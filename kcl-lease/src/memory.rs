@@ -1,0 +1,196 @@
+//! A lease store in memory, with the same semantics as the DynamoDB one:
+//! for unit tests and large simulations. The conformance suite in
+//! `kcl-tests` runs against both to keep them the same.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use crate::store::{CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WorkerHeartbeat};
+use crate::{Lease, LeaseStoreError, LeaseToken};
+
+/// An in-memory lease table and workers table. Clones share the same tables,
+/// like several clients of one DynamoDB table; each clone counts its own
+/// requests.
+#[derive(Clone, Debug, Default)]
+pub struct InMemoryLeaseStore {
+    tables: Arc<Mutex<Tables>>,
+    requests: Arc<RequestCounter>,
+}
+
+#[derive(Debug, Default)]
+struct Tables {
+    leases: BTreeMap<String, Lease>,
+    heartbeats: BTreeMap<String, u64>,
+}
+
+impl InMemoryLeaseStore {
+    /// Empty tables.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Another client of the same tables, with its own request counts.
+    pub fn client(&self) -> Self {
+        Self {
+            tables: Arc::clone(&self.tables),
+            requests: Arc::default(),
+        }
+    }
+
+    fn tables(&self, operation: &'static str) -> MutexGuard<'_, Tables> {
+        self.requests.add(operation);
+        // A panic while holding the lock cannot leave a table half-written:
+        // every operation checks first and writes last.
+        self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Whether `lease` is still exactly as `seen` in the fields that fence
+/// ownership.
+fn unchanged(lease: &Lease, seen: &Lease) -> bool {
+    lease.counter == seen.counter
+        && lease.owner == seen.owner
+        && lease.checkpoint_owner == seen.checkpoint_owner
+}
+
+/// Whether `token` still processes `lease`.
+fn held(lease: &Lease, token: &LeaseToken) -> bool {
+    lease.counter == token.counter && lease.processing_owner() == Some(token.worker.as_str())
+}
+
+#[async_trait]
+impl LeaseStore for InMemoryLeaseStore {
+    async fn ensure_tables(&self) -> Result<(), LeaseStoreError> {
+        drop(self.tables("DescribeTable"));
+        Ok(())
+    }
+
+    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        Ok(self.tables("Scan").leases.values().cloned().collect())
+    }
+
+    async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
+        Ok(self.tables("GetItem").leases.get(key).cloned())
+    }
+
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
+        let mut tables = self.tables("PutItem");
+        if tables.leases.contains_key(&lease.key) {
+            return Ok(false);
+        }
+        tables.leases.insert(lease.key.clone(), lease.clone());
+        Ok(true)
+    }
+
+    async fn take_lease(&self, seen: &Lease, worker: &str) -> Result<Lease, LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        let lease = tables
+            .leases
+            .get_mut(&seen.key)
+            .filter(|lease| unchanged(lease, seen))
+            .ok_or_else(|| LeaseStoreError::lost(&seen.key))?;
+        if lease
+            .processing_owner()
+            .is_some_and(|previous| previous != worker)
+        {
+            lease.owner_switches_since_checkpoint += 1;
+        }
+        lease.owner = Some(worker.to_owned());
+        lease.checkpoint_owner = None;
+        lease.counter += 1;
+        Ok(lease.clone())
+    }
+
+    async fn request_handoff(&self, seen: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        let lease = tables
+            .leases
+            .get_mut(&seen.key)
+            .filter(|lease| {
+                unchanged(lease, seen) && lease.owner.is_some() && !lease.handoff_in_progress()
+            })
+            .ok_or_else(|| LeaseStoreError::lost(&seen.key))?;
+        lease.checkpoint_owner = lease.owner.replace(to.to_owned());
+        Ok(lease.clone())
+    }
+
+    async fn checkpoint(
+        &self,
+        token: &LeaseToken,
+        update: &CheckpointUpdate,
+    ) -> Result<(), LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        let lease = tables
+            .leases
+            .get_mut(&token.key)
+            .filter(|lease| held(lease, token))
+            .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
+        lease.checkpoint = update.checkpoint.clone();
+        lease.pending_checkpoint = update.pending_checkpoint.clone();
+        lease.pending_checkpoint_state = update.pending_checkpoint_state.clone();
+        lease.owner_switches_since_checkpoint = 0;
+        Ok(())
+    }
+
+    async fn release_lease(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        let plain_release = tables
+            .leases
+            .get(&token.key)
+            .is_some_and(|lease| held(lease, token) && !lease.handoff_in_progress());
+        if !plain_release {
+            // DynamoDB tries a plain release first, then a handoff completion:
+            // a second request, counted the same way here.
+            self.requests.add("UpdateItem");
+        }
+        let lease = tables
+            .leases
+            .get_mut(&token.key)
+            .filter(|lease| held(lease, token))
+            .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
+        if lease.checkpoint_owner.take().is_some() {
+            lease.owner_switches_since_checkpoint += 1;
+        } else {
+            lease.owner = None;
+        }
+        lease.counter += 1;
+        Ok(())
+    }
+
+    async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+        self.tables("DeleteItem").leases.remove(key);
+        Ok(())
+    }
+
+    async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
+        self.tables("PutItem")
+            .heartbeats
+            .insert(heartbeat.worker.clone(), heartbeat.beat);
+        Ok(())
+    }
+
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
+        Ok(self
+            .tables("Scan")
+            .heartbeats
+            .iter()
+            .map(|(worker, beat)| WorkerHeartbeat {
+                worker: worker.clone(),
+                beat: *beat,
+            })
+            .collect())
+    }
+
+    async fn remove_heartbeat(&self, worker: &str) -> Result<(), LeaseStoreError> {
+        self.tables("DeleteItem").heartbeats.remove(worker);
+        Ok(())
+    }
+
+    fn request_counts(&self) -> RequestCounts {
+        self.requests.snapshot()
+    }
+}

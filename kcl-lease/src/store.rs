@@ -1,0 +1,158 @@
+//! The lease store: every operation a worker makes on the lease table.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use kcl_checkpoint::ExtendedSequenceNumber;
+
+use crate::{Lease, LeaseStoreError, LeaseToken};
+
+/// A worker's liveness signal as stored in the workers table: a number the
+/// worker increases on every heartbeat. Other workers judge it alive while
+/// the number keeps changing, by their own clocks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerHeartbeat {
+    /// The worker's id.
+    pub worker: String,
+    /// Increases on every heartbeat.
+    pub beat: u64,
+}
+
+/// A checkpoint write: the new position, and the pending (prepared)
+/// checkpoint with its state, which a plain checkpoint clears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointUpdate {
+    /// The position processing has reached.
+    pub checkpoint: ExtendedSequenceNumber,
+    /// A prepared checkpoint not yet committed, if any.
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// Application state stored with the pending checkpoint.
+    pub pending_checkpoint_state: Option<Vec<u8>>,
+}
+
+impl CheckpointUpdate {
+    /// A plain checkpoint at `position`, clearing any pending checkpoint.
+    pub fn at(position: ExtendedSequenceNumber) -> Self {
+        Self {
+            checkpoint: position,
+            pending_checkpoint: None,
+            pending_checkpoint_state: None,
+        }
+    }
+}
+
+/// The lease table and the workers table, with the semantics every
+/// implementation keeps (checked by the conformance suite in `kcl-tests`):
+///
+/// - Writes that depend on ownership are conditional: a take or handoff
+///   request on the lease as the caller saw it, a checkpoint or release on
+///   the caller's [`LeaseToken`]. If the lease changed, nothing is written
+///   and the call fails with [`LeaseStoreError::LeaseLost`]. Of two workers
+///   taking the same lease at once, exactly one wins.
+/// - The lease counter only grows: by one on every change of ownership. A
+///   checkpoint does not change it.
+/// - Reads are strongly consistent.
+#[async_trait]
+pub trait LeaseStore: Send + Sync + 'static {
+    /// Creates the lease and workers tables if absent (on-demand billing) and
+    /// waits until they are active.
+    async fn ensure_tables(&self) -> Result<(), LeaseStoreError>;
+
+    /// Every lease in the table.
+    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError>;
+
+    /// One lease, or `None` if it does not exist.
+    async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError>;
+
+    /// Creates `lease` unless a lease with its key exists. Returns whether it
+    /// was created; an existing lease is left as it is.
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError>;
+
+    /// Makes `worker` the owner of the lease, if it is still as `seen` (same
+    /// counter, owner and handoff marker). Clears any handoff marker, adds one
+    /// to the counter, and counts an owner switch if the processing owner
+    /// changes. Returns the lease as written.
+    async fn take_lease(&self, seen: &Lease, worker: &str) -> Result<Lease, LeaseStoreError>;
+
+    /// Asks the lease's processing owner to hand it over to `to`: sets the
+    /// owner to `to` and the handoff marker (`checkpointOwner`) to the
+    /// current owner, if the lease is still as `seen` and not already being
+    /// handed over. The counter does not change, so the current owner can
+    /// still checkpoint before it [releases](Self::release_lease).
+    async fn request_handoff(&self, seen: &Lease, to: &str) -> Result<Lease, LeaseStoreError>;
+
+    /// Writes a checkpoint, if `token` still processes the lease. Resets the
+    /// owner-switch count.
+    async fn checkpoint(
+        &self,
+        token: &LeaseToken,
+        update: &CheckpointUpdate,
+    ) -> Result<(), LeaseStoreError>;
+
+    /// Gives the lease up, if `token` still processes it. During a handoff
+    /// this completes it (the receiving owner stays and starts); otherwise the
+    /// lease becomes unowned. Adds one to the counter either way.
+    async fn release_lease(&self, token: &LeaseToken) -> Result<(), LeaseStoreError>;
+
+    /// Deletes a lease (a finished shard's, during cleanup).
+    async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError>;
+
+    /// Records a heartbeat of `worker`.
+    async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError>;
+
+    /// Every worker's last heartbeat.
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError>;
+
+    /// Removes a worker's heartbeat (when it stops cleanly), so the others
+    /// stop counting it at once.
+    async fn remove_heartbeat(&self, worker: &str) -> Result<(), LeaseStoreError>;
+
+    /// How many requests this store has sent, by operation.
+    fn request_counts(&self) -> RequestCounts;
+}
+
+/// Requests sent to the tables, by operation name (DynamoDB's names), each
+/// retry counted. Used for the cost figures and exposed as metrics.
+#[derive(Debug, Default)]
+pub struct RequestCounter(Mutex<BTreeMap<&'static str, u64>>);
+
+/// A snapshot of a [`RequestCounter`].
+pub type RequestCounts = BTreeMap<&'static str, u64>;
+
+/// The DynamoDB operations that write.
+pub const WRITE_OPERATIONS: [&str; 5] = [
+    "PutItem",
+    "UpdateItem",
+    "DeleteItem",
+    "CreateTable",
+    "BatchWriteItem",
+];
+
+impl RequestCounter {
+    /// Counts one request of `operation`.
+    pub fn add(&self, operation: &'static str) {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *counts.entry(operation).or_default() += 1;
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> RequestCounts {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// Sums the write requests in `counts`.
+pub fn write_requests(counts: &RequestCounts) -> u64 {
+    counts
+        .iter()
+        .filter(|(op, _)| WRITE_OPERATIONS.contains(op))
+        .map(|(_, n)| n)
+        .sum()
+}
