@@ -11,6 +11,8 @@
 //! Every test makes its own streams and tables with [`unique_name`], so the
 //! whole suite can run in parallel against one pair of emulators.
 
+pub mod lease_conformance;
+
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;

@@ -3,4 +3,5 @@
 //! All of them live in this one test binary, as modules, so the AWS SDK is
 //! linked once.
 
+mod lease_store;
 mod stack;

@@ -1,0 +1,397 @@
+//! The lease-store conformance suite: the semantics every [`LeaseStore`]
+//! keeps, run against DynamoDB Local and the in-memory store alike (see
+//! `tests/aws/lease_store.rs`), so the fake stays honest.
+//!
+//! Each case gets two clients, `a` and `b`, of the same fresh tables, as two
+//! workers would have.
+
+use kcl_checkpoint::ExtendedSequenceNumber;
+use kcl_lease::{
+    CheckpointUpdate, Lease, LeaseStore, LeaseStoreError, LeaseToken, WorkerHeartbeat,
+};
+
+/// Runs every case in this suite; generates one `#[tokio::test]` per case
+/// in the calling module, each calling `$tables().await` for its two clients.
+#[macro_export]
+macro_rules! lease_store_conformance {
+    ($tables:path) => {
+        $crate::lease_store_conformance!(
+            $tables;
+            creating_is_conditional_and_reads_are_consistent,
+            list_returns_every_lease_across_pages,
+            of_two_racing_takes_exactly_one_wins,
+            a_stale_owner_can_neither_checkpoint_nor_release,
+            counters_grow_on_ownership_changes_only,
+            a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease,
+            only_one_handoff_at_a_time,
+            a_plain_release_frees_the_lease,
+            pending_checkpoints_and_state_round_trip,
+            a_deleted_lease_cannot_be_written,
+            heartbeats_are_kept_per_worker,
+            ensuring_tables_twice_is_harmless
+        );
+    };
+    ($tables:path; $($case:ident),+) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let (a, b) = $tables().await;
+                $crate::lease_conformance::$case(a, b).await;
+            }
+        )+
+    };
+}
+
+fn shard(n: u32) -> String {
+    format!("shardId-{n:012}")
+}
+
+fn position(sequence: &str) -> ExtendedSequenceNumber {
+    ExtendedSequenceNumber::record(sequence, 0).expect("valid sequence number")
+}
+
+async fn must_get(store: &impl LeaseStore, key: &str) -> Lease {
+    store
+        .get_lease(key)
+        .await
+        .expect("get lease")
+        .expect("lease exists")
+}
+
+async fn create_and_take(store: &impl LeaseStore, key: &str, worker: &str) -> Lease {
+    assert!(
+        store
+            .create_lease_if_absent(&Lease::new(key, ExtendedSequenceNumber::TrimHorizon))
+            .await
+            .expect("create")
+    );
+    let seen = must_get(store, key).await;
+    store.take_lease(&seen, worker).await.expect("take")
+}
+
+fn assert_lost<T: std::fmt::Debug>(result: Result<T, LeaseStoreError>) {
+    match result {
+        Err(LeaseStoreError::LeaseLost { .. }) => {}
+        other => panic!("expected LeaseLost, got {other:?}"),
+    }
+}
+
+/// Creating is conditional; what was written is read back at once.
+pub async fn creating_is_conditional_and_reads_are_consistent(
+    a: impl LeaseStore,
+    b: impl LeaseStore,
+) {
+    let mut lease = Lease::new(shard(1), ExtendedSequenceNumber::TrimHorizon);
+    lease.parent_shard_ids = [shard(0)].into();
+    assert!(a.create_lease_if_absent(&lease).await.unwrap());
+    let mut other = Lease::new(shard(1), ExtendedSequenceNumber::Latest);
+    other.owner = Some("intruder".into());
+    assert!(!b.create_lease_if_absent(&other).await.unwrap());
+    assert_eq!(must_get(&b, &shard(1)).await, lease);
+    assert_eq!(b.get_lease(&shard(2)).await.unwrap(), None);
+}
+
+/// Listing returns every lease, also when the table needs several pages
+/// (DynamoDB pages scans at 1 MB).
+pub async fn list_returns_every_lease_across_pages(a: impl LeaseStore, b: impl LeaseStore) {
+    let state = vec![7u8; 12 * 1024];
+    for n in 0..100 {
+        let mut lease = Lease::new(shard(n), ExtendedSequenceNumber::TrimHorizon);
+        // Big items, so 100 of them take more than one scan page.
+        lease.pending_checkpoint_state = Some(state.clone());
+        assert!(a.create_lease_if_absent(&lease).await.unwrap());
+    }
+    let mut keys: Vec<String> = b
+        .list_leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    keys.sort();
+    assert_eq!(keys, (0..100).map(shard).collect::<Vec<_>>());
+}
+
+/// Two workers take the same lease at the same moment: exactly one wins.
+pub async fn of_two_racing_takes_exactly_one_wins(a: impl LeaseStore, b: impl LeaseStore) {
+    for n in 0..5 {
+        let key = shard(n);
+        a.create_lease_if_absent(&Lease::new(&key, ExtendedSequenceNumber::TrimHorizon))
+            .await
+            .unwrap();
+        let seen = must_get(&a, &key).await;
+        let (by_a, by_b) = tokio::join!(
+            a.take_lease(&seen, "worker-a"),
+            b.take_lease(&seen, "worker-b")
+        );
+        let winner = match (by_a, by_b) {
+            (Ok(lease), Err(LeaseStoreError::LeaseLost { .. })) => {
+                assert_eq!(lease.owner.as_deref(), Some("worker-a"));
+                "worker-a"
+            }
+            (Err(LeaseStoreError::LeaseLost { .. }), Ok(lease)) => {
+                assert_eq!(lease.owner.as_deref(), Some("worker-b"));
+                "worker-b"
+            }
+            other => panic!("expected exactly one winner, got {other:?}"),
+        };
+        let stored = must_get(&b, &key).await;
+        assert_eq!(stored.owner.as_deref(), Some(winner));
+        assert_eq!(stored.counter, seen.counter + 1);
+    }
+}
+
+/// A worker whose lease was taken over can neither checkpoint nor release
+/// it, and its failed writes change nothing.
+pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
+    a: impl LeaseStore,
+    b: impl LeaseStore,
+) {
+    let key = shard(1);
+    let held_by_a = create_and_take(&a, &key, "worker-a").await;
+    let token_a = held_by_a.token().unwrap();
+    a.checkpoint(&token_a, &CheckpointUpdate::at(position("100")))
+        .await
+        .unwrap();
+
+    // b takes the lease (as after judging a expired).
+    let seen = must_get(&b, &key).await;
+    let held_by_b = b.take_lease(&seen, "worker-b").await.unwrap();
+    assert_eq!(held_by_b.owner_switches_since_checkpoint, 1);
+
+    assert_lost(
+        a.checkpoint(&token_a, &CheckpointUpdate::at(position("200")))
+            .await,
+    );
+    assert_lost(a.release_lease(&token_a).await);
+    // A take on an old view fails too.
+    assert_lost(a.take_lease(&held_by_a, "worker-a").await);
+    let stored = must_get(&b, &key).await;
+    assert_eq!(stored.checkpoint, position("100"));
+    assert_eq!(stored.owner.as_deref(), Some("worker-b"));
+
+    b.checkpoint(
+        &held_by_b.token().unwrap(),
+        &CheckpointUpdate::at(position("150")),
+    )
+    .await
+    .unwrap();
+    let stored = must_get(&a, &key).await;
+    assert_eq!(stored.checkpoint, position("150"));
+    assert_eq!(stored.owner_switches_since_checkpoint, 0);
+
+    // Same worker id, old counter: still fenced (a worker that lost and
+    // retook a lease cannot write with its first token).
+    let seen = must_get(&a, &key).await;
+    b.release_lease(&held_by_b.token().unwrap()).await.unwrap();
+    let retaken = a
+        .take_lease(&must_get(&a, &key).await, "worker-a")
+        .await
+        .unwrap();
+    assert!(retaken.counter > seen.counter);
+    assert_lost(
+        a.checkpoint(&token_a, &CheckpointUpdate::at(position("300")))
+            .await,
+    );
+}
+
+/// The counter grows by one on each change of ownership and never moves
+/// otherwise.
+pub async fn counters_grow_on_ownership_changes_only(a: impl LeaseStore, b: impl LeaseStore) {
+    let key = shard(1);
+    a.create_lease_if_absent(&Lease::new(&key, ExtendedSequenceNumber::TrimHorizon))
+        .await
+        .unwrap();
+    let mut counters = vec![must_get(&a, &key).await.counter];
+    let taken = a
+        .take_lease(&must_get(&a, &key).await, "worker-a")
+        .await
+        .unwrap();
+    counters.push(must_get(&b, &key).await.counter);
+    a.checkpoint(
+        &taken.token().unwrap(),
+        &CheckpointUpdate::at(position("5")),
+    )
+    .await
+    .unwrap();
+    counters.push(must_get(&b, &key).await.counter);
+    let moving = b
+        .request_handoff(&must_get(&b, &key).await, "worker-b")
+        .await
+        .unwrap();
+    counters.push(must_get(&b, &key).await.counter);
+    a.release_lease(&moving.token().unwrap()).await.unwrap();
+    counters.push(must_get(&b, &key).await.counter);
+    let received = must_get(&b, &key).await;
+    b.release_lease(&received.token().unwrap()).await.unwrap();
+    counters.push(must_get(&b, &key).await.counter);
+    // take +1, checkpoint +0, handoff request +0, handoff completion +1, release +1
+    let base = counters[0];
+    assert_eq!(
+        counters,
+        [base, base + 1, base + 1, base + 1, base + 2, base + 3]
+    );
+}
+
+/// A handoff: the receiver becomes owner at once, the old owner keeps
+/// checkpointing until it releases, then only the receiver can write.
+pub async fn a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease(
+    a: impl LeaseStore,
+    b: impl LeaseStore,
+) {
+    let key = shard(1);
+    let held = create_and_take(&a, &key, "worker-a").await;
+    let token_a = held.token().unwrap();
+
+    let moving = b
+        .request_handoff(&must_get(&b, &key).await, "worker-b")
+        .await
+        .unwrap();
+    assert_eq!(moving.owner.as_deref(), Some("worker-b"));
+    assert_eq!(moving.checkpoint_owner.as_deref(), Some("worker-a"));
+    assert_eq!(moving.processing_owner(), Some("worker-a"));
+    assert_eq!(moving.counter, held.counter);
+
+    // The receiver cannot write before the handoff completes.
+    let early_b = LeaseToken {
+        key: key.clone(),
+        worker: "worker-b".into(),
+        counter: moving.counter,
+    };
+    assert_lost(
+        b.checkpoint(&early_b, &CheckpointUpdate::at(position("1")))
+            .await,
+    );
+
+    // The old owner checkpoints at its batch boundary and releases.
+    a.checkpoint(&token_a, &CheckpointUpdate::at(position("42")))
+        .await
+        .unwrap();
+    a.release_lease(&token_a).await.unwrap();
+
+    let received = must_get(&b, &key).await;
+    assert_eq!(received.owner.as_deref(), Some("worker-b"));
+    assert_eq!(received.checkpoint_owner, None);
+    assert_eq!(received.checkpoint, position("42"));
+    assert_eq!(received.counter, held.counter + 1);
+    assert_eq!(received.owner_switches_since_checkpoint, 1);
+    let token_b = received.token().unwrap();
+    assert_eq!(token_b.worker, "worker-b");
+    assert_lost(
+        a.checkpoint(&token_a, &CheckpointUpdate::at(position("43")))
+            .await,
+    );
+    b.checkpoint(&token_b, &CheckpointUpdate::at(position("43")))
+        .await
+        .unwrap();
+}
+
+/// A lease already being handed over cannot be asked for again, and an
+/// unowned lease cannot be handed over (it is taken instead).
+pub async fn only_one_handoff_at_a_time(a: impl LeaseStore, b: impl LeaseStore) {
+    let key = shard(1);
+    create_and_take(&a, &key, "worker-a").await;
+    let seen = must_get(&b, &key).await;
+    b.request_handoff(&seen, "worker-b").await.unwrap();
+    assert_lost(a.request_handoff(&seen, "worker-c").await);
+    assert_lost(
+        a.request_handoff(&must_get(&a, &key).await, "worker-c")
+            .await,
+    );
+    assert_eq!(must_get(&a, &key).await.owner.as_deref(), Some("worker-b"));
+
+    let free = shard(2);
+    a.create_lease_if_absent(&Lease::new(&free, ExtendedSequenceNumber::TrimHorizon))
+        .await
+        .unwrap();
+    assert_lost(
+        b.request_handoff(&must_get(&b, &free).await, "worker-b")
+            .await,
+    );
+}
+
+/// A release without a handoff leaves the lease unowned for anyone to take.
+pub async fn a_plain_release_frees_the_lease(a: impl LeaseStore, b: impl LeaseStore) {
+    let key = shard(1);
+    let held = create_and_take(&a, &key, "worker-a").await;
+    a.release_lease(&held.token().unwrap()).await.unwrap();
+    let released = must_get(&b, &key).await;
+    assert_eq!(released.owner, None);
+    assert_eq!(released.counter, held.counter + 1);
+    let taken = b.take_lease(&released, "worker-b").await.unwrap();
+    assert_eq!(taken.owner.as_deref(), Some("worker-b"));
+    // Nobody was processing it in between: no owner switch is counted.
+    assert_eq!(taken.owner_switches_since_checkpoint, 0);
+}
+
+/// A prepared checkpoint and its state are stored and read back; a plain
+/// checkpoint clears them.
+pub async fn pending_checkpoints_and_state_round_trip(a: impl LeaseStore, b: impl LeaseStore) {
+    let key = shard(1);
+    let token = create_and_take(&a, &key, "worker-a").await.token().unwrap();
+    let prepared = CheckpointUpdate {
+        checkpoint: position("10"),
+        pending_checkpoint: Some(ExtendedSequenceNumber::record("20", 3).unwrap()),
+        pending_checkpoint_state: Some(b"app state \x00\xff".to_vec()),
+    };
+    a.checkpoint(&token, &prepared).await.unwrap();
+    let stored = must_get(&b, &key).await;
+    assert_eq!(stored.checkpoint, prepared.checkpoint);
+    assert_eq!(stored.pending_checkpoint, prepared.pending_checkpoint);
+    assert_eq!(
+        stored.pending_checkpoint_state,
+        prepared.pending_checkpoint_state
+    );
+
+    a.checkpoint(
+        &token,
+        &CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd),
+    )
+    .await
+    .unwrap();
+    let stored = must_get(&b, &key).await;
+    assert_eq!(stored.checkpoint, ExtendedSequenceNumber::ShardEnd);
+    assert!(stored.is_finished());
+    assert_eq!(stored.pending_checkpoint, None);
+    assert_eq!(stored.pending_checkpoint_state, None);
+}
+
+/// Writes to a deleted lease fail as lost; deleting twice is harmless.
+pub async fn a_deleted_lease_cannot_be_written(a: impl LeaseStore, b: impl LeaseStore) {
+    let key = shard(1);
+    let held = create_and_take(&a, &key, "worker-a").await;
+    b.delete_lease(&key).await.unwrap();
+    b.delete_lease(&key).await.unwrap();
+    assert_eq!(a.get_lease(&key).await.unwrap(), None);
+    assert_lost(
+        a.checkpoint(&held.token().unwrap(), &CheckpointUpdate::at(position("1")))
+            .await,
+    );
+    assert_lost(a.release_lease(&held.token().unwrap()).await);
+    assert_lost(a.take_lease(&held, "worker-a").await);
+}
+
+/// One heartbeat per worker, overwritten by the next, removed on request.
+pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseStore) {
+    let beat = |worker: &str, beat| WorkerHeartbeat {
+        worker: worker.into(),
+        beat,
+    };
+    a.heartbeat(&beat("worker-a", 1)).await.unwrap();
+    b.heartbeat(&beat("worker-b", 1)).await.unwrap();
+    a.heartbeat(&beat("worker-a", 2)).await.unwrap();
+    let mut seen = b.list_heartbeats().await.unwrap();
+    seen.sort_by(|x, y| x.worker.cmp(&y.worker));
+    assert_eq!(seen, [beat("worker-a", 2), beat("worker-b", 1)]);
+    a.remove_heartbeat("worker-a").await.unwrap();
+    a.remove_heartbeat("worker-a").await.unwrap();
+    assert_eq!(b.list_heartbeats().await.unwrap(), [beat("worker-b", 1)]);
+}
+
+/// Ensuring the tables again (as every worker does at start) changes nothing.
+pub async fn ensuring_tables_twice_is_harmless(a: impl LeaseStore, b: impl LeaseStore) {
+    create_and_take(&a, &shard(1), "worker-a").await;
+    b.ensure_tables().await.unwrap();
+    a.ensure_tables().await.unwrap();
+    assert_eq!(b.list_leases().await.unwrap().len(), 1);
+}
