@@ -199,6 +199,18 @@ impl<S: LeaseStore> LeaseCoordinator<S> {
         }
         let me = self.config.worker_id.clone();
 
+        // Remove the heartbeats of workers judged dead, so a worker that
+        // starts later does not count them as live for a failover time
+        // (it has never seen their heartbeat change, so only time could
+        // tell it). A dead worker that comes back writes a new one.
+        for heartbeat in &heartbeats {
+            if heartbeat.worker != self.config.worker_id
+                && !self.tracker.is_worker_live(&heartbeat.worker, now)
+            {
+                info!(worker = %heartbeat.worker, "removing the heartbeat of an expired worker");
+                self.store.remove_heartbeat(&heartbeat.worker).await?;
+            }
+        }
         // After a liveness loss, take own leases anew so nothing written under
         // the old counters can land.
         if self.retake_own {
@@ -370,5 +382,181 @@ impl<S: LeaseStore> LeaseCoordinator<S> {
         }
         .instrument(span)
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kcl_checkpoint::ExtendedSequenceNumber;
+
+    use super::*;
+    use crate::{CheckpointUpdate, InMemoryLeaseStore};
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    async fn table_with(leases: usize) -> InMemoryLeaseStore {
+        let store = InMemoryLeaseStore::new();
+        for n in 0..leases {
+            let lease = Lease::new(
+                format!("shardId-{n:012}"),
+                ExtendedSequenceNumber::TrimHorizon,
+            );
+            store.create_lease_if_absent(&lease).await.unwrap();
+        }
+        store
+    }
+
+    fn coordinator(
+        store: &InMemoryLeaseStore,
+        worker: &str,
+    ) -> (
+        LeaseCoordinator<InMemoryLeaseStore>,
+        CoordinatorHandle<InMemoryLeaseStore>,
+    ) {
+        LeaseCoordinator::new(Arc::new(store.client()), LeaseConfig::new(worker)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_cannot_heartbeat_stops_by_itself_and_retakes_before_resuming() {
+        let store = table_with(3).await;
+        let (mut a, handle) = coordinator(&store, "a");
+        let t0 = Instant::now();
+        a.heartbeat(t0).await.unwrap();
+        let report = a.assignment_round(t0).await.unwrap();
+        assert_eq!(report.taken.len(), 3);
+        let before = handle.held().borrow().clone();
+        assert_eq!(before.len(), 3);
+
+        // No heartbeat gets through for the failover time: it stops itself,
+        // just before anyone else could judge it expired.
+        assert!(!a.enforce_liveness(t0 + S(9)));
+        assert!(a.enforce_liveness(t0 + S(10)));
+        assert!(handle.held().borrow().is_empty());
+        // Rounds while cut off publish nothing.
+        a.assignment_round(t0 + S(11)).await.unwrap();
+        assert!(handle.held().borrow().is_empty());
+
+        // Back: its leases are taken anew, so the old tokens are fenced.
+        a.heartbeat(t0 + S(12)).await.unwrap();
+        a.assignment_round(t0 + S(12)).await.unwrap();
+        let after = handle.held().borrow().clone();
+        assert_eq!(after.len(), 3);
+        for (key, held) in &after {
+            assert_eq!(held.token.counter, before[key].token.counter + 1);
+            let stale = store
+                .checkpoint(
+                    &before[key].token,
+                    &CheckpointUpdate::at(ExtendedSequenceNumber::Latest),
+                )
+                .await;
+            assert!(stale.unwrap_err().is_lease_lost());
+        }
+    }
+
+    #[tokio::test]
+    async fn leases_of_a_silent_worker_are_taken_only_after_the_failover_time() {
+        let store = table_with(4).await;
+        let (mut a, _) = coordinator(&store, "a");
+        let (mut b, b_handle) = coordinator(&store, "b");
+        let t0 = Instant::now();
+        a.heartbeat(t0).await.unwrap();
+        a.assignment_round(t0).await.unwrap();
+        // b starts and balances by asking a for handoffs; a is silent from now.
+        b.heartbeat(t0).await.unwrap();
+        let report = b.assignment_round(t0).await.unwrap();
+        assert_eq!(report.handoffs_requested.len(), 2);
+        for t in [5, 9] {
+            b.heartbeat(t0 + S(t)).await.unwrap();
+            let report = b.assignment_round(t0 + S(t)).await.unwrap();
+            assert!(report.taken.is_empty(), "taken at {t}s: {report:?}");
+        }
+        // a's heartbeat has not changed for 10 s (b saw it first at t0).
+        let report = b.assignment_round(t0 + S(10)).await.unwrap();
+        assert_eq!(report.taken.len(), 4, "{report:?}");
+        assert_eq!(b_handle.held().borrow().len(), 4);
+        assert_eq!(report.live_workers, 1);
+    }
+
+    #[tokio::test]
+    async fn a_handoff_request_is_published_and_release_completes_it() {
+        let store = table_with(2).await;
+        let (mut a, a_handle) = coordinator(&store, "a");
+        let (mut b, b_handle) = coordinator(&store, "b");
+        let t0 = Instant::now();
+        a.heartbeat(t0).await.unwrap();
+        a.assignment_round(t0).await.unwrap();
+        b.heartbeat(t0).await.unwrap();
+        b.assignment_round(t0).await.unwrap();
+        assert!(
+            b_handle.held().borrow().is_empty(),
+            "not b's until a releases"
+        );
+
+        a.assignment_round(t0 + S(1)).await.unwrap();
+        let requested: Vec<HeldLease> = a_handle
+            .held()
+            .borrow()
+            .values()
+            .filter(|h| h.handoff_requested)
+            .cloned()
+            .collect();
+        assert_eq!(requested.len(), 1);
+        a_handle.release(&requested[0].token).await.unwrap();
+        assert_eq!(a_handle.held().borrow().len(), 1);
+
+        b.assignment_round(t0 + S(2)).await.unwrap();
+        let b_held = b_handle.held().borrow().clone();
+        assert_eq!(b_held.keys().collect::<Vec<_>>(), [&requested[0].lease.key]);
+        assert!(!b_held.values().any(|h| h.handoff_requested));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn run_balances_then_fails_over_within_failover_plus_one_round() {
+        let store = table_with(10).await;
+        let config = |w: &str| LeaseConfig::new(w);
+        let mut tasks = Vec::new();
+        let mut handles = Vec::new();
+        for worker in ["a", "b"] {
+            let (coordinator, handle) =
+                LeaseCoordinator::new(Arc::new(store.client()), config(worker)).unwrap();
+            // Stand-in for the scheduler: hand over whatever is asked for.
+            let releaser = handle.clone();
+            tokio::spawn(async move {
+                let mut held = releaser.held();
+                while held.changed().await.is_ok() {
+                    let asked: Vec<LeaseToken> = held
+                        .borrow_and_update()
+                        .values()
+                        .filter(|h| h.handoff_requested)
+                        .map(|h| h.token.clone())
+                        .collect();
+                    for token in asked {
+                        let _ = releaser.release(&token).await;
+                    }
+                }
+            });
+            tasks.push(tokio::spawn(coordinator.run(std::future::pending())));
+            handles.push(handle);
+            tokio::time::sleep(S(3)).await;
+        }
+        tokio::time::sleep(S(30)).await;
+        let counts: Vec<usize> = handles.iter().map(|h| h.held().borrow().len()).collect();
+        assert_eq!(counts, [5, 5]);
+
+        // a crashes: no release, no goodbye.
+        tasks[0].abort();
+        let crashed_at = tokio::time::Instant::now();
+        let mut held = handles[1].held();
+        while held.borrow_and_update().len() < 10 {
+            held.changed().await.unwrap();
+        }
+        let failover = crashed_at.elapsed();
+        assert!(failover <= S(20), "took {failover:?}");
+        assert!(
+            failover >= S(5),
+            "took {failover:?}: faster than a live worker allows"
+        );
     }
 }

@@ -26,7 +26,8 @@ use crate::{Lease, WorkerHeartbeat};
 #[derive(Debug)]
 pub struct LivenessTracker {
     failover_time: Duration,
-    workers: HashMap<String, Observed<u64>>,
+    /// Heartbeats by worker; `None` for a heartbeat that vanished.
+    workers: HashMap<String, Observed<Option<u64>>>,
     /// Leases whose owner has no heartbeat item: (processing owner, counter).
     leases: HashMap<String, Observed<(String, u64)>>,
 }
@@ -68,8 +69,24 @@ impl LivenessTracker {
             let seen = self.workers.remove(&heartbeat.worker);
             workers.insert(
                 heartbeat.worker.clone(),
-                Observed::update(seen, heartbeat.beat, now),
+                Observed::update(seen, Some(heartbeat.beat), now),
             );
+        }
+        // A heartbeat that vanished (its worker stopped, or another observer
+        // removed it as expired) is remembered as silent from the moment it
+        // last changed, for as long as a lease still names its worker: the
+        // worker is no longer counted as live, and its leases expire on the
+        // same schedule as before instead of starting over.
+        let owners: std::collections::HashSet<&str> =
+            leases.iter().filter_map(Lease::processing_owner).collect();
+        for (worker, seen) in self.workers.drain() {
+            if owners.contains(worker.as_str()) {
+                let silent = Observed {
+                    signal: None,
+                    changed_at: seen.changed_at,
+                };
+                workers.insert(worker, silent);
+            }
         }
         self.workers = workers;
 
@@ -93,9 +110,10 @@ impl LivenessTracker {
     /// Whether `worker` has a heartbeat that changed within the failover
     /// time.
     pub fn is_worker_live(&self, worker: &str, now: Instant) -> bool {
-        self.workers
-            .get(worker)
-            .is_some_and(|seen| now.saturating_duration_since(seen.changed_at) < self.failover_time)
+        self.workers.get(worker).is_some_and(|seen| {
+            seen.signal.is_some()
+                && now.saturating_duration_since(seen.changed_at) < self.failover_time
+        })
     }
 
     /// Every worker with a live heartbeat, sorted.
@@ -116,8 +134,8 @@ impl LivenessTracker {
         let Some(owner) = lease.processing_owner() else {
             return false;
         };
-        if self.workers.contains_key(owner) {
-            return !self.is_worker_live(owner, now);
+        if let Some(seen) = self.workers.get(owner) {
+            return now.saturating_duration_since(seen.changed_at) >= self.failover_time;
         }
         match self.leases.get(&lease.key) {
             Some(seen) => now.saturating_duration_since(seen.changed_at) >= self.failover_time,
@@ -200,6 +218,23 @@ mod tests {
         // An unowned lease is not expired.
         let free = Lease::new("shard-3", ExtendedSequenceNumber::TrimHorizon);
         assert!(!tracker.is_lease_expired(&free, t0 + s(100)));
+    }
+
+    #[test]
+    fn a_vanished_heartbeat_is_not_live_and_its_leases_expire_on_schedule() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let leases = [lease("shard-1", "a", 1)];
+        let mut tracker = LivenessTracker::new(FAILOVER);
+        tracker.observe(t0, &[beat("a", 1), beat("b", 1)], &leases);
+        // Another observer removed a's heartbeat.
+        tracker.observe(t0 + s(4), &[beat("b", 2)], &leases);
+        assert_eq!(tracker.live_workers(t0 + s(4)), ["b"]);
+        assert!(!tracker.is_lease_expired(&leases[0], t0 + s(9)));
+        assert!(tracker.is_lease_expired(&leases[0], t0 + s(10)));
+        // Once no lease names it, it is forgotten.
+        tracker.observe(t0 + s(11), &[beat("b", 3)], &[]);
+        assert!(!tracker.workers.contains_key("a"));
     }
 
     #[test]
