@@ -3,5 +3,6 @@
 //! All of them live in this one test binary, as modules, so the AWS SDK is
 //! linked once.
 
+mod lease_coordinator;
 mod lease_store;
 mod stack;
