@@ -95,6 +95,17 @@ impl<S: LeaseStore> CoordinatorHandle<S> {
         self.held.subscribe()
     }
 
+    /// The leases another worker has asked for: checkpoint each at a batch
+    /// boundary, then [release](Self::release) it.
+    pub fn handoffs_requested(&self) -> Vec<LeaseToken> {
+        self.held
+            .borrow()
+            .values()
+            .filter(|h| h.handoff_requested)
+            .map(|h| h.token.clone())
+            .collect()
+    }
+
     /// Gives a lease up (after a handoff request, or on shutdown): completes
     /// the handoff if one was requested, otherwise leaves the lease unowned
     /// for another worker to take. The lease stops being published at once.
@@ -495,20 +506,14 @@ mod tests {
         );
 
         a.assignment_round(t0 + S(1)).await.unwrap();
-        let requested: Vec<HeldLease> = a_handle
-            .held()
-            .borrow()
-            .values()
-            .filter(|h| h.handoff_requested)
-            .cloned()
-            .collect();
+        let requested = a_handle.handoffs_requested();
         assert_eq!(requested.len(), 1);
-        a_handle.release(&requested[0].token).await.unwrap();
+        a_handle.release(&requested[0]).await.unwrap();
         assert_eq!(a_handle.held().borrow().len(), 1);
 
         b.assignment_round(t0 + S(2)).await.unwrap();
         let b_held = b_handle.held().borrow().clone();
-        assert_eq!(b_held.keys().collect::<Vec<_>>(), [&requested[0].lease.key]);
+        assert_eq!(b_held.keys().collect::<Vec<_>>(), [&requested[0].key]);
         assert!(!b_held.values().any(|h| h.handoff_requested));
     }
 
@@ -526,13 +531,7 @@ mod tests {
             tokio::spawn(async move {
                 let mut held = releaser.held();
                 while held.changed().await.is_ok() {
-                    let asked: Vec<LeaseToken> = held
-                        .borrow_and_update()
-                        .values()
-                        .filter(|h| h.handoff_requested)
-                        .map(|h| h.token.clone())
-                        .collect();
-                    for token in asked {
+                    for token in releaser.handoffs_requested() {
                         let _ = releaser.release(&token).await;
                     }
                 }

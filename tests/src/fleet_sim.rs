@@ -192,15 +192,7 @@ impl FleetSim {
                 .expect("in-memory round");
             tracing::debug!(now = ?self.now, worker = %worker.id, ?report, "simulated round");
             // Answer handoff requests at once, as at a batch boundary.
-            let asked: Vec<_> = worker
-                .handle
-                .held()
-                .borrow()
-                .values()
-                .filter(|h| h.handoff_requested)
-                .map(|h| h.token.clone())
-                .collect();
-            for token in asked {
+            for token in worker.handle.handoffs_requested() {
                 let _ = worker.handle.release(&token).await;
             }
             worker.next_round += self.config.assignment_interval;

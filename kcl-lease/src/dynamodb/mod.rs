@@ -235,6 +235,29 @@ impl DynamoDbLeaseStore {
         }
     }
 
+    /// Every item of `table`, page by page, with strongly consistent reads.
+    async fn scan_all(&self, table: &str) -> Result<Vec<Item>, LeaseStoreError> {
+        let mut items = Vec::new();
+        let mut start_key = None;
+        loop {
+            let scan = self
+                .client
+                .scan()
+                .table_name(table)
+                .consistent_read(true)
+                .set_exclusive_start_key(start_key);
+            let page = self
+                .send("Scan", table, || scan.clone().send())
+                .await?
+                .map_err(|ConditionFailed| unreachable_condition("Scan"))?;
+            items.extend(page.items.unwrap_or_default());
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start_key = Some(key),
+                _ => return Ok(items),
+            }
+        }
+    }
+
     async fn update_lease(
         &self,
         lease_key: &str,
@@ -323,27 +346,8 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
-        let mut leases = Vec::new();
-        let mut start_key = None;
-        loop {
-            let scan = self
-                .client
-                .scan()
-                .table_name(&self.lease_table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start_key);
-            let page = self
-                .send("Scan", &self.lease_table, || scan.clone().send())
-                .await?
-                .map_err(|ConditionFailed| unreachable_condition("Scan"))?;
-            for item in page.items() {
-                leases.push(lease_from_item(item)?);
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start_key = Some(key),
-                _ => return Ok(leases),
-            }
-        }
+        let items = self.scan_all(&self.lease_table).await?;
+        items.iter().map(lease_from_item).collect()
     }
 
     async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
@@ -546,37 +550,21 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
-        let mut heartbeats = Vec::new();
-        let mut start_key = None;
-        loop {
-            let scan = self
-                .client
-                .scan()
-                .table_name(&self.workers_table)
-                .consistent_read(true)
-                .set_exclusive_start_key(start_key);
-            let page = self
-                .send("Scan", &self.workers_table, || scan.clone().send())
-                .await?
-                .map_err(|ConditionFailed| unreachable_condition("Scan"))?;
-            for item in page.items() {
-                // An item that is not a heartbeat is skipped, not fatal: the
-                // workers table is ours, but a stray item must not stop a fleet.
-                if let (Some(AttributeValue::S(worker)), Some(AttributeValue::N(beat))) =
-                    (item.get(WORKER_ID), item.get(HEARTBEAT))
-                    && let Ok(beat) = beat.parse()
-                {
-                    heartbeats.push(WorkerHeartbeat {
+        let items = self.scan_all(&self.workers_table).await?;
+        // An item that is not a heartbeat is skipped, not fatal: the workers
+        // table is ours, but a stray item must not stop a fleet.
+        Ok(items
+            .iter()
+            .filter_map(|item| match (item.get(WORKER_ID), item.get(HEARTBEAT)) {
+                (Some(AttributeValue::S(worker)), Some(AttributeValue::N(beat))) => {
+                    Some(WorkerHeartbeat {
                         worker: worker.clone(),
-                        beat,
-                    });
+                        beat: beat.parse().ok()?,
+                    })
                 }
-            }
-            match page.last_evaluated_key {
-                Some(key) if !key.is_empty() => start_key = Some(key),
-                _ => return Ok(heartbeats),
-            }
-        }
+                _ => None,
+            })
+            .collect())
     }
 
     async fn remove_heartbeat(&self, worker: &str) -> Result<(), LeaseStoreError> {

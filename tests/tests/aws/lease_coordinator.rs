@@ -23,13 +23,7 @@ fn start(store: &Arc<DynamoDbLeaseStore>, worker: &str) -> (tokio::task::JoinHan
     tokio::spawn(async move {
         let mut held = releaser.held();
         while held.changed().await.is_ok() {
-            let asked: Vec<LeaseToken> = held
-                .borrow_and_update()
-                .values()
-                .filter(|h| h.handoff_requested)
-                .map(|h| h.token.clone())
-                .collect();
-            for token in asked {
+            for token in releaser.handoffs_requested() {
                 let _ = releaser.release(&token).await;
             }
         }
