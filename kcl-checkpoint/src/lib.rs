@@ -7,11 +7,25 @@
 //! stored in the lease table exactly as the Java KCL stores them and ordered
 //! as the Java KCL orders them, so a table can move between the two.
 //!
+//! Record processors checkpoint through a [`Checkpointer`]: every position is
+//! [validated](validate_checkpoint) (never behind the last checkpoint, never
+//! past the last record delivered) and written through a
+//! [`CheckpointWriter`], which the lease table implements with fencing.
+//!
 //! This crate sits at the bottom of the workspace: `kcl-lease` stores these
 //! positions and `kcl-core` hands them to the application.
 
+mod checkpointer;
 mod sequence_number;
+mod update;
+mod validation;
 
+pub use checkpointer::{
+    CheckpointError, CheckpointProgress, CheckpointTracker, CheckpointWriteError, CheckpointWriter,
+    Checkpointer,
+};
 pub use sequence_number::{
     ExtendedSequenceNumber, MAX_SEQUENCE_NUMBER_DIGITS, SequenceNumber, SequenceNumberError,
 };
+pub use update::CheckpointUpdate;
+pub use validation::{InvalidCheckpoint, validate_checkpoint};

@@ -1,3 +1,80 @@
-//! The worker: the scheduler that runs a fleet member, the per-shard
-//! consumers, record retrieval from Kinesis and the `RecordProcessor`
-//! interface the application implements.
+//! The worker: the [`Scheduler`] that runs one member of a fleet, the
+//! per-shard [consumers](consumer), record [retrieval] from Kinesis, shard
+//! discovery ([`shard_sync`]) and the [`RecordProcessor`] interface the
+//! application implements.
+//!
+//! ```no_run
+//! use kcl_core::{
+//!     InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor, Scheduler,
+//! };
+//! use kcl_core::checkpoint::Checkpointer;
+//!
+//! struct Printer;
+//!
+//! #[async_trait::async_trait]
+//! impl RecordProcessor for Printer {
+//!     async fn initialize(&mut self, input: InitializationInput) -> Result<(), ProcessorError> {
+//!         println!("{} resumes after {}", input.shard_id, input.checkpoint);
+//!         Ok(())
+//!     }
+//!
+//!     async fn process_records(&mut self, input: ProcessRecordsInput) -> Result<(), ProcessorError> {
+//!         for record in &input.records {
+//!             println!("{}: {:?}", record.partition_key, record.data);
+//!         }
+//!         input.checkpointer.checkpoint().await?;
+//!         Ok(())
+//!     }
+//!
+//!     async fn shard_ended(&mut self, checkpointer: Checkpointer) -> Result<(), ProcessorError> {
+//!         checkpointer.checkpoint().await?;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let aws = aws_config::load_from_env().await;
+//! let scheduler = Scheduler::builder()
+//!     .application_name("printer")
+//!     .stream_name("orders")
+//!     .sdk_config(&aws)
+//!     .build(|_shard: &str| Printer)?;
+//! let shutdown = scheduler.shutdown_handle();
+//! tokio::spawn(async move {
+//!     let _ = tokio::signal::ctrl_c().await;
+//!     shutdown.shutdown();
+//! });
+//! scheduler.run().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod consumer;
+pub mod kinesis;
+mod processor;
+mod record;
+pub mod retrieval;
+pub mod scheduler;
+pub mod shard_sync;
+mod stats;
+#[cfg(test)]
+mod test_support;
+
+/// Checkpointing, re-exported from `kcl-checkpoint`.
+pub mod checkpoint {
+    pub use kcl_checkpoint::{
+        CheckpointError, Checkpointer, ExtendedSequenceNumber, SequenceNumber,
+    };
+}
+
+pub use consumer::ProcessorRetryPolicy;
+pub use processor::{
+    InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor,
+    RecordProcessorFactory,
+};
+pub use record::Record;
+pub use scheduler::{
+    ConfigError, InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError,
+    ShutdownHandle,
+};
+pub use stats::{StatsSnapshot, WorkerStats};

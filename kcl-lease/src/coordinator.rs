@@ -22,6 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -66,7 +67,7 @@ pub struct RoundReport {
 }
 
 /// Runs heartbeats and assignment rounds for one worker.
-pub struct LeaseCoordinator<S> {
+pub struct LeaseCoordinator<S: ?Sized> {
     store: Arc<S>,
     config: LeaseConfig,
     tracker: LivenessTracker,
@@ -79,16 +80,39 @@ pub struct LeaseCoordinator<S> {
     /// are processed again.
     retake_own: bool,
     held: Arc<watch::Sender<HeldLeases>>,
+    /// Set when the worker is stopping: rounds take no more leases.
+    draining: Arc<AtomicBool>,
 }
 
 /// What the rest of the worker uses to follow and act on the held leases.
-#[derive(Clone)]
-pub struct CoordinatorHandle<S> {
+pub struct CoordinatorHandle<S: ?Sized> {
     store: Arc<S>,
     held: Arc<watch::Sender<HeldLeases>>,
+    draining: Arc<AtomicBool>,
 }
 
-impl<S: LeaseStore> CoordinatorHandle<S> {
+impl<S: ?Sized> Clone for CoordinatorHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            held: Arc::clone(&self.held),
+            draining: Arc::clone(&self.draining),
+        }
+    }
+}
+
+impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
+    /// Stops taking and asking for leases (the worker is stopping); the
+    /// leases already held stay published until released.
+    pub fn stop_taking(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`stop_taking`](Self::stop_taking) was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
     /// The leases this worker processes; changes whenever a round or a
     /// release changes them.
     pub fn held(&self) -> watch::Receiver<HeldLeases> {
@@ -129,7 +153,7 @@ impl<S: LeaseStore> CoordinatorHandle<S> {
     }
 }
 
-impl<S: LeaseStore> LeaseCoordinator<S> {
+impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
     /// A coordinator for the worker `config.worker_id`, once the settings are
     /// validated.
     pub fn new(
@@ -139,9 +163,11 @@ impl<S: LeaseStore> LeaseCoordinator<S> {
         config.validate()?;
         let (held, _) = watch::channel(HeldLeases::new());
         let held = Arc::new(held);
+        let draining = Arc::new(AtomicBool::new(false));
         let handle = CoordinatorHandle {
             store: Arc::clone(&store),
             held: Arc::clone(&held),
+            draining: Arc::clone(&draining),
         };
         let coordinator = Self {
             tracker: LivenessTracker::new(config.failover_time),
@@ -151,6 +177,7 @@ impl<S: LeaseStore> LeaseCoordinator<S> {
             last_heartbeat_sent: None,
             retake_own: false,
             held,
+            draining,
         };
         Ok((coordinator, handle))
     }
@@ -258,8 +285,13 @@ impl<S: LeaseStore> LeaseCoordinator<S> {
             .map(|(i, l)| (l.key.as_str(), i))
             .collect();
         let (takes, moves) = plan.for_worker(&me);
-        let takes: Vec<usize> = takes.filter_map(|key| by_key.get(key).copied()).collect();
+        let draining = self.draining.load(Ordering::SeqCst);
+        let takes: Vec<usize> = takes
+            .filter(|_| !draining)
+            .filter_map(|key| by_key.get(key).copied())
+            .collect();
         let moves: Vec<usize> = moves
+            .filter(|_| !draining)
             .filter_map(|(key, _)| by_key.get(key).copied())
             .collect();
         for index in takes {

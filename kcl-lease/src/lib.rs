@@ -17,10 +17,12 @@
 //!   free leases to take and which leases to ask others to hand over.
 //! - [`LeaseCoordinator`]: the task that runs heartbeats and assignment
 //!   rounds and publishes the leases its worker holds.
+//! - [`LeaseCheckpointWriter`]: checkpoints written to the lease, fenced.
 //! - [`backoff`]: the retry component every AWS call goes through.
 
 pub mod assignment;
 pub mod backoff;
+mod checkpoint_writer;
 mod config;
 mod coordinator;
 pub mod dynamodb;
@@ -30,6 +32,7 @@ pub mod liveness;
 mod memory;
 mod store;
 
+pub use checkpoint_writer::LeaseCheckpointWriter;
 pub use config::{LeaseConfig, LeaseConfigError};
 pub use coordinator::{CoordinatorHandle, HeldLease, LeaseCoordinator, RoundReport};
 pub use dynamodb::DynamoDbLeaseStore;

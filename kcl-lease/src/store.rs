@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use kcl_checkpoint::ExtendedSequenceNumber;
+pub use kcl_checkpoint::CheckpointUpdate;
 
 use crate::{Lease, LeaseStoreError, LeaseToken};
 
@@ -17,29 +17,6 @@ pub struct WorkerHeartbeat {
     pub worker: String,
     /// Increases on every heartbeat.
     pub beat: u64,
-}
-
-/// A checkpoint write: the new position, and the pending (prepared)
-/// checkpoint with its state, which a plain checkpoint clears.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckpointUpdate {
-    /// The position processing has reached.
-    pub checkpoint: ExtendedSequenceNumber,
-    /// A prepared checkpoint not yet committed, if any.
-    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
-    /// Application state stored with the pending checkpoint.
-    pub pending_checkpoint_state: Option<Vec<u8>>,
-}
-
-impl CheckpointUpdate {
-    /// A plain checkpoint at `position`, clearing any pending checkpoint.
-    pub fn at(position: ExtendedSequenceNumber) -> Self {
-        Self {
-            checkpoint: position,
-            pending_checkpoint: None,
-            pending_checkpoint_state: None,
-        }
-    }
 }
 
 /// The lease table and the workers table, with the semantics every

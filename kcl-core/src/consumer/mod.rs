@@ -1,0 +1,536 @@
+//! The shard consumer: the task that drives one shard's
+//! [`RecordProcessor`] through its [lifecycle](state), from the lease's
+//! checkpoint until the lease is lost, the shard ends, or a shutdown is
+//! requested.
+//!
+//! - Records come from a [`PollingFetcher`] task running ahead within the
+//!   prefetch budget.
+//! - A batch the processor fails on is delivered again after a backoff, as
+//!   the [`ProcessorRetryPolicy`] says; while it is being retried, a
+//!   checkpoint cannot cover it.
+//! - A panic in any processor call is caught: the processor is dropped and
+//!   a new one starts from the last checkpoint.
+//! - The scheduler steers the consumer through a [`ConsumerSignal`]: a
+//!   requested shutdown lets the batch in flight finish, a lost lease
+//!   interrupts it (nothing it does can be checkpointed any more).
+
+mod retry_policy;
+pub mod state;
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::FutureExt;
+use kcl_checkpoint::{CheckpointTracker, ExtendedSequenceNumber};
+use kcl_lease::backoff::{Backoff, BackoffConfig};
+use kcl_lease::{LeaseCheckpointWriter, LeaseStore, LeaseToken};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+pub use retry_policy::ProcessorRetryPolicy;
+pub use state::{ConsumerEvent, ConsumerState, ShutdownReason};
+
+use crate::kinesis::{ChildShard, Kinesis};
+use crate::retrieval::polling::{FetchStart, PollingFetcher};
+use crate::retrieval::{Batch, RetrievalConfig, ShardEvent};
+use crate::stats::WorkerStats;
+use crate::{InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory};
+
+/// What the scheduler tells a running shard consumer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConsumerSignal {
+    /// Keep processing.
+    Run,
+    /// Finish the batch in flight, let the processor checkpoint, stop.
+    ShutdownRequested,
+    /// Stop at once; nothing can be checkpointed.
+    LeaseLost,
+}
+
+/// What every shard consumer of a worker shares.
+pub struct ConsumerContext {
+    /// The worker's id (for logs).
+    pub worker_id: String,
+    /// The stream.
+    pub stream: String,
+    /// Where records come from.
+    pub kinesis: Arc<dyn Kinesis>,
+    /// Where checkpoints go.
+    pub store: Arc<dyn LeaseStore>,
+    /// Makes the application's processors.
+    pub factory: Arc<dyn RecordProcessorFactory>,
+    /// How records are read.
+    pub retrieval: RetrievalConfig,
+    /// How failed batches are retried.
+    pub retry_policy: ProcessorRetryPolicy,
+    /// Backoff between failed Kinesis calls.
+    pub kinesis_backoff: BackoffConfig,
+    /// The time leases that start `AT_TIMESTAMP` start from.
+    pub initial_timestamp: Option<SystemTime>,
+    /// Counters.
+    pub stats: Arc<WorkerStats>,
+}
+
+/// How a shard consumer ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerOutcome {
+    /// Why it stopped.
+    pub reason: ShutdownReason,
+    /// The last checkpoint stored (`SHARD_END` once a shard end was
+    /// checkpointed).
+    pub checkpoint: ExtendedSequenceNumber,
+    /// At shard end, the shards that follow.
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// Where a shard's processing starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardStart {
+    /// The shard.
+    pub shard_id: String,
+    /// What checkpoints are written with.
+    pub token: LeaseToken,
+    /// The lease's checkpoint.
+    pub checkpoint: ExtendedSequenceNumber,
+    /// The lease's pending checkpoint.
+    pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// The state stored with the pending checkpoint.
+    pub pending_checkpoint_state: Option<Vec<u8>>,
+}
+
+/// Aborts the fetcher task when dropped, so no fetcher outlives its
+/// consumer.
+struct FetcherTask {
+    handle: JoinHandle<()>,
+    events: mpsc::Receiver<ShardEvent>,
+}
+
+impl Drop for FetcherTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+/// One shard's consumer. Create with [`ShardConsumer::new`], then
+/// [`run`](ShardConsumer::run) it on its own task.
+pub struct ShardConsumer {
+    context: Arc<ConsumerContext>,
+    start: ShardStart,
+    signals: watch::Receiver<ConsumerSignal>,
+    tracker: CheckpointTracker,
+    processor: Option<Box<dyn RecordProcessor>>,
+    fetcher: Option<FetcherTask>,
+    child_shards: Vec<ChildShard>,
+    /// Backoff after panics and failed initializations; reset by progress.
+    failures: Backoff,
+}
+
+impl ShardConsumer {
+    /// A consumer for `start`, steered by `signals`.
+    pub fn new(
+        context: Arc<ConsumerContext>,
+        start: ShardStart,
+        signals: watch::Receiver<ConsumerSignal>,
+    ) -> Self {
+        let writer = LeaseCheckpointWriter::new(Arc::clone(&context.store), start.token.clone());
+        let tracker = CheckpointTracker::new(
+            start.shard_id.clone(),
+            Arc::new(writer),
+            start.checkpoint.clone(),
+            start.pending_checkpoint.clone(),
+        );
+        let failures = unlimited(&context.retry_policy.backoff());
+        Self {
+            context,
+            start,
+            signals,
+            tracker,
+            processor: None,
+            fetcher: None,
+            child_shards: Vec::new(),
+            failures,
+        }
+    }
+
+    /// Runs the lifecycle to its end, in a `shard_consumer` span with the
+    /// shard and worker ids.
+    pub async fn run(self) -> ConsumerOutcome {
+        let span = info_span!(
+            "shard_consumer",
+            shard_id = %self.start.shard_id,
+            worker_id = %self.context.worker_id
+        );
+        self.lifecycle().instrument(span).await
+    }
+
+    async fn lifecycle(mut self) -> ConsumerOutcome {
+        info!(checkpoint = %self.start.checkpoint, "shard consumer starting");
+        let mut state = ConsumerState::Initializing;
+        loop {
+            let event = match state {
+                ConsumerState::Initializing => Some(self.initialize().await),
+                ConsumerState::Processing => self.process_next().await,
+                ConsumerState::ShuttingDown(reason) => {
+                    self.fetcher = None;
+                    Some(self.shut_down(reason).await)
+                }
+                ConsumerState::Stopped(reason) => {
+                    let checkpoint = self.tracker.progress().checkpoint;
+                    info!(?reason, %checkpoint, "shard consumer stopped");
+                    return ConsumerOutcome {
+                        reason,
+                        checkpoint,
+                        child_shards: self.child_shards,
+                    };
+                }
+            };
+            let Some(event) = event else { continue };
+            state = match state.on(event) {
+                Ok(next) => next,
+                Err(invalid) => {
+                    // A bug in this driver; stop without checkpointing.
+                    error!(%invalid, "stopping the shard consumer");
+                    ConsumerState::ShuttingDown(ShutdownReason::LeaseLost)
+                }
+            };
+            debug!(?event, ?state, "shard consumer transition");
+        }
+    }
+
+    /// The signal now, marked as seen.
+    fn current_signal(&mut self) -> ConsumerSignal {
+        *self.signals.borrow_and_update()
+    }
+
+    /// Creates the processor if needed and initializes it, retrying with
+    /// backoff; then starts the fetcher from the last checkpoint.
+    async fn initialize(&mut self) -> ConsumerEvent {
+        loop {
+            match self.current_signal() {
+                ConsumerSignal::LeaseLost => return ConsumerEvent::LeaseLost,
+                ConsumerSignal::ShutdownRequested => return ConsumerEvent::ShutdownRequested,
+                ConsumerSignal::Run => {}
+            }
+            let progress = self.tracker.progress();
+            let input = InitializationInput {
+                shard_id: self.start.shard_id.clone(),
+                checkpoint: progress.checkpoint.clone(),
+                pending_checkpoint: progress.pending_checkpoint.clone(),
+                pending_checkpoint_state: progress
+                    .pending_checkpoint
+                    .as_ref()
+                    .and(self.start.pending_checkpoint_state.clone()),
+            };
+            let factory = &self.context.factory;
+            let processor = self
+                .processor
+                .get_or_insert_with(|| factory.create(&input.shard_id));
+            match guarded(processor.initialize(input)).await {
+                Ok(Ok(())) => {
+                    self.start_fetcher(progress.checkpoint);
+                    return ConsumerEvent::Initialized;
+                }
+                Ok(Err(error)) => {
+                    self.context.stats.count_processor_retry();
+                    warn!(%error, attempt = self.failures.attempts(), "processor failed to initialize; retrying");
+                }
+                Err(panic) => {
+                    self.processor = None;
+                    self.context.stats.count_processor_panic();
+                    self.context.stats.count_processor_retry();
+                    error!(panic = %panic, "processor panicked in initialize; starting a new one");
+                }
+            }
+            if let Some(event) = self.pause_after_failure().await {
+                return event;
+            }
+        }
+    }
+
+    fn start_fetcher(&mut self, after: ExtendedSequenceNumber) {
+        let (sender, events) = mpsc::channel(8);
+        let fetcher = PollingFetcher {
+            kinesis: Arc::clone(&self.context.kinesis),
+            stream: self.context.stream.clone(),
+            shard_id: self.start.shard_id.clone(),
+            config: self.context.retrieval.clone(),
+            backoff: self.context.kinesis_backoff.clone(),
+            stats: Arc::clone(&self.context.stats),
+        };
+        let start = FetchStart {
+            after,
+            timestamp: self.context.initial_timestamp,
+        };
+        let handle = tokio::spawn(fetcher.run(start, sender).in_current_span());
+        self.fetcher = Some(FetcherTask { handle, events });
+    }
+
+    /// Waits for the next batch or signal and handles it.
+    async fn process_next(&mut self) -> Option<ConsumerEvent> {
+        match self.current_signal() {
+            ConsumerSignal::LeaseLost => return Some(ConsumerEvent::LeaseLost),
+            ConsumerSignal::ShutdownRequested => return Some(ConsumerEvent::ShutdownRequested),
+            ConsumerSignal::Run => {}
+        }
+        let Some(fetcher) = self.fetcher.as_mut() else {
+            self.start_fetcher(self.tracker.progress().checkpoint);
+            return None;
+        };
+        let event = tokio::select! {
+            changed = self.signals.changed() => {
+                if changed.is_err() {
+                    // The scheduler is gone: nothing can steer this shard.
+                    return Some(ConsumerEvent::LeaseLost);
+                }
+                return None;
+            }
+            event = fetcher.events.recv() => event,
+        };
+        match event {
+            Some(ShardEvent::Records(batch)) => Some(self.deliver(batch).await),
+            Some(ShardEvent::ShardEnd { child_shards }) => {
+                info!(children = ?child_shards.iter().map(|c| &c.shard_id).collect::<Vec<_>>(), "shard end reached");
+                self.child_shards = child_shards;
+                Some(ConsumerEvent::ShardEndReached)
+            }
+            None => {
+                error!("record fetcher stopped unexpectedly; restarting from the last checkpoint");
+                self.tracker.rewind_to_checkpoint();
+                self.start_fetcher(self.tracker.progress().checkpoint);
+                None
+            }
+        }
+    }
+
+    /// Hands a batch to the processor until it succeeds (or the retry
+    /// policy skips it).
+    async fn deliver(&mut self, batch: Batch) -> ConsumerEvent {
+        let Batch {
+            records,
+            millis_behind_latest,
+            permit: _permit,
+        } = batch;
+        let (Some(first), Some(last)) = (records.first(), records.last()) else {
+            return ConsumerEvent::BatchDone;
+        };
+        let (first, last) = (first.position(), last.position());
+        let previous = self.tracker.progress().last_delivered;
+        let mut retries = Backoff::new(self.context.retry_policy.backoff());
+        loop {
+            let Some(processor) = self.processor.as_mut() else {
+                return ConsumerEvent::ProcessorRestarted;
+            };
+            self.tracker.delivered(last.clone());
+            let input = ProcessRecordsInput {
+                records: records.clone(),
+                millis_behind_latest,
+                checkpointer: self.tracker.checkpointer(),
+            };
+            let outcome = tokio::select! {
+                biased;
+                () = lease_lost(&mut self.signals) => return ConsumerEvent::LeaseLost,
+                outcome = guarded(processor.process_records(input)) => outcome,
+            };
+            if self.tracker.progress().lease_lost {
+                return ConsumerEvent::LeaseLost;
+            }
+            match outcome {
+                Ok(Ok(())) => {
+                    self.context.stats.count_batch(records.len());
+                    self.failures = unlimited(&self.context.retry_policy.backoff());
+                    return ConsumerEvent::BatchDone;
+                }
+                Ok(Err(error)) => {
+                    self.tracker.retract_delivery(previous.clone());
+                    let Some(delay) = retries.next_delay() else {
+                        self.context.stats.count_batch_skipped();
+                        error!(
+                            %error, %first, %last, records = records.len(), attempts = retries.attempts(),
+                            "processor kept failing; SKIPPING the batch as the retry policy says (its records are lost)"
+                        );
+                        self.tracker.delivered(last);
+                        return ConsumerEvent::BatchDone;
+                    };
+                    self.context.stats.count_processor_retry();
+                    warn!(%error, %first, %last, attempt = retries.attempts(), ?delay, "processor failed a batch; delivering it again");
+                    if let Some(event) = self.pause(delay).await {
+                        return event;
+                    }
+                }
+                Err(panic) => {
+                    self.context.stats.count_processor_panic();
+                    self.context.stats.count_processor_retry();
+                    error!(panic = %panic, %first, %last, "processor panicked; restarting from the last checkpoint");
+                    self.restart_from_checkpoint();
+                    if let Some(event) = self.pause_after_failure().await {
+                        return event;
+                    }
+                    return ConsumerEvent::ProcessorRestarted;
+                }
+            }
+        }
+    }
+
+    /// Drops the processor and the fetcher; the next ones start after the
+    /// last checkpoint.
+    fn restart_from_checkpoint(&mut self) {
+        self.processor = None;
+        self.fetcher = None;
+        self.tracker.rewind_to_checkpoint();
+    }
+
+    /// Tells the processor why it stops.
+    async fn shut_down(&mut self, reason: ShutdownReason) -> ConsumerEvent {
+        match reason {
+            ShutdownReason::LeaseLost => {
+                if let Some(processor) = self.processor.as_mut()
+                    && let Err(panic) = guarded(processor.lease_lost()).await
+                {
+                    error!(panic = %panic, "processor panicked in lease_lost");
+                }
+                ConsumerEvent::ShutdownDone
+            }
+            ShutdownReason::Requested => {
+                let checkpointer = self.tracker.checkpointer();
+                if let Some(processor) = self.processor.as_mut() {
+                    let outcome = tokio::select! {
+                        biased;
+                        () = lease_lost(&mut self.signals) => return ConsumerEvent::LeaseLost,
+                        outcome = guarded(processor.shutdown_requested(checkpointer)) => outcome,
+                    };
+                    match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => warn!(%error, "processor failed in shutdown_requested"),
+                        Err(panic) => {
+                            error!(panic = %panic, "processor panicked in shutdown_requested")
+                        }
+                    }
+                }
+                ConsumerEvent::ShutdownDone
+            }
+            ShutdownReason::ShardEnd => self.finish_shard().await,
+        }
+    }
+
+    /// Delivers the shard end until the processor checkpoints `SHARD_END`.
+    async fn finish_shard(&mut self) -> ConsumerEvent {
+        self.tracker.delivered(ExtendedSequenceNumber::ShardEnd);
+        loop {
+            if self.current_signal() == ConsumerSignal::LeaseLost {
+                return ConsumerEvent::LeaseLost;
+            }
+            if self.processor.is_none() {
+                // A panic replaced the processor: initialize the new one.
+                let event = self.initialize().await;
+                self.fetcher = None;
+                if event != ConsumerEvent::Initialized {
+                    return event;
+                }
+                self.tracker.delivered(ExtendedSequenceNumber::ShardEnd);
+            }
+            let checkpointer = self.tracker.checkpointer();
+            let Some(processor) = self.processor.as_mut() else {
+                continue;
+            };
+            let outcome = tokio::select! {
+                biased;
+                () = lease_lost(&mut self.signals) => return ConsumerEvent::LeaseLost,
+                outcome = guarded(processor.shard_ended(checkpointer)) => outcome,
+            };
+            let progress = self.tracker.progress();
+            if progress.checkpoint == ExtendedSequenceNumber::ShardEnd {
+                return ConsumerEvent::ShutdownDone;
+            }
+            if progress.lease_lost {
+                return ConsumerEvent::LeaseLost;
+            }
+            self.context.stats.count_shard_end_retry();
+            match outcome {
+                Ok(Ok(())) => error!(
+                    "processor returned from shard_ended without checkpointing; the shard's \
+                     children cannot start until it does. Delivering the shard end again"
+                ),
+                Ok(Err(error)) => {
+                    error!(%error, "processor failed in shard_ended; delivering the shard end again");
+                }
+                Err(panic) => {
+                    self.processor = None;
+                    error!(panic = %panic, "processor panicked in shard_ended; delivering the shard end again");
+                }
+            }
+            match self.pause_after_failure().await {
+                None => {}
+                Some(ConsumerEvent::ShutdownRequested) => {
+                    // Stop trying; the lease is released and the shard end is
+                    // delivered again by its next owner.
+                    warn!("shutdown requested while the shard end is not yet checkpointed");
+                    return ConsumerEvent::ShutdownDone;
+                }
+                Some(event) => return event,
+            }
+        }
+    }
+
+    /// Sleeps the next failure backoff, unless a signal comes first.
+    async fn pause_after_failure(&mut self) -> Option<ConsumerEvent> {
+        let delay = self
+            .failures
+            .next_delay()
+            .unwrap_or(Duration::from_secs(30));
+        self.pause(delay).await
+    }
+
+    /// Sleeps `delay`, unless the lease is lost or a shutdown requested first.
+    async fn pause(&mut self, delay: Duration) -> Option<ConsumerEvent> {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => None,
+            event = stop_signal(&mut self.signals) => Some(event),
+        }
+    }
+}
+
+/// A backoff that never runs out (for restarts, which never give up).
+fn unlimited(config: &BackoffConfig) -> Backoff {
+    Backoff::new(BackoffConfig {
+        max_attempts: None,
+        ..config.clone()
+    })
+}
+
+/// Resolves once the lease is lost (or the scheduler is gone).
+async fn lease_lost(signals: &mut watch::Receiver<ConsumerSignal>) {
+    let _ = signals.wait_for(|s| *s == ConsumerSignal::LeaseLost).await;
+}
+
+/// Resolves with the event once the consumer is told to stop: the lease is
+/// lost (or the scheduler is gone), or a shutdown is requested.
+async fn stop_signal(signals: &mut watch::Receiver<ConsumerSignal>) -> ConsumerEvent {
+    match signals.wait_for(|s| *s != ConsumerSignal::Run).await {
+        Ok(signal) if *signal == ConsumerSignal::ShutdownRequested => {
+            ConsumerEvent::ShutdownRequested
+        }
+        _ => ConsumerEvent::LeaseLost,
+    }
+}
+
+/// Runs a processor call, catching a panic as its message.
+async fn guarded<T>(call: impl Future<Output = T>) -> Result<T, String> {
+    AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .map_err(panic_message)
+}
+
+fn panic_message(panic: Box<dyn Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+#[cfg(test)]
+mod tests;

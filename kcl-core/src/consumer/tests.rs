@@ -1,0 +1,360 @@
+//! The shard consumer against the in-memory Kinesis and lease store, on
+//! tokio's paused clock (backoffs and pacing advance virtual time only).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kcl_checkpoint::ExtendedSequenceNumber;
+use kcl_lease::backoff::BackoffConfig;
+use kcl_lease::{InMemoryLeaseStore, Lease, LeaseStore};
+use tokio::sync::watch;
+
+use super::*;
+use crate::kinesis::{InMemoryKinesis, KinesisError};
+use crate::test_support::{Journal, Scripted};
+
+const STREAM: &str = "orders";
+
+struct Fixture {
+    kinesis: InMemoryKinesis,
+    store: Arc<InMemoryLeaseStore>,
+    journal: Arc<Mutex<Journal>>,
+    shard: String,
+    retrieval: RetrievalConfig,
+    policy: ProcessorRetryPolicy,
+}
+
+impl Fixture {
+    /// One shard holding records "r0".."r{n-1}", a lease on it held by
+    /// "worker-a", and a processor that checkpoints after every batch.
+    async fn new(records: usize) -> Self {
+        let kinesis = InMemoryKinesis::new();
+        let shard = kinesis.create_stream(STREAM, 1).remove(0);
+        for n in 0..records {
+            kinesis.put_record_to_shard(STREAM, &shard, "key", format!("r{n}").as_bytes());
+        }
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let lease = Lease::new(shard.clone(), ExtendedSequenceNumber::TrimHorizon);
+        store.create_lease_if_absent(&lease).await.unwrap();
+        store.take_lease(&lease, "worker-a").await.unwrap();
+        let journal = Arc::new(Mutex::new(Journal {
+            checkpoint_batches: true,
+            ..Journal::default()
+        }));
+        Self {
+            kinesis,
+            store,
+            journal,
+            shard,
+            retrieval: RetrievalConfig {
+                max_records_per_call: 3,
+                ..RetrievalConfig::default()
+            },
+            policy: ProcessorRetryPolicy::default(),
+        }
+    }
+
+    async fn lease(&self) -> Lease {
+        self.store.get_lease(&self.shard).await.unwrap().unwrap()
+    }
+
+    async fn consumer(
+        &self,
+    ) -> (
+        ShardConsumer,
+        watch::Sender<ConsumerSignal>,
+        Arc<ConsumerContext>,
+    ) {
+        let journal = Arc::clone(&self.journal);
+        let context = Arc::new(ConsumerContext {
+            worker_id: "worker-a".into(),
+            stream: STREAM.into(),
+            kinesis: Arc::new(self.kinesis.clone()),
+            store: self.store.clone(),
+            factory: Arc::new(move |_: &str| Scripted(Arc::clone(&journal))),
+            retrieval: self.retrieval.clone(),
+            retry_policy: self.policy.clone(),
+            kinesis_backoff: BackoffConfig {
+                max_attempts: None,
+                ..BackoffConfig::default()
+            },
+            initial_timestamp: None,
+            stats: Arc::default(),
+        });
+        let lease = self.lease().await;
+        let start = ShardStart {
+            shard_id: lease.key.clone(),
+            token: lease.token().unwrap(),
+            checkpoint: lease.checkpoint.clone(),
+            pending_checkpoint: lease.pending_checkpoint.clone(),
+            pending_checkpoint_state: None,
+        };
+        let (signal, signals) = watch::channel(ConsumerSignal::Run);
+        (
+            ShardConsumer::new(Arc::clone(&context), start, signals),
+            signal,
+            context,
+        )
+    }
+
+    fn processed(&self) -> Vec<String> {
+        self.journal
+            .lock()
+            .unwrap()
+            .processed
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect()
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.journal.lock().unwrap().calls.clone()
+    }
+
+    /// Runs a consumer until every record `r0..r{n-1}` was processed, then
+    /// asks it to shut down.
+    async fn run_until_processed(&self, n: usize) -> (ConsumerOutcome, Arc<ConsumerContext>) {
+        let (consumer, signal, context) = self.consumer().await;
+        let task = tokio::spawn(consumer.run());
+        while self.processed().len() < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        signal.send_replace(ConsumerSignal::ShutdownRequested);
+        (task.await.unwrap(), context)
+    }
+}
+
+fn names(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("r{i}")).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_shard_is_processed_in_order_and_checkpointed_at_shard_end() {
+    let fixture = Fixture::new(10).await;
+    fixture.kinesis.close_shard(STREAM, &fixture.shard);
+    let (consumer, _signal, context) = fixture.consumer().await;
+
+    let outcome = consumer.run().await;
+
+    assert_eq!(outcome.reason, ShutdownReason::ShardEnd);
+    assert_eq!(outcome.checkpoint, ExtendedSequenceNumber::ShardEnd);
+    assert_eq!(fixture.processed(), names(10));
+    assert_eq!(
+        fixture.lease().await.checkpoint,
+        ExtendedSequenceNumber::ShardEnd
+    );
+    assert_eq!(fixture.calls().first().unwrap(), "init TRIM_HORIZON");
+    assert_eq!(fixture.calls().last().unwrap(), "shard_ended");
+    assert_eq!(context.stats.snapshot().records_processed, 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn processing_resumes_after_the_checkpoint() {
+    let fixture = Fixture::new(6).await;
+    let (outcome, _) = fixture.run_until_processed(6).await;
+    assert_eq!(outcome.reason, ShutdownReason::Requested);
+    let checkpoint = fixture.lease().await.checkpoint;
+    assert_eq!(checkpoint, outcome.checkpoint);
+
+    for n in 6..9 {
+        fixture.kinesis.put_record_to_shard(
+            STREAM,
+            &fixture.shard,
+            "key",
+            format!("r{n}").as_bytes(),
+        );
+    }
+    fixture.run_until_processed(9).await;
+    assert_eq!(
+        fixture.processed(),
+        names(9),
+        "nothing replayed, nothing lost"
+    );
+    assert!(fixture.calls().contains(&format!("init {checkpoint}")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_batch_is_delivered_again_until_it_succeeds() {
+    let fixture = Fixture::new(9).await;
+    fixture.journal.lock().unwrap().fail.insert("r4".into(), 3);
+    let (_, context) = fixture.run_until_processed(9).await;
+
+    assert_eq!(fixture.processed(), names(9));
+    let batches = fixture
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("batch"))
+        .count();
+    assert_eq!(
+        batches,
+        3 + 3,
+        "three batches, one of them tried three more times"
+    );
+    let stats = context.stats.snapshot();
+    assert_eq!(stats.processor_retries, 3);
+    assert_eq!(stats.batches_skipped, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_restarts_the_processor_from_the_last_checkpoint() {
+    let fixture = Fixture::new(9).await;
+    fixture.journal.lock().unwrap().panic.insert("r7".into(), 2);
+    let (_, context) = fixture.run_until_processed(9).await;
+
+    assert_eq!(fixture.processed(), names(9));
+    let inits = fixture
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("init"))
+        .count();
+    assert_eq!(inits, 3, "the first processor and one per panic");
+    assert_eq!(context.stats.snapshot().processor_panics, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_policy_that_gives_up_skips_the_batch_visibly() {
+    let mut fixture = Fixture::new(9).await;
+    fixture.policy = ProcessorRetryPolicy::SkipBatchAfter {
+        attempts: 2,
+        backoff: BackoffConfig::default(),
+    };
+    fixture
+        .journal
+        .lock()
+        .unwrap()
+        .fail
+        .insert("r4".into(), u32::MAX);
+    let (consumer, signal, context) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    while fixture.processed().len() < 6 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+
+    assert_eq!(fixture.processed(), ["r0", "r1", "r2", "r6", "r7", "r8"]);
+    let stats = context.stats.snapshot();
+    assert_eq!(stats.batches_skipped, 1);
+    assert_eq!(stats.processor_retries, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_iterator_is_replaced_without_gap_or_duplicate() {
+    let fixture = Fixture::new(12).await;
+    let (consumer, signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    while fixture.processed().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fixture.kinesis.expire_iterators();
+    while fixture.processed().len() < 12 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+    assert_eq!(fixture.processed(), names(12));
+    assert!(fixture.kinesis.calls("GetShardIterator") >= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn throttling_is_retried_with_backoff() {
+    let fixture = Fixture::new(6).await;
+    let throttled = KinesisError::Throttled {
+        operation: "GetRecords",
+        message: "Rate exceeded".into(),
+    };
+    fixture.kinesis.fail_next("GetRecords", throttled, 4);
+    let (_, context) = fixture.run_until_processed(6).await;
+    assert_eq!(fixture.processed(), names(6));
+    assert_eq!(context.stats.snapshot().kinesis_retries, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_lease_stops_the_consumer_without_checkpointing() {
+    let fixture = Fixture::new(3).await;
+    let (consumer, signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    while fixture.processed().len() < 3 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lease = fixture.lease().await;
+    fixture.store.take_lease(&lease, "worker-b").await.unwrap();
+    signal.send_replace(ConsumerSignal::LeaseLost);
+
+    let outcome = task.await.unwrap();
+    assert_eq!(outcome.reason, ShutdownReason::LeaseLost);
+    assert_eq!(fixture.calls().last().unwrap(), "lease_lost");
+    assert_eq!(fixture.lease().await.owner.as_deref(), Some("worker-b"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_that_finds_the_lease_taken_stops_the_consumer() {
+    let fixture = Fixture::new(3).await;
+    let lease = fixture.lease().await;
+    let (consumer, _signal, _) = fixture.consumer().await;
+    // Another worker takes the lease before the first checkpoint.
+    fixture.store.take_lease(&lease, "worker-b").await.unwrap();
+
+    let outcome = consumer.run().await;
+    assert_eq!(outcome.reason, ShutdownReason::LeaseLost);
+    assert_eq!(
+        fixture.lease().await.checkpoint,
+        ExtendedSequenceNumber::TrimHorizon
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_end_without_checkpoint_is_reported_and_delivered_again() {
+    let fixture = Fixture::new(2).await;
+    fixture.kinesis.close_shard(STREAM, &fixture.shard);
+    fixture.journal.lock().unwrap().skip_shard_end_checkpoints = 2;
+    let (consumer, _signal, context) = fixture.consumer().await;
+
+    let outcome = consumer.run().await;
+    assert_eq!(outcome.checkpoint, ExtendedSequenceNumber::ShardEnd);
+    let shard_ends = fixture
+        .calls()
+        .iter()
+        .filter(|c| *c == "shard_ended")
+        .count();
+    assert_eq!(shard_ends, 3);
+    assert_eq!(context.stats.snapshot().shard_end_retries, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn prefetch_holds_no_more_than_its_budget_and_one_answer() {
+    let mut fixture = Fixture::new(1_000).await;
+    fixture.retrieval = RetrievalConfig {
+        max_records_per_call: 10,
+        max_prefetch_records: 30,
+        ..RetrievalConfig::default()
+    };
+    // The processor never finishes its first batch.
+    fixture
+        .journal
+        .lock()
+        .unwrap()
+        .fail
+        .insert("r0".into(), u32::MAX);
+    let (consumer, _signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let calls = fixture.kinesis.calls("GetRecords");
+    assert!(
+        (3..=4).contains(&calls),
+        "{calls} calls of 10 records with a budget of 30"
+    );
+    task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn get_records_is_called_at_most_five_times_a_second() {
+    let mut fixture = Fixture::new(1_000).await;
+    fixture.retrieval.max_records_per_call = 1;
+    let (consumer, _signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let calls = fixture.kinesis.calls("GetRecords");
+    assert!((45..=51).contains(&calls), "{calls} calls in 10 s");
+    task.abort();
+}

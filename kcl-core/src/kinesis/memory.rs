@@ -1,0 +1,323 @@
+//! [`Kinesis`] in memory: streams whose shards are vectors of records, with
+//! controls for what a test needs (closing shards, expiring iterators,
+//! injecting errors, counting calls).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use kcl_checkpoint::SequenceNumber;
+use kcl_lease::HashKeyRange;
+
+use super::{ChildShard, Kinesis, KinesisError, RecordsPage, ShardDescription, StartingPosition};
+use crate::Record;
+
+/// Streams in memory. Clones share the same streams.
+#[derive(Clone, Debug, Default)]
+pub struct InMemoryKinesis {
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    streams: BTreeMap<String, Stream>,
+    /// Errors to return from the next calls, by operation.
+    faults: HashMap<&'static str, VecDeque<KinesisError>>,
+    calls: HashMap<&'static str, u64>,
+    /// Iterators from an older generation have expired.
+    iterator_generation: u64,
+    next_sequence: u64,
+}
+
+#[derive(Debug, Default)]
+struct Stream {
+    shards: BTreeMap<String, Shard>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    description: ShardDescription,
+    records: Vec<Record>,
+    children: Vec<ChildShard>,
+}
+
+impl InMemoryKinesis {
+    /// No streams.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Creates `stream` with `shards` open shards splitting the hash key
+    /// space evenly. Returns the shard ids.
+    pub fn create_stream(&self, stream: &str, shards: u32) -> Vec<String> {
+        let mut state = self.state();
+        let width = u128::MAX / u128::from(shards.max(1));
+        let stream = state.streams.entry(stream.to_owned()).or_default();
+        (0..shards)
+            .map(|n| {
+                let shard_id = format!("shardId-{n:012}");
+                let start = width * u128::from(n);
+                let end = if n + 1 == shards {
+                    u128::MAX
+                } else {
+                    start + width - 1
+                };
+                stream.shards.insert(
+                    shard_id.clone(),
+                    Shard {
+                        description: ShardDescription {
+                            shard_id: shard_id.clone(),
+                            parent_shard_id: None,
+                            adjacent_parent_shard_id: None,
+                            hash_key_range: HashKeyRange { start, end },
+                            ending_sequence_number: None,
+                        },
+                        records: Vec::new(),
+                        children: Vec::new(),
+                    },
+                );
+                shard_id
+            })
+            .collect()
+    }
+
+    /// Appends a record to the shard whose hash range holds `partition_key`'s
+    /// hash. Returns the shard id and the sequence number.
+    ///
+    /// # Panics
+    /// If the stream does not exist (a test setup error).
+    pub fn put_record(&self, stream: &str, partition_key: &str, data: &[u8]) -> (String, String) {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        partition_key.hash(&mut hasher);
+        let half = u128::from(hasher.finish());
+        let hash = (half << 64) | half;
+        let shard_id = {
+            let state = self.state();
+            let stream = state.streams.get(stream).expect("stream exists");
+            stream
+                .shards
+                .values()
+                .filter(|s| s.description.is_open())
+                .find(|s| {
+                    let range = s.description.hash_key_range;
+                    range.start <= hash && hash <= range.end
+                })
+                .map(|s| s.description.shard_id.clone())
+                .expect("an open shard covers every hash key")
+        };
+        let sequence = self.put_record_to_shard(stream, &shard_id, partition_key, data);
+        (shard_id, sequence)
+    }
+
+    /// Appends a record to `shard_id`. Returns its sequence number.
+    ///
+    /// # Panics
+    /// If the stream or shard does not exist, or the shard is closed.
+    pub fn put_record_to_shard(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        partition_key: &str,
+        data: &[u8],
+    ) -> String {
+        let mut state = self.state();
+        state.next_sequence += 1;
+        // Realistic length (56 digits), increasing across the stream.
+        let sequence = format!("4959{:052}", state.next_sequence);
+        let shard = state
+            .streams
+            .get_mut(stream)
+            .and_then(|s| s.shards.get_mut(shard_id))
+            .expect("shard exists");
+        assert!(shard.description.is_open(), "{shard_id} is closed");
+        shard.records.push(Record {
+            data: Bytes::copy_from_slice(data),
+            partition_key: partition_key.to_owned(),
+            sequence_number: SequenceNumber::new(&sequence).expect("digits"),
+            sub_sequence_number: 0,
+            approximate_arrival_timestamp: Some(SystemTime::now()),
+            explicit_hash_key: None,
+        });
+        sequence
+    }
+
+    /// Closes `shard_id`: after its last record, readers reach shard end
+    /// with no child shards.
+    pub fn close_shard(&self, stream: &str, shard_id: &str) {
+        let mut state = self.state();
+        if let Some(shard) = state
+            .streams
+            .get_mut(stream)
+            .and_then(|s| s.shards.get_mut(shard_id))
+        {
+            let last = shard
+                .records
+                .last()
+                .map_or_else(|| "0".to_owned(), |r| r.sequence_number.to_string());
+            shard.description.ending_sequence_number = Some(last);
+        }
+    }
+
+    /// Makes every iterator handed out so far expire.
+    pub fn expire_iterators(&self) {
+        self.state().iterator_generation += 1;
+    }
+
+    /// Makes the next `times` calls of `operation` (`"GetRecords"`,
+    /// `"GetShardIterator"`, `"ListShards"`) fail with `error`.
+    pub fn fail_next(&self, operation: &'static str, error: KinesisError, times: usize) {
+        let mut state = self.state();
+        let queue = state.faults.entry(operation).or_default();
+        queue.extend(std::iter::repeat_n(error, times));
+    }
+
+    /// How many calls of `operation` were made (failed ones included).
+    pub fn calls(&self, operation: &'static str) -> u64 {
+        self.state().calls.get(operation).copied().unwrap_or(0)
+    }
+
+    /// Counts a call and returns the injected fault for it, if any.
+    fn begin(state: &mut State, operation: &'static str) -> Result<(), KinesisError> {
+        *state.calls.entry(operation).or_default() += 1;
+        match state
+            .faults
+            .get_mut(operation)
+            .and_then(VecDeque::pop_front)
+        {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn not_found(operation: &'static str, what: &str) -> KinesisError {
+    KinesisError::NotFound {
+        operation,
+        message: format!("{what} not found"),
+    }
+}
+
+/// An iterator names a stream, a shard, the index of the next record and
+/// the generation it was made in.
+fn encode_iterator(stream: &str, shard: &str, index: usize, generation: u64) -> String {
+    format!("{stream}|{shard}|{index}|{generation}")
+}
+
+fn decode_iterator(iterator: &str) -> Option<(String, String, usize, u64)> {
+    let mut parts = iterator.split('|');
+    let stream = parts.next()?.to_owned();
+    let shard = parts.next()?.to_owned();
+    let index = parts.next()?.parse().ok()?;
+    let generation = parts.next()?.parse().ok()?;
+    Some((stream, shard, index, generation))
+}
+
+#[async_trait]
+impl Kinesis for InMemoryKinesis {
+    async fn list_shards(&self, stream: &str) -> Result<Vec<ShardDescription>, KinesisError> {
+        let mut state = self.state();
+        Self::begin(&mut state, "ListShards")?;
+        let stream = state
+            .streams
+            .get(stream)
+            .ok_or_else(|| not_found("ListShards", stream))?;
+        Ok(stream
+            .shards
+            .values()
+            .map(|s| s.description.clone())
+            .collect())
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream_name: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<String, KinesisError> {
+        const OP: &str = "GetShardIterator";
+        let mut state = self.state();
+        Self::begin(&mut state, OP)?;
+        let generation = state.iterator_generation;
+        let shard = state
+            .streams
+            .get(stream_name)
+            .and_then(|s| s.shards.get(shard_id))
+            .ok_or_else(|| not_found(OP, shard_id))?;
+        let find = |sequence: &str| {
+            let wanted = SequenceNumber::new(sequence).map_err(|e| KinesisError::Refused {
+                operation: OP,
+                code: "InvalidArgumentException".into(),
+                message: e.to_string(),
+            })?;
+            Ok::<_, KinesisError>(
+                shard
+                    .records
+                    .iter()
+                    .position(|r| r.sequence_number >= wanted)
+                    .map(|i| (i, shard.records[i].sequence_number == wanted))
+                    .unwrap_or((shard.records.len(), false)),
+            )
+        };
+        let index = match position {
+            StartingPosition::TrimHorizon => 0,
+            StartingPosition::Latest => shard.records.len(),
+            StartingPosition::AtTimestamp(at) => shard
+                .records
+                .iter()
+                .position(|r| r.approximate_arrival_timestamp.is_some_and(|t| t >= *at))
+                .unwrap_or(shard.records.len()),
+            StartingPosition::AtSequenceNumber(sequence) => find(sequence)?.0,
+            StartingPosition::AfterSequenceNumber(sequence) => {
+                let (index, exact) = find(sequence)?;
+                if exact { index + 1 } else { index }
+            }
+        };
+        Ok(encode_iterator(stream_name, shard_id, index, generation))
+    }
+
+    async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, KinesisError> {
+        const OP: &str = "GetRecords";
+        let mut state = self.state();
+        Self::begin(&mut state, OP)?;
+        let (stream, shard_id, index, generation) =
+            decode_iterator(iterator).ok_or_else(|| KinesisError::Refused {
+                operation: OP,
+                code: "InvalidArgumentException".into(),
+                message: format!("not a shard iterator: {iterator}"),
+            })?;
+        if generation != state.iterator_generation {
+            return Err(KinesisError::ExpiredIterator {
+                message: "iterator expired".into(),
+            });
+        }
+        let shard = state
+            .streams
+            .get(&stream)
+            .and_then(|s| s.shards.get(&shard_id))
+            .ok_or_else(|| not_found(OP, &shard_id))?;
+        let end = (index + limit.max(1) as usize).min(shard.records.len());
+        let records = shard.records.get(index..end).unwrap_or_default().to_vec();
+        let caught_up = end >= shard.records.len();
+        let shard_ended = caught_up && !shard.description.is_open();
+        Ok(RecordsPage {
+            records,
+            next_iterator: (!shard_ended)
+                .then(|| encode_iterator(&stream, &shard_id, end, generation)),
+            millis_behind_latest: Some(if caught_up { 0 } else { 1_000 }),
+            child_shards: if shard_ended {
+                shard.children.clone()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+}

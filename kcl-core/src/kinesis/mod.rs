@@ -1,0 +1,113 @@
+//! The narrow part of the Kinesis API the worker uses, behind a trait with
+//! two implementations: [`SdkKinesis`] (aws-sdk-kinesis) and
+//! [`InMemoryKinesis`] (for unit tests and simulations).
+//!
+//! Implementations send each request once: retries with backoff are the
+//! caller's (see [`retry`](crate::kinesis::retry)), so throttling is handled
+//! in one place and counted.
+
+mod error;
+mod memory;
+pub mod retry;
+mod sdk;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use kcl_lease::HashKeyRange;
+
+pub use error::KinesisError;
+pub use memory::InMemoryKinesis;
+pub use sdk::SdkKinesis;
+
+use crate::Record;
+
+/// A shard as `ListShards` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardDescription {
+    /// The shard id.
+    pub shard_id: String,
+    /// The shard it was split from, or the first shard it was merged from.
+    pub parent_shard_id: Option<String>,
+    /// The second shard of a merge.
+    pub adjacent_parent_shard_id: Option<String>,
+    /// The shard's hash key range.
+    pub hash_key_range: HashKeyRange,
+    /// Set when the shard is closed (split or merged): its last sequence
+    /// number.
+    pub ending_sequence_number: Option<String>,
+}
+
+impl ShardDescription {
+    /// The parent shards (none, one, or two for a merge).
+    pub fn parents(&self) -> impl Iterator<Item = &str> {
+        self.parent_shard_id
+            .iter()
+            .chain(&self.adjacent_parent_shard_id)
+            .map(String::as_str)
+    }
+
+    /// Whether the shard is still open for writes.
+    pub fn is_open(&self) -> bool {
+        self.ending_sequence_number.is_none()
+    }
+}
+
+/// Where a shard iterator starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartingPosition {
+    /// The oldest record in the shard.
+    TrimHorizon,
+    /// Just after the newest record at the time of the call.
+    Latest,
+    /// The first record at or after a time.
+    AtTimestamp(SystemTime),
+    /// The record with this sequence number.
+    AtSequenceNumber(String),
+    /// The record after the one with this sequence number.
+    AfterSequenceNumber(String),
+}
+
+/// A shard created from a shard that ended, as `GetRecords` reports it at
+/// shard end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildShard {
+    /// The child shard's id.
+    pub shard_id: String,
+    /// All its parents (two for a merge).
+    pub parent_shards: Vec<String>,
+    /// Its hash key range.
+    pub hash_key_range: HashKeyRange,
+}
+
+/// One `GetRecords` answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordsPage {
+    /// The records, oldest first (possibly none).
+    pub records: Vec<Record>,
+    /// Where to read next; `None` when the shard has ended and every record
+    /// has been returned.
+    pub next_iterator: Option<String>,
+    /// How far behind the newest record of the shard this page is.
+    pub millis_behind_latest: Option<u64>,
+    /// At shard end, the shards that follow it.
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// The Kinesis calls the worker makes.
+#[async_trait]
+pub trait Kinesis: Send + Sync + 'static {
+    /// Every shard of the stream, following pagination.
+    async fn list_shards(&self, stream: &str) -> Result<Vec<ShardDescription>, KinesisError>;
+
+    /// An iterator for reading `shard_id` from `position`.
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<String, KinesisError>;
+
+    /// Up to `limit` records from `iterator`.
+    async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, KinesisError>;
+}

@@ -1,0 +1,232 @@
+//! [`Kinesis`] on aws-sdk-kinesis.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::retry::RetryConfig;
+use aws_sdk_kinesis::config::timeout::TimeoutConfig;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::{self, ShardIteratorType};
+use kcl_checkpoint::SequenceNumber;
+use kcl_lease::HashKeyRange;
+
+use super::{ChildShard, Kinesis, KinesisError, RecordsPage, ShardDescription, StartingPosition};
+use crate::Record;
+
+/// Kinesis through an aws-sdk-kinesis client. The SDK's own retries are
+/// turned off (the framework retries with its own backoff, so every attempt
+/// is seen and counted), and each attempt times out after 30 s so a dropped
+/// connection cannot stall a shard.
+#[derive(Clone, Debug)]
+pub struct SdkKinesis {
+    client: Client,
+}
+
+impl SdkKinesis {
+    /// Wraps `client`, keeping its region, credentials and endpoint.
+    pub fn new(client: &Client) -> Self {
+        let config = client
+            .config()
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .build(),
+            )
+            .build();
+        Self {
+            client: Client::from_conf(config),
+        }
+    }
+}
+
+#[async_trait]
+impl Kinesis for SdkKinesis {
+    async fn list_shards(&self, stream: &str) -> Result<Vec<ShardDescription>, KinesisError> {
+        const OP: &str = "ListShards";
+        let mut shards = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            // With a next token, the stream name must not be given.
+            let request = match &next_token {
+                Some(token) => self.client.list_shards().next_token(token),
+                None => self.client.list_shards().stream_name(stream),
+            };
+            let page = request.send().await.map_err(|e| classify(OP, e))?;
+            for shard in page.shards() {
+                shards.push(describe(shard)?);
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
+                _ => return Ok(shards),
+            }
+        }
+    }
+
+    async fn get_shard_iterator(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<String, KinesisError> {
+        const OP: &str = "GetShardIterator";
+        let request = self
+            .client
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(shard_id);
+        let request = match position {
+            StartingPosition::TrimHorizon => {
+                request.shard_iterator_type(ShardIteratorType::TrimHorizon)
+            }
+            StartingPosition::Latest => request.shard_iterator_type(ShardIteratorType::Latest),
+            StartingPosition::AtTimestamp(at) => request
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from(*at)),
+            StartingPosition::AtSequenceNumber(sequence) => request
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(sequence),
+            StartingPosition::AfterSequenceNumber(sequence) => request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(sequence),
+        };
+        let output = request.send().await.map_err(|e| classify(OP, e))?;
+        output
+            .shard_iterator
+            .ok_or_else(|| KinesisError::InvalidResponse {
+                operation: OP,
+                message: format!("no shard iterator for {shard_id}"),
+            })
+    }
+
+    async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, KinesisError> {
+        const OP: &str = "GetRecords";
+        let output = self
+            .client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(limit.clamp(1, 10_000) as i32)
+            .send()
+            .await
+            .map_err(|e| classify(OP, e))?;
+        let records = output
+            .records()
+            .iter()
+            .map(record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let child_shards = output
+            .child_shards()
+            .iter()
+            .map(|child| {
+                Ok(ChildShard {
+                    shard_id: child.shard_id().to_owned(),
+                    parent_shards: child.parent_shards().to_vec(),
+                    hash_key_range: hash_key_range(OP, child.hash_key_range())?,
+                })
+            })
+            .collect::<Result<Vec<_>, KinesisError>>()?;
+        Ok(RecordsPage {
+            records,
+            next_iterator: output.next_shard_iterator().map(str::to_owned),
+            millis_behind_latest: output
+                .millis_behind_latest()
+                .and_then(|ms| u64::try_from(ms).ok()),
+            child_shards,
+        })
+    }
+}
+
+fn describe(shard: &types::Shard) -> Result<ShardDescription, KinesisError> {
+    Ok(ShardDescription {
+        shard_id: shard.shard_id().to_owned(),
+        parent_shard_id: shard.parent_shard_id().map(str::to_owned),
+        adjacent_parent_shard_id: shard.adjacent_parent_shard_id().map(str::to_owned),
+        hash_key_range: hash_key_range("ListShards", shard.hash_key_range())?,
+        ending_sequence_number: shard
+            .sequence_number_range()
+            .and_then(|range| range.ending_sequence_number())
+            .map(str::to_owned),
+    })
+}
+
+fn hash_key_range(
+    operation: &'static str,
+    range: Option<&types::HashKeyRange>,
+) -> Result<HashKeyRange, KinesisError> {
+    let invalid = |message: String| KinesisError::InvalidResponse { operation, message };
+    let range = range.ok_or_else(|| invalid("a shard without a hash key range".into()))?;
+    let parse = |digits: &str| {
+        digits
+            .parse::<u128>()
+            .map_err(|e| invalid(format!("hash key {digits:?}: {e}")))
+    };
+    Ok(HashKeyRange {
+        start: parse(range.starting_hash_key())?,
+        end: parse(range.ending_hash_key())?,
+    })
+}
+
+fn record(record: &types::Record) -> Result<Record, KinesisError> {
+    let sequence = record.sequence_number();
+    let sequence_number =
+        SequenceNumber::new(sequence).map_err(|e| KinesisError::InvalidResponse {
+            operation: "GetRecords",
+            message: format!("sequence number {sequence:?}: {e}"),
+        })?;
+    Ok(Record {
+        data: bytes::Bytes::copy_from_slice(record.data().as_ref()),
+        partition_key: record.partition_key().unwrap_or_default().to_owned(),
+        sequence_number,
+        sub_sequence_number: 0,
+        approximate_arrival_timestamp: record
+            .approximate_arrival_timestamp()
+            .and_then(|at| SystemTime::try_from(*at).ok()),
+        explicit_hash_key: None,
+    })
+}
+
+/// Sorts an SDK error into what the caller should do about it.
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    operation: &'static str,
+    error: SdkError<E>,
+) -> KinesisError {
+    let message = match error.message() {
+        Some(message) => message.to_owned(),
+        None => format!("{}", aws_sdk_kinesis::error::DisplayErrorContext(&error)),
+    };
+    match &error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or_default().to_owned();
+            match code.as_str() {
+                "ProvisionedThroughputExceededException"
+                | "LimitExceededException"
+                | "ThrottlingException"
+                | "KMSThrottlingException" => KinesisError::Throttled { operation, message },
+                "ExpiredIteratorException" => KinesisError::ExpiredIterator { message },
+                "ResourceNotFoundException" => KinesisError::NotFound { operation, message },
+                _ if status == 429 => KinesisError::Throttled { operation, message },
+                _ if status >= 500 => KinesisError::Transient { operation, message },
+                "InternalFailure" | "ServiceUnavailable" => {
+                    KinesisError::Transient { operation, message }
+                }
+                _ => KinesisError::Refused {
+                    operation,
+                    code,
+                    message,
+                },
+            }
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            KinesisError::Transient { operation, message }
+        }
+        _ => KinesisError::Refused {
+            operation,
+            code: String::new(),
+            message,
+        },
+    }
+}

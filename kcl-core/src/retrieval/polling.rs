@@ -1,0 +1,203 @@
+//! Polling retrieval: `GetShardIterator` from the checkpoint, then a
+//! `GetRecords` loop that runs ahead of the processor within a
+//! [`PrefetchBudget`].
+//!
+//! - Calls on a shard are at least [`MIN_CALL_INTERVAL`] apart, and
+//!   `idle_time_between_calls` apart once the shard is caught up.
+//! - Throttling and transient failures are retried after a jittered,
+//!   growing backoff; other failures are logged and retried after the
+//!   longest backoff, since a shard cannot be skipped.
+//! - An expired iterator is replaced by one `AFTER_SEQUENCE_NUMBER` of the
+//!   last record read: no gap, no duplicate.
+//! - Starting from a checkpoint at a record, the iterator starts
+//!   `AT_SEQUENCE_NUMBER` and every user record at or before the checkpoint
+//!   is dropped, so a checkpoint inside a KPL aggregate resumes at the next
+//!   sub-record.
+//! - When `GetRecords` returns no next iterator the shard has ended:
+//!   [`ShardEvent::ShardEnd`] is sent and the fetcher stops.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kcl_checkpoint::{ExtendedSequenceNumber, SequenceNumber};
+use kcl_lease::backoff::{Backoff, BackoffConfig};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, error, warn};
+
+use super::{Batch, MIN_CALL_INTERVAL, PrefetchBudget, RetrievalConfig, ShardEvent};
+use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
+use crate::stats::WorkerStats;
+
+/// Reads one shard into a channel.
+pub struct PollingFetcher {
+    /// Where records come from.
+    pub kinesis: Arc<dyn Kinesis>,
+    /// The stream.
+    pub stream: String,
+    /// The shard.
+    pub shard_id: String,
+    /// Call sizes and pacing.
+    pub config: RetrievalConfig,
+    /// Backoff between failed calls (attempts are not limited here).
+    pub backoff: BackoffConfig,
+    /// Counts retries.
+    pub stats: Arc<WorkerStats>,
+}
+
+/// Where a fetcher starts: after a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchStart {
+    /// The checkpoint (a record or a sentinel other than `SHARD_END`).
+    pub after: ExtendedSequenceNumber,
+    /// The time to start from when `after` is `AT_TIMESTAMP`.
+    pub timestamp: Option<SystemTime>,
+}
+
+impl PollingFetcher {
+    /// Runs until the shard ends, or the receiving side of `events` is
+    /// dropped.
+    pub async fn run(self, start: FetchStart, events: mpsc::Sender<ShardEvent>) {
+        let budget = PrefetchBudget::new(
+            self.config.max_prefetch_records,
+            self.config.max_prefetch_bytes,
+        );
+        let initial = match start.after.clone() {
+            ExtendedSequenceNumber::Record { sequence, .. } => {
+                StartingPosition::AtSequenceNumber(sequence.to_string())
+            }
+            ExtendedSequenceNumber::Latest => StartingPosition::Latest,
+            ExtendedSequenceNumber::AtTimestamp => match start.timestamp {
+                Some(at) => StartingPosition::AtTimestamp(at),
+                None => {
+                    warn!(
+                        "lease starts AT_TIMESTAMP but no initial timestamp is configured; \
+                         reading from TRIM_HORIZON so nothing is skipped"
+                    );
+                    StartingPosition::TrimHorizon
+                }
+            },
+            ExtendedSequenceNumber::TrimHorizon | ExtendedSequenceNumber::ShardEnd => {
+                StartingPosition::TrimHorizon
+            }
+        };
+        // Records at or before this position were processed already.
+        let skip_through = (!start.after.is_sentinel()).then_some(start.after);
+        let mut last_read: Option<SequenceNumber> = None;
+        let mut iterator = None;
+        let mut failures = self.new_backoff();
+        let mut next_call = Instant::now();
+        loop {
+            if events.is_closed() {
+                return;
+            }
+            let current = match iterator.take() {
+                Some(current) => current,
+                None => {
+                    let position = match &last_read {
+                        Some(sequence) => {
+                            StartingPosition::AfterSequenceNumber(sequence.to_string())
+                        }
+                        None => initial.clone(),
+                    };
+                    match self
+                        .kinesis
+                        .get_shard_iterator(&self.stream, &self.shard_id, &position)
+                        .await
+                    {
+                        Ok(fresh) => fresh,
+                        Err(error) => {
+                            self.wait_after(&error, &mut failures).await;
+                            continue;
+                        }
+                    }
+                }
+            };
+            tokio::time::sleep_until(next_call).await;
+            let called = Instant::now();
+            next_call = called + MIN_CALL_INTERVAL;
+            let page = match self
+                .kinesis
+                .get_records(&current, self.config.max_records_per_call)
+                .await
+            {
+                Ok(page) => page,
+                Err(KinesisError::ExpiredIterator { .. }) => {
+                    debug!(after = ?last_read, "shard iterator expired; getting a new one");
+                    continue;
+                }
+                Err(error) => {
+                    iterator = Some(current);
+                    self.wait_after(&error, &mut failures).await;
+                    continue;
+                }
+            };
+            failures = self.new_backoff();
+            if let Some(last) = page.records.last() {
+                last_read = Some(last.sequence_number.clone());
+            }
+            let caught_up = page.records.is_empty() || page.millis_behind_latest == Some(0);
+            let records: Vec<_> = page
+                .records
+                .into_iter()
+                .filter(|r| {
+                    skip_through
+                        .as_ref()
+                        .is_none_or(|skip| r.position() > *skip)
+                })
+                .collect();
+            if !records.is_empty() {
+                let bytes = records
+                    .iter()
+                    .map(|r| r.data.len() + r.partition_key.len())
+                    .sum();
+                let permit = budget.acquire(records.len(), bytes).await;
+                let batch = Batch {
+                    records,
+                    millis_behind_latest: page.millis_behind_latest,
+                    permit,
+                };
+                if events.send(ShardEvent::Records(batch)).await.is_err() {
+                    return;
+                }
+            }
+            match page.next_iterator {
+                Some(next) => iterator = Some(next),
+                None => {
+                    let _ = events
+                        .send(ShardEvent::ShardEnd {
+                            child_shards: page.child_shards,
+                        })
+                        .await;
+                    return;
+                }
+            }
+            if caught_up {
+                next_call = next_call.max(called + self.config.idle_time_between_calls);
+            }
+        }
+    }
+
+    fn new_backoff(&self) -> Backoff {
+        Backoff::new(BackoffConfig {
+            max_attempts: None,
+            ..self.backoff.clone()
+        })
+    }
+
+    /// Logs a failed call and sleeps before the next attempt.
+    async fn wait_after(&self, error: &KinesisError, failures: &mut Backoff) {
+        self.stats.count_kinesis_retry();
+        let delay = if error.is_retryable() {
+            failures.next_delay().unwrap_or(self.backoff.max)
+        } else {
+            self.backoff.max.max(Duration::from_secs(1))
+        };
+        if error.is_retryable() {
+            warn!(%error, attempt = failures.attempts(), ?delay, "Kinesis call failed; retrying");
+        } else {
+            error!(%error, ?delay, "Kinesis refused a call this shard needs; retrying");
+        }
+        tokio::time::sleep(delay).await;
+    }
+}

@@ -1,0 +1,453 @@
+//! The scheduler's settings and the builder that validates them.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kcl_checkpoint::ExtendedSequenceNumber;
+use kcl_lease::backoff::BackoffConfig;
+use kcl_lease::{DynamoDbLeaseStore, LeaseConfig, LeaseStore};
+
+use super::Scheduler;
+use crate::RecordProcessorFactory;
+use crate::consumer::ProcessorRetryPolicy;
+use crate::kinesis::{Kinesis, SdkKinesis};
+use crate::retrieval::RetrievalConfig;
+
+/// Where a shard with no checkpoint starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// The oldest record still in the shard (the default: nothing in the
+    /// stream is skipped).
+    TrimHorizon,
+    /// Records written after the worker starts reading. Until a record has
+    /// been checkpointed, a restart reads from the newest record again, as
+    /// in the Java KCL.
+    Latest,
+    /// Records written at or after a time.
+    AtTimestamp(SystemTime),
+}
+
+impl InitialPosition {
+    /// The checkpoint a new lease starts with.
+    pub fn checkpoint(&self) -> ExtendedSequenceNumber {
+        match self {
+            Self::TrimHorizon => ExtendedSequenceNumber::TrimHorizon,
+            Self::Latest => ExtendedSequenceNumber::Latest,
+            Self::AtTimestamp(_) => ExtendedSequenceNumber::AtTimestamp,
+        }
+    }
+}
+
+/// Every setting of a worker, validated by [`SchedulerBuilder::build`].
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// The application's name: the lease table's name (and
+    /// `<name>-Workers` for heartbeats). Every worker of one application
+    /// uses the same.
+    pub application_name: String,
+    /// The stream to consume.
+    pub stream_name: String,
+    /// Where new shards start.
+    pub initial_position: InitialPosition,
+    /// This worker's lease settings: id, failover time, heartbeat and
+    /// assignment intervals, lease limit.
+    pub lease: LeaseConfig,
+    /// How often the stream's shards are listed to create missing leases.
+    /// Default 60 s.
+    pub shard_sync_interval: Duration,
+    /// How records are read.
+    pub retrieval: RetrievalConfig,
+    /// How a failing batch is retried.
+    pub retry_policy: ProcessorRetryPolicy,
+    /// Backoff between failed Kinesis calls: 100 ms doubling to 10 s.
+    pub kinesis_backoff: BackoffConfig,
+    /// How long a stopping worker waits for its shards to checkpoint and be
+    /// released before it stops the rest without checkpointing. Default 20 s
+    /// (under Kubernetes' default 30 s grace period).
+    pub shutdown_timeout: Duration,
+}
+
+/// A setting that cannot work, named.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A required setting was not given.
+    #[error("{setting} is required")]
+    Missing {
+        /// The setting.
+        setting: &'static str,
+    },
+    /// A setting's value cannot work.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// The setting.
+        setting: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Builds a [`Scheduler`]; see each setter for defaults.
+#[derive(Default)]
+pub struct SchedulerBuilder {
+    application_name: Option<String>,
+    stream_name: Option<String>,
+    worker_id: Option<String>,
+    initial_position: Option<InitialPosition>,
+    failover_time: Option<Duration>,
+    heartbeat_interval: Option<Duration>,
+    assignment_interval: Option<Duration>,
+    max_leases_per_worker: Option<usize>,
+    shard_sync_interval: Option<Duration>,
+    retrieval: Option<RetrievalConfig>,
+    retry_policy: Option<ProcessorRetryPolicy>,
+    shutdown_timeout: Option<Duration>,
+    clients: Option<(aws_sdk_kinesis::Client, aws_sdk_dynamodb::Client)>,
+    backends: Option<(Arc<dyn Kinesis>, Arc<dyn LeaseStore>)>,
+}
+
+impl SchedulerBuilder {
+    /// The application's name, which names the lease table. Required.
+    pub fn application_name(mut self, name: impl Into<String>) -> Self {
+        self.application_name = Some(name.into());
+        self
+    }
+
+    /// The stream to consume. Required.
+    pub fn stream_name(mut self, name: impl Into<String>) -> Self {
+        self.stream_name = Some(name.into());
+        self
+    }
+
+    /// This worker's id, unique in the fleet. Default: the host name and a
+    /// random suffix.
+    pub fn worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = Some(id.into());
+        self
+    }
+
+    /// Where shards without a checkpoint start. Default `TrimHorizon`.
+    pub fn initial_position(mut self, position: InitialPosition) -> Self {
+        self.initial_position = Some(position);
+        self
+    }
+
+    /// How long a silent worker keeps its leases. Default 10 s.
+    pub fn failover_time(mut self, time: Duration) -> Self {
+        self.failover_time = Some(time);
+        self
+    }
+
+    /// How often the worker heartbeats. Default: half the failover time.
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// How often leases are balanced. Default 10 s.
+    pub fn assignment_interval(mut self, interval: Duration) -> Self {
+        self.assignment_interval = Some(interval);
+        self
+    }
+
+    /// The most leases this worker holds. Default: no limit.
+    pub fn max_leases_per_worker(mut self, max: usize) -> Self {
+        self.max_leases_per_worker = Some(max);
+        self
+    }
+
+    /// How often shards are listed. Default 60 s.
+    pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
+        self.shard_sync_interval = Some(interval);
+        self
+    }
+
+    /// How records are read. Default [`RetrievalConfig::default`].
+    pub fn retrieval(mut self, retrieval: RetrievalConfig) -> Self {
+        self.retrieval = Some(retrieval);
+        self
+    }
+
+    /// How a failing batch is retried. Default: forever.
+    pub fn retry_policy(mut self, policy: ProcessorRetryPolicy) -> Self {
+        self.retry_policy = Some(policy);
+        self
+    }
+
+    /// How long a stop waits for shards to be handed over. Default 20 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = Some(timeout);
+        self
+    }
+
+    /// The AWS clients to use (built from `aws_config`, so the standard
+    /// credential chain and `AWS_ENDPOINT_URL_*` apply).
+    pub fn aws_clients(
+        mut self,
+        kinesis: &aws_sdk_kinesis::Client,
+        dynamodb: &aws_sdk_dynamodb::Client,
+    ) -> Self {
+        self.clients = Some((kinesis.clone(), dynamodb.clone()));
+        self
+    }
+
+    /// Both clients from one `aws_config` configuration.
+    pub fn sdk_config(self, config: &aws_config::SdkConfig) -> Self {
+        let kinesis = aws_sdk_kinesis::Client::new(config);
+        let dynamodb = aws_sdk_dynamodb::Client::new(config);
+        self.aws_clients(&kinesis, &dynamodb)
+    }
+
+    /// Other implementations of Kinesis and the lease table (in-memory ones
+    /// for tests). Takes precedence over [`aws_clients`](Self::aws_clients).
+    pub fn backends(mut self, kinesis: Arc<dyn Kinesis>, store: Arc<dyn LeaseStore>) -> Self {
+        self.backends = Some((kinesis, store));
+        self
+    }
+
+    /// Validates the settings and builds the scheduler around `factory`.
+    pub fn build(self, factory: impl RecordProcessorFactory) -> Result<Scheduler, ConfigError> {
+        let application_name = self.application_name.ok_or(ConfigError::Missing {
+            setting: "application_name",
+        })?;
+        check_name(
+            "application_name",
+            &application_name,
+            3,
+            255 - "-Workers".len(),
+        )?;
+        let stream_name = self.stream_name.ok_or(ConfigError::Missing {
+            setting: "stream_name",
+        })?;
+        check_name("stream_name", &stream_name, 1, 128)?;
+        let worker_id = match self.worker_id {
+            Some(id) => id,
+            None => default_worker_id(),
+        };
+        let mut lease = LeaseConfig::new(worker_id);
+        if let Some(failover) = self.failover_time {
+            lease = lease.with_failover_time(failover);
+        }
+        if let Some(interval) = self.heartbeat_interval {
+            lease.heartbeat_interval = interval;
+        }
+        if let Some(interval) = self.assignment_interval {
+            lease.assignment_interval = interval;
+        }
+        lease.max_leases_per_worker = self.max_leases_per_worker;
+        lease.validate().map_err(|e| ConfigError::Invalid {
+            setting: "lease settings",
+            reason: e.to_string(),
+        })?;
+        let retrieval = self.retrieval.unwrap_or_default();
+        if !(1..=10_000).contains(&retrieval.max_records_per_call) {
+            return Err(ConfigError::Invalid {
+                setting: "max_records_per_call",
+                reason: format!(
+                    "{} is not between 1 and 10,000",
+                    retrieval.max_records_per_call
+                ),
+            });
+        }
+        for (setting, value) in [
+            ("max_prefetch_records", retrieval.max_prefetch_records),
+            ("max_prefetch_bytes", retrieval.max_prefetch_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        let shard_sync_interval = self.shard_sync_interval.unwrap_or(Duration::from_secs(60));
+        let shutdown_timeout = self.shutdown_timeout.unwrap_or(Duration::from_secs(20));
+        for (setting, value) in [
+            ("shard_sync_interval", shard_sync_interval),
+            ("shutdown_timeout", shutdown_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    reason: "must be greater than zero".into(),
+                });
+            }
+        }
+        if let Some(ProcessorRetryPolicy::SkipBatchAfter { attempts: 0, .. }) = self.retry_policy {
+            return Err(ConfigError::Invalid {
+                setting: "retry_policy",
+                reason: "SkipBatchAfter needs at least 1 attempt".into(),
+            });
+        }
+        let (kinesis, store): (Arc<dyn Kinesis>, Arc<dyn LeaseStore>) =
+            match (self.backends, self.clients) {
+                (Some(backends), _) => backends,
+                (None, Some((kinesis, dynamodb))) => (
+                    Arc::new(SdkKinesis::new(&kinesis)),
+                    Arc::new(DynamoDbLeaseStore::new(&dynamodb, &application_name)),
+                ),
+                (None, None) => {
+                    return Err(ConfigError::Missing {
+                        setting: "aws_clients (or sdk_config)",
+                    });
+                }
+            };
+        let config = SchedulerConfig {
+            application_name,
+            stream_name,
+            initial_position: self
+                .initial_position
+                .unwrap_or(InitialPosition::TrimHorizon),
+            lease,
+            shard_sync_interval,
+            retrieval,
+            retry_policy: self.retry_policy.unwrap_or_default(),
+            kinesis_backoff: BackoffConfig {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(10),
+                multiplier: 2.0,
+                max_attempts: None,
+            },
+            shutdown_timeout,
+        };
+        Scheduler::new(config, kinesis, store, Arc::new(factory)).map_err(|e| {
+            ConfigError::Invalid {
+                setting: "lease settings",
+                reason: e.to_string(),
+            }
+        })
+    }
+}
+
+/// Checks an AWS resource name: length and the characters Kinesis and
+/// DynamoDB accept (`a-z A-Z 0-9 _ - .`).
+fn check_name(
+    setting: &'static str,
+    name: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), ConfigError> {
+    if name.len() < min || name.len() > max {
+        return Err(ConfigError::Invalid {
+            setting,
+            reason: format!("{name:?} must be {min} to {max} characters long"),
+        });
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(ConfigError::Invalid {
+            setting,
+            reason: format!("{name:?} contains {bad:?}; use letters, digits, '_', '-' and '.'"),
+        });
+    }
+    Ok(())
+}
+
+/// The host name (from `HOSTNAME` or the kernel) and a random suffix, so
+/// two workers on one host, or a restarted pod, never share an id.
+fn default_worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use kcl_lease::InMemoryLeaseStore;
+
+    use super::*;
+    use crate::kinesis::InMemoryKinesis;
+    use crate::test_support::NoopProcessor;
+
+    fn builder() -> SchedulerBuilder {
+        Scheduler::builder()
+            .application_name("orders-app")
+            .stream_name("orders")
+            .backends(
+                Arc::new(InMemoryKinesis::new()),
+                Arc::new(InMemoryLeaseStore::new()),
+            )
+    }
+
+    fn error(builder: SchedulerBuilder) -> ConfigError {
+        match builder.build(|_: &str| NoopProcessor) {
+            Ok(_) => panic!("expected a configuration error"),
+            Err(error) => error,
+        }
+    }
+
+    #[test]
+    fn valid_settings_build_with_defaults() {
+        let scheduler = builder().build(|_: &str| NoopProcessor).unwrap();
+        let config = scheduler.config();
+        assert_eq!(config.initial_position, InitialPosition::TrimHorizon);
+        assert_eq!(config.lease.failover_time, Duration::from_secs(10));
+        assert!(!config.lease.worker_id.is_empty());
+        let other = builder().build(|_: &str| NoopProcessor).unwrap();
+        assert_ne!(config.lease.worker_id, other.config().lease.worker_id);
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        let cases = [
+            (Scheduler::builder().stream_name("s"), "application_name"),
+            (builder().application_name("ab"), "application_name"),
+            (builder().application_name("my app"), "application_name"),
+            (builder().stream_name(""), "stream_name"),
+            (
+                builder().retrieval(RetrievalConfig {
+                    max_records_per_call: 10_001,
+                    ..RetrievalConfig::default()
+                }),
+                "max_records_per_call",
+            ),
+            (
+                builder().retrieval(RetrievalConfig {
+                    max_prefetch_bytes: 0,
+                    ..RetrievalConfig::default()
+                }),
+                "max_prefetch_bytes",
+            ),
+            (
+                builder().shard_sync_interval(Duration::ZERO),
+                "shard_sync_interval",
+            ),
+            (
+                builder().shutdown_timeout(Duration::ZERO),
+                "shutdown_timeout",
+            ),
+            (
+                builder().retry_policy(ProcessorRetryPolicy::SkipBatchAfter {
+                    attempts: 0,
+                    backoff: BackoffConfig::default(),
+                }),
+                "retry_policy",
+            ),
+        ];
+        for (builder, setting) in cases {
+            let message = error(builder).to_string();
+            assert!(message.starts_with(setting), "{message}");
+        }
+        let message = error(
+            builder()
+                .failover_time(Duration::from_secs(4))
+                .heartbeat_interval(Duration::from_secs(3)),
+        )
+        .to_string();
+        assert!(message.contains("heartbeat_interval"), "{message}");
+        let message = error(builder().worker_id("")).to_string();
+        assert!(message.contains("worker_id"), "{message}");
+        let message = error(
+            Scheduler::builder()
+                .application_name("orders-app")
+                .stream_name("orders"),
+        )
+        .to_string();
+        assert!(message.contains("aws_clients"), "{message}");
+    }
+}

@@ -1,0 +1,440 @@
+//! The scheduler: one per worker process. It runs the lease coordinator and
+//! shard discovery, and keeps exactly one [`ShardConsumer`] running for each
+//! lease the worker holds:
+//!
+//! - a lease newly held gets a consumer, started from the checkpoint read
+//!   fresh from the table;
+//! - a lease lost (to a failover, or after this worker lost its liveness)
+//!   stops its consumer at once;
+//! - a handoff request stops the consumer after its batch in flight, lets
+//!   the processor checkpoint, then releases the lease to the asking worker;
+//! - a shard read to its end and checkpointed at `SHARD_END` is done.
+//!
+//! [`ShutdownHandle::shutdown`] stops the worker cleanly: it takes no more
+//! leases, every consumer finishes its batch and checkpoints, the leases are
+//! released, and the worker's heartbeat is removed, all within the
+//! configured shutdown timeout.
+
+mod config;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use kcl_lease::{
+    CoordinatorHandle, HeldLease, LeaseConfigError, LeaseCoordinator, LeaseStore, LeaseStoreError,
+    LeaseToken,
+};
+use tokio::sync::watch;
+use tokio::task::{Id, JoinError, JoinSet};
+use tracing::{Instrument, error, info, info_span, warn};
+
+pub use config::{ConfigError, InitialPosition, SchedulerBuilder, SchedulerConfig};
+
+use crate::RecordProcessorFactory;
+use crate::consumer::{
+    ConsumerContext, ConsumerOutcome, ConsumerSignal, ShardConsumer, ShardStart, ShutdownReason,
+};
+use crate::kinesis::{Kinesis, KinesisError};
+use crate::shard_sync::{ShardSyncError, sync_shards};
+use crate::stats::WorkerStats;
+
+/// Why a worker stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// The lease table could not be created or read.
+    #[error("lease table: {0}")]
+    LeaseTable(LeaseStoreError),
+    /// The stream does not exist or may not be read: check the stream name,
+    /// the region and the IAM policy.
+    #[error("stream {stream}: {source}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// What Kinesis said.
+        source: KinesisError,
+    },
+    /// The lease coordinator stopped on its own.
+    #[error("lease coordinator stopped: {0}")]
+    Coordinator(String),
+}
+
+/// Stops a running [`Scheduler`] cleanly. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+
+impl ShutdownHandle {
+    /// Asks the scheduler to hand its shards over and stop; `run` returns
+    /// when it has.
+    pub fn shutdown(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A worker: see the module documentation.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    context: Arc<ConsumerContext>,
+    coordinator: LeaseCoordinator<dyn LeaseStore>,
+    handle: CoordinatorHandle<dyn LeaseStore>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+/// A running consumer, as the scheduler tracks it.
+struct Running {
+    token: LeaseToken,
+    signal: watch::Sender<ConsumerSignal>,
+}
+
+/// What a consumer task returns.
+type Finished = (LeaseToken, ConsumerOutcome);
+
+impl Scheduler {
+    /// A builder; see [`SchedulerBuilder`].
+    pub fn builder() -> SchedulerBuilder {
+        SchedulerBuilder::default()
+    }
+
+    fn new(
+        config: SchedulerConfig,
+        kinesis: Arc<dyn Kinesis>,
+        store: Arc<dyn LeaseStore>,
+        factory: Arc<dyn RecordProcessorFactory>,
+    ) -> Result<Self, LeaseConfigError> {
+        let (coordinator, handle) =
+            LeaseCoordinator::new(Arc::clone(&store), config.lease.clone())?;
+        let context = Arc::new(ConsumerContext {
+            worker_id: config.lease.worker_id.clone(),
+            stream: config.stream_name.clone(),
+            kinesis,
+            store,
+            factory,
+            retrieval: config.retrieval.clone(),
+            retry_policy: config.retry_policy.clone(),
+            kinesis_backoff: config.kinesis_backoff.clone(),
+            initial_timestamp: match config.initial_position {
+                InitialPosition::AtTimestamp(at) => Some(at),
+                _ => None,
+            },
+            stats: Arc::default(),
+        });
+        let (shutdown, _) = watch::channel(false);
+        Ok(Self {
+            config,
+            context,
+            coordinator,
+            handle,
+            shutdown: Arc::new(shutdown),
+        })
+    }
+
+    /// The validated settings.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// This worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.config.lease.worker_id
+    }
+
+    /// Stops this scheduler cleanly when asked.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(Arc::clone(&self.shutdown))
+    }
+
+    /// The worker's counters.
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.context.stats)
+    }
+
+    /// The leases this worker processes, updated as they change.
+    pub fn held_leases(&self) -> watch::Receiver<BTreeMap<String, HeldLease>> {
+        self.handle.held()
+    }
+
+    /// Runs the worker until [`ShutdownHandle::shutdown`] is called (then
+    /// returns `Ok` after a clean stop), or fails at start if the lease
+    /// table or the stream cannot be used.
+    ///
+    /// Dropping the future stops everything at once without releasing
+    /// anything, as a crash would: other workers take the leases after the
+    /// failover time.
+    pub async fn run(self) -> Result<(), SchedulerError> {
+        let span = info_span!("worker", worker_id = %self.config.lease.worker_id);
+        self.run_inner().instrument(span).await
+    }
+
+    async fn run_inner(self) -> Result<(), SchedulerError> {
+        let Self {
+            config,
+            context,
+            coordinator,
+            handle,
+            shutdown,
+        } = self;
+        info!(
+            application = %config.application_name,
+            stream = %config.stream_name,
+            "worker starting"
+        );
+        context
+            .store
+            .ensure_tables()
+            .await
+            .map_err(SchedulerError::LeaseTable)?;
+        let initial = config.initial_position.checkpoint();
+        match sync_shards(
+            &*context.kinesis,
+            &*context.store,
+            &config.stream_name,
+            &initial,
+        )
+        .await
+        {
+            Ok(report) => info!(
+                shards = report.shards,
+                created = report.created.len(),
+                "shards discovered"
+            ),
+            Err(ShardSyncError::ListShards { stream, source })
+                if !source.is_retryable()
+                    && !matches!(source, KinesisError::InvalidResponse { .. }) =>
+            {
+                return Err(SchedulerError::Stream { stream, source });
+            }
+            Err(error) => warn!(%error, "shard discovery failed; retrying at the next interval"),
+        }
+
+        let (stop_coordinator, coordinator_stop) = watch::channel(false);
+        let mut tasks = WorkerTasks {
+            context: Arc::clone(&context),
+            handle: handle.clone(),
+            consumers: JoinSet::new(),
+            running: HashMap::new(),
+            task_keys: HashMap::new(),
+            finished: HashSet::new(),
+        };
+        let mut coordinator_task = tokio::spawn(
+            coordinator
+                .run(async move {
+                    let mut stop = coordinator_stop;
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .in_current_span(),
+        );
+        let mut held = handle.held();
+        let mut shutdown_requested = shutdown.subscribe();
+        let mut next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
+        let result = loop {
+            let snapshot = held.borrow_and_update().clone();
+            tasks.reconcile(&snapshot).await;
+            tokio::select! {
+                _ = shutdown_requested.wait_for(|stop| *stop) => break Ok(()),
+                changed = held.changed() => {
+                    if changed.is_err() {
+                        break Err(SchedulerError::Coordinator("stopped publishing leases".into()));
+                    }
+                }
+                Some(joined) = tasks.consumers.join_next_with_id() => tasks.finished(joined).await,
+                () = tokio::time::sleep_until(next_sync) => {
+                    if let Err(error) = sync_shards(&*context.kinesis, &*context.store, &config.stream_name, &initial).await {
+                        warn!(%error, "shard discovery failed; retrying at the next interval");
+                    }
+                    next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
+                }
+                ended = &mut coordinator_task => {
+                    let why = match ended {
+                        Ok(Ok(())) => "ended".to_owned(),
+                        Ok(Err(error)) => error.to_string(),
+                        Err(error) => error.to_string(),
+                    };
+                    break Err(SchedulerError::Coordinator(why));
+                }
+            }
+        };
+
+        info!("worker stopping: handing over its shards");
+        handle.stop_taking();
+        tasks.drain(config.shutdown_timeout).await;
+        let _ = stop_coordinator.send(true);
+        if !coordinator_task.is_finished() {
+            match coordinator_task.await {
+                Ok(Err(error)) => warn!(%error, "could not remove the worker's heartbeat"),
+                Err(error) => warn!(%error, "lease coordinator task failed"),
+                Ok(Ok(())) => {}
+            }
+        }
+        info!(stats = ?context.stats.snapshot(), "worker stopped");
+        result
+    }
+}
+
+/// The consumer tasks of a worker and what is known about them.
+struct WorkerTasks {
+    context: Arc<ConsumerContext>,
+    handle: CoordinatorHandle<dyn LeaseStore>,
+    consumers: JoinSet<Finished>,
+    /// By lease key.
+    running: HashMap<String, Running>,
+    task_keys: HashMap<Id, String>,
+    /// Leases this worker read to their end and checkpointed at `SHARD_END`.
+    finished: HashSet<LeaseToken>,
+}
+
+impl WorkerTasks {
+    /// Starts, stops and signals consumers so they match `held`.
+    async fn reconcile(&mut self, held: &BTreeMap<String, HeldLease>) {
+        for (key, running) in &self.running {
+            let still_held = held.get(key).is_some_and(|h| h.token == running.token);
+            if !still_held {
+                running.signal.send_replace(ConsumerSignal::LeaseLost);
+            } else if held[key].handoff_requested {
+                running.signal.send_if_modified(|signal| {
+                    let ask = *signal == ConsumerSignal::Run;
+                    if ask {
+                        info!(lease = %key, "handoff requested; stopping after the batch in flight");
+                        *signal = ConsumerSignal::ShutdownRequested;
+                    }
+                    ask
+                });
+            }
+        }
+        if self.handle.is_draining() {
+            return;
+        }
+        for (key, lease) in held {
+            if self.running.contains_key(key)
+                || lease.lease.is_finished()
+                || self.finished.contains(&lease.token)
+            {
+                continue;
+            }
+            if lease.handoff_requested {
+                // Nothing processed here since the last checkpoint: give it
+                // up straight away.
+                self.release(&lease.token).await;
+                continue;
+            }
+            self.start(lease.token.clone());
+        }
+    }
+
+    fn start(&mut self, token: LeaseToken) {
+        let (signal, signals) = watch::channel(ConsumerSignal::Run);
+        let context = Arc::clone(&self.context);
+        let task_token = token.clone();
+        let task = async move {
+            let outcome = start_consumer(context, task_token.clone(), signals).await;
+            (task_token, outcome)
+        };
+        let abort = self.consumers.spawn(task.in_current_span());
+        self.task_keys.insert(abort.id(), token.key.clone());
+        self.running
+            .insert(token.key.clone(), Running { token, signal });
+    }
+
+    /// Handles a consumer that ended.
+    async fn finished(&mut self, joined: Result<(Id, Finished), JoinError>) {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let Some(key) = self.task_keys.remove(&id) else {
+            return;
+        };
+        self.running.remove(&key);
+        match joined {
+            Ok((_, (token, outcome))) => match outcome.reason {
+                ShutdownReason::ShardEnd
+                    if outcome.checkpoint == kcl_checkpoint::ExtendedSequenceNumber::ShardEnd =>
+                {
+                    info!(lease = %key, "shard finished");
+                    self.finished.insert(token);
+                }
+                ShutdownReason::ShardEnd | ShutdownReason::Requested => {
+                    self.release(&token).await;
+                }
+                ShutdownReason::LeaseLost => {}
+            },
+            Err(error) => {
+                error!(lease = %key, %error, "shard consumer task failed; it restarts if the lease is still held");
+            }
+        }
+    }
+
+    async fn release(&self, token: &LeaseToken) {
+        match self.handle.release(token).await {
+            Ok(()) => {
+                self.context.stats.count_lease_released();
+                info!(lease = %token.key, "lease released");
+            }
+            Err(error) if error.is_lease_lost() => {}
+            Err(error) => {
+                warn!(lease = %token.key, %error, "could not release the lease; it expires after the failover time")
+            }
+        }
+    }
+
+    /// Asks every consumer to stop and releases their leases; after
+    /// `timeout`, stops the rest without checkpointing.
+    async fn drain(&mut self, timeout: std::time::Duration) {
+        for running in self.running.values() {
+            running.signal.send_if_modified(|signal| {
+                let ask = *signal == ConsumerSignal::Run;
+                if ask {
+                    *signal = ConsumerSignal::ShutdownRequested;
+                }
+                ask
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.consumers.is_empty() {
+            match tokio::time::timeout_at(deadline, self.consumers.join_next_with_id()).await {
+                Ok(Some(joined)) => self.finished(joined).await,
+                Ok(None) => break,
+                Err(_) => {
+                    warn!(
+                        remaining = self.consumers.len(),
+                        "shutdown timeout reached; stopping the remaining shards without checkpointing"
+                    );
+                    self.consumers.abort_all();
+                    while self.consumers.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Reads the lease fresh (the held snapshot may predate checkpoints written
+/// since) and runs its consumer, unless the lease has moved on.
+async fn start_consumer(
+    context: Arc<ConsumerContext>,
+    token: LeaseToken,
+    signals: watch::Receiver<ConsumerSignal>,
+) -> ConsumerOutcome {
+    let lease = loop {
+        match context.store.get_lease(&token.key).await {
+            Ok(Some(lease)) if lease.token().as_ref() == Some(&token) => break lease,
+            Ok(_) => {
+                return ConsumerOutcome {
+                    reason: ShutdownReason::LeaseLost,
+                    checkpoint: kcl_checkpoint::ExtendedSequenceNumber::TrimHorizon,
+                    child_shards: Vec::new(),
+                };
+            }
+            Err(error) => {
+                warn!(lease = %token.key, %error, "reading the lease failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let start = ShardStart {
+        shard_id: lease.key.clone(),
+        token,
+        checkpoint: lease.checkpoint.clone(),
+        pending_checkpoint: lease.pending_checkpoint.clone(),
+        pending_checkpoint_state: lease.pending_checkpoint_state.clone(),
+    };
+    ShardConsumer::new(context, start, signals).run().await
+}

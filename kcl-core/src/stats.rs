@@ -1,0 +1,95 @@
+//! Counters of what a worker has done, for tests, logs and (later) metrics.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What a worker has done so far. Every counter only grows.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    records_processed: AtomicU64,
+    batches_processed: AtomicU64,
+    processor_retries: AtomicU64,
+    processor_panics: AtomicU64,
+    batches_skipped: AtomicU64,
+    shard_end_retries: AtomicU64,
+    kinesis_retries: AtomicU64,
+    leases_released: AtomicU64,
+}
+
+/// A snapshot of [`WorkerStats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Records in batches the processor finished without error.
+    pub records_processed: u64,
+    /// Batches the processor finished without error.
+    pub batches_processed: u64,
+    /// Batches (and initializations) given again after an error or panic.
+    pub processor_retries: u64,
+    /// Panics caught in processor calls.
+    pub processor_panics: u64,
+    /// Batches given up on by a retry policy that skips (records lost by the
+    /// application's explicit choice).
+    pub batches_skipped: u64,
+    /// Shard ends delivered again because the processor did not checkpoint.
+    pub shard_end_retries: u64,
+    /// Kinesis calls retried after throttling or a failure.
+    pub kinesis_retries: u64,
+    /// Leases this worker gave back (handoffs and shutdown).
+    pub leases_released: u64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl WorkerStats {
+    /// A processed batch of `records` records.
+    pub fn count_batch(&self, records: usize) {
+        add(&self.batches_processed, 1);
+        add(&self.records_processed, records as u64);
+    }
+
+    /// A processor call that will be retried.
+    pub fn count_processor_retry(&self) {
+        add(&self.processor_retries, 1);
+    }
+
+    /// A panic caught in a processor call.
+    pub fn count_processor_panic(&self) {
+        add(&self.processor_panics, 1);
+    }
+
+    /// A batch skipped by the retry policy.
+    pub fn count_batch_skipped(&self) {
+        add(&self.batches_skipped, 1);
+    }
+
+    /// A shard end delivered again.
+    pub fn count_shard_end_retry(&self) {
+        add(&self.shard_end_retries, 1);
+    }
+
+    /// A retried Kinesis call.
+    pub fn count_kinesis_retry(&self) {
+        add(&self.kinesis_retries, 1);
+    }
+
+    /// A lease released.
+    pub fn count_lease_released(&self) {
+        add(&self.leases_released, 1);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            records_processed: get(&self.records_processed),
+            batches_processed: get(&self.batches_processed),
+            processor_retries: get(&self.processor_retries),
+            processor_panics: get(&self.processor_panics),
+            batches_skipped: get(&self.batches_skipped),
+            shard_end_retries: get(&self.shard_end_retries),
+            kinesis_retries: get(&self.kinesis_retries),
+            leases_released: get(&self.leases_released),
+        }
+    }
+}

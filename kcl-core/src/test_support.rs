@@ -1,0 +1,122 @@
+//! Processors for the unit tests.
+
+use async_trait::async_trait;
+use kcl_checkpoint::Checkpointer;
+
+use crate::{InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor};
+
+/// Does nothing but checkpoint at shard end.
+pub struct NoopProcessor;
+
+#[async_trait]
+impl RecordProcessor for NoopProcessor {
+    async fn initialize(&mut self, _: InitializationInput) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    async fn process_records(&mut self, _: ProcessRecordsInput) -> Result<(), ProcessorError> {
+        Ok(())
+    }
+
+    async fn shard_ended(&mut self, checkpointer: Checkpointer) -> Result<(), ProcessorError> {
+        checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::Record;
+
+/// What scripted processors did, shared by every processor of a test.
+#[derive(Default)]
+pub struct Journal {
+    /// Every call, in order: `init <checkpoint>`, `batch <first>..<last>`,
+    /// `lease_lost`, `shard_ended`, `shutdown`.
+    pub calls: Vec<String>,
+    /// Records of batches that succeeded, in order.
+    pub processed: Vec<Record>,
+    /// Data of records to fail on, with how many more times to fail.
+    pub fail: HashMap<String, u32>,
+    /// Data of records to panic on, with how many more times to panic.
+    pub panic: HashMap<String, u32>,
+    /// How many more shard ends to return from without checkpointing.
+    pub skip_shard_end_checkpoints: u32,
+    /// Checkpoint after each batch.
+    pub checkpoint_batches: bool,
+}
+
+/// A processor that follows a shared [`Journal`].
+pub struct Scripted(pub Arc<Mutex<Journal>>);
+
+impl Scripted {
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        self.0.lock().unwrap()
+    }
+}
+
+#[async_trait]
+impl RecordProcessor for Scripted {
+    async fn initialize(&mut self, input: InitializationInput) -> Result<(), ProcessorError> {
+        self.journal()
+            .calls
+            .push(format!("init {}", input.checkpoint));
+        Ok(())
+    }
+
+    async fn process_records(&mut self, input: ProcessRecordsInput) -> Result<(), ProcessorError> {
+        let checkpoint = {
+            let mut journal = self.journal();
+            let first = &input.records[0].sequence_number;
+            let last = &input.records[input.records.len() - 1].sequence_number;
+            journal.calls.push(format!("batch {first}..{last}"));
+            for record in &input.records {
+                let data = String::from_utf8_lossy(&record.data).into_owned();
+                if let Some(left) = journal.panic.get_mut(&data).filter(|n| **n > 0) {
+                    *left -= 1;
+                    drop(journal);
+                    panic!("scripted panic on {data}");
+                }
+                if let Some(left) = journal.fail.get_mut(&data).filter(|n| **n > 0) {
+                    *left -= 1;
+                    return Err(format!("scripted failure on {data}").into());
+                }
+            }
+            journal.processed.extend(input.records.iter().cloned());
+            journal.checkpoint_batches
+        };
+        if checkpoint {
+            input.checkpointer.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    async fn lease_lost(&mut self) {
+        self.journal().calls.push("lease_lost".into());
+    }
+
+    async fn shard_ended(&mut self, checkpointer: Checkpointer) -> Result<(), ProcessorError> {
+        let skip = {
+            let mut journal = self.journal();
+            journal.calls.push("shard_ended".into());
+            let skip = journal.skip_shard_end_checkpoints > 0;
+            journal.skip_shard_end_checkpoints =
+                journal.skip_shard_end_checkpoints.saturating_sub(1);
+            skip
+        };
+        if !skip {
+            checkpointer.checkpoint().await?;
+        }
+        Ok(())
+    }
+
+    async fn shutdown_requested(
+        &mut self,
+        checkpointer: Checkpointer,
+    ) -> Result<(), ProcessorError> {
+        self.journal().calls.push("shutdown".into());
+        checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
