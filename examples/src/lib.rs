@@ -1,6 +1,7 @@
 //! Shared pieces of the example applications.
 //!
 //! The binaries in `src/bin/` are the runnable apps; this library holds what
-//! more than one of them needs.
+//! more than one of them (and the tests) needs.
 
 pub mod payload;
+pub mod recorder;

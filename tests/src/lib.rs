@@ -13,6 +13,7 @@
 
 pub mod fleet_sim;
 pub mod lease_conformance;
+pub mod stream;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -214,14 +214,16 @@ impl Scheduler {
             task_keys: HashMap::new(),
             finished: HashSet::new(),
         };
-        let mut coordinator_task = tokio::spawn(
+        // Aborted if this future is dropped, like everything else the worker
+        // runs: a dropped worker must look crashed to the fleet, not stopped.
+        let mut coordinator_task = AbortOnDrop(tokio::spawn(
             coordinator
                 .run(async move {
                     let mut stop = coordinator_stop;
-                    let _ = stop.wait_for(|stop| *stop).await;
+                    stopped(&mut stop).await;
                 })
                 .in_current_span(),
-        );
+        ));
         let mut held = handle.held();
         let mut shutdown_requested = shutdown.subscribe();
         let mut next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
@@ -229,7 +231,7 @@ impl Scheduler {
             let snapshot = held.borrow_and_update().clone();
             tasks.reconcile(&snapshot).await;
             tokio::select! {
-                _ = shutdown_requested.wait_for(|stop| *stop) => break Ok(()),
+                () = stopped(&mut shutdown_requested) => break Ok(()),
                 changed = held.changed() => {
                     if changed.is_err() {
                         break Err(SchedulerError::Coordinator("stopped publishing leases".into()));
@@ -242,7 +244,7 @@ impl Scheduler {
                     }
                     next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
                 }
-                ended = &mut coordinator_task => {
+                ended = &mut coordinator_task.0 => {
                     let why = match ended {
                         Ok(Ok(())) => "ended".to_owned(),
                         Ok(Err(error)) => error.to_string(),
@@ -257,8 +259,8 @@ impl Scheduler {
         handle.stop_taking();
         tasks.drain(config.shutdown_timeout).await;
         let _ = stop_coordinator.send(true);
-        if !coordinator_task.is_finished() {
-            match coordinator_task.await {
+        if !coordinator_task.0.is_finished() {
+            match (&mut coordinator_task.0).await {
                 Ok(Err(error)) => warn!(%error, "could not remove the worker's heartbeat"),
                 Err(error) => warn!(%error, "lease coordinator task failed"),
                 Ok(Ok(())) => {}
@@ -266,6 +268,15 @@ impl Scheduler {
         }
         info!(stats = ?context.stats.snapshot(), "worker stopped");
         result
+    }
+}
+
+/// A task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -404,6 +415,11 @@ impl WorkerTasks {
             }
         }
     }
+}
+
+/// Resolves once `flag` is set (or its sender is gone).
+async fn stopped(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|stop| *stop).await;
 }
 
 /// Reads the lease fresh (the held snapshot may predate checkpoints written

@@ -6,3 +6,4 @@
 mod lease_coordinator;
 mod lease_store;
 mod stack;
+mod worker;
