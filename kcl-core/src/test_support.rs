@@ -45,6 +45,8 @@ pub struct Journal {
     pub skip_shard_end_checkpoints: u32,
     /// Checkpoint after each batch.
     pub checkpoint_batches: bool,
+    /// Never return from `shutdown_requested`.
+    pub hang_on_shutdown: bool,
 }
 
 /// A processor that follows a shared [`Journal`].
@@ -115,7 +117,14 @@ impl RecordProcessor for Scripted {
         &mut self,
         checkpointer: Checkpointer,
     ) -> Result<(), ProcessorError> {
-        self.journal().calls.push("shutdown".into());
+        let hang = {
+            let mut journal = self.journal();
+            journal.calls.push("shutdown".into());
+            journal.hang_on_shutdown
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
         checkpointer.checkpoint().await?;
         Ok(())
     }

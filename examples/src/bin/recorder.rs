@@ -8,6 +8,7 @@
 //! region, and `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL_DYNAMODB` for
 //! the local stack. SIGTERM or Ctrl-C hands the shards over and exits 0.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use tracing::{error, info};
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Position {
     /// The oldest record in the shard.
+    #[value(name = "trim_horizon", alias = "trim-horizon")]
     TrimHorizon,
     /// Records written after the worker starts.
     Latest,
@@ -57,7 +59,7 @@ struct Args {
         long,
         env = "KCL_INITIAL_POSITION",
         value_enum,
-        default_value = "trim-horizon"
+        default_value = "trim_horizon"
     )]
     initial_position: Position,
     /// Failover time in milliseconds (heartbeats every half of it).
@@ -81,6 +83,7 @@ async fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     match run(args).await {

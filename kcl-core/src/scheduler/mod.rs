@@ -454,3 +454,6 @@ async fn start_consumer(
     };
     ShardConsumer::new(context, start, signals).run().await
 }
+
+#[cfg(test)]
+mod tests;

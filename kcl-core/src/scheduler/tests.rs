@@ -1,0 +1,163 @@
+//! Schedulers on the in-memory Kinesis and lease store, on tokio's paused
+//! clock: handoffs between workers and clean shutdown.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kcl_lease::{InMemoryLeaseStore, LeaseStore};
+
+use super::*;
+use crate::kinesis::InMemoryKinesis;
+use crate::test_support::{Journal, Scripted};
+
+const STREAM: &str = "orders";
+
+struct Fleet {
+    kinesis: InMemoryKinesis,
+    store: InMemoryLeaseStore,
+    journal: Arc<Mutex<Journal>>,
+}
+
+impl Fleet {
+    fn new(shards: u32, records: usize) -> Self {
+        let kinesis = InMemoryKinesis::new();
+        kinesis.create_stream(STREAM, shards);
+        for n in 0..records {
+            kinesis.put_record(STREAM, &format!("k{n}"), format!("r{n}").as_bytes());
+        }
+        let journal = Arc::new(Mutex::new(Journal {
+            checkpoint_batches: true,
+            ..Journal::default()
+        }));
+        Self {
+            kinesis,
+            store: InMemoryLeaseStore::new(),
+            journal,
+        }
+    }
+
+    fn worker(&self, id: &str) -> Scheduler {
+        let journal = Arc::clone(&self.journal);
+        Scheduler::builder()
+            .application_name("orders-app")
+            .stream_name(STREAM)
+            .worker_id(id)
+            .failover_time(Duration::from_secs(2))
+            .assignment_interval(Duration::from_millis(500))
+            .shutdown_timeout(Duration::from_secs(5))
+            .backends(
+                Arc::new(self.kinesis.clone()),
+                Arc::new(self.store.client()),
+            )
+            .build(move |_: &str| Scripted(Arc::clone(&journal)))
+            .unwrap()
+    }
+
+    fn processed(&self) -> Vec<String> {
+        let mut data: Vec<String> = self
+            .journal
+            .lock()
+            .unwrap()
+            .processed
+            .iter()
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect();
+        data.sort();
+        data
+    }
+}
+
+fn expected(records: usize) -> Vec<String> {
+    let mut data: Vec<String> = (0..records).map(|n| format!("r{n}")).collect();
+    data.sort();
+    data
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("condition not reached within 60 s of virtual time");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_joining_worker_gets_its_share_through_handoffs_without_duplicates() {
+    let fleet = Fleet::new(4, 40);
+    let a = fleet.worker("worker-a");
+    let (a_held, a_stop, a_stats) = (a.held_leases(), a.shutdown_handle(), a.stats());
+    let a_task = tokio::spawn(a.run());
+    wait_until(|| a_held.borrow().len() == 4 && fleet.processed().len() == 40).await;
+
+    for n in 40..80 {
+        fleet
+            .kinesis
+            .put_record(STREAM, &format!("k{n}"), format!("r{n}").as_bytes());
+    }
+    let b = fleet.worker("worker-b");
+    let (b_held, b_stop) = (b.held_leases(), b.shutdown_handle());
+    let b_task = tokio::spawn(b.run());
+    wait_until(|| {
+        a_held.borrow().len() == 2 && b_held.borrow().len() == 2 && fleet.processed().len() >= 80
+    })
+    .await;
+
+    a_stop.shutdown();
+    b_stop.shutdown();
+    a_task.await.unwrap().unwrap();
+    b_task.await.unwrap().unwrap();
+    assert_eq!(fleet.processed(), expected(80), "every record exactly once");
+    assert_eq!(
+        a_stats.snapshot().leases_released,
+        4,
+        "two handoffs and two at shutdown"
+    );
+    let leases = fleet.store.list_leases().await.unwrap();
+    assert!(leases.iter().all(|l| l.owner.is_none()), "{leases:?}");
+    assert!(fleet.store.list_heartbeats().await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_processor_that_hangs_at_shutdown_does_not_hold_the_worker_past_the_timeout() {
+    let fleet = Fleet::new(2, 10);
+    fleet.journal.lock().unwrap().hang_on_shutdown = true;
+    let worker = fleet.worker("worker-a");
+    let (held, stop) = (worker.held_leases(), worker.shutdown_handle());
+    let task = tokio::spawn(worker.run());
+    wait_until(|| held.borrow().len() == 2 && fleet.processed().len() == 10).await;
+
+    let asked = tokio::time::Instant::now();
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    let took = asked.elapsed();
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    // Not released: the hanging shards expire after the failover time.
+    let leases = fleet.store.list_leases().await.unwrap();
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.owner.as_deref() == Some("worker-a"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_stream_fails_the_start_with_its_name() {
+    let fleet = Fleet::new(1, 0);
+    let worker = Scheduler::builder()
+        .application_name("orders-app")
+        .stream_name("no-such-stream")
+        .backends(
+            Arc::new(fleet.kinesis.clone()),
+            Arc::new(fleet.store.client()),
+        )
+        .build(|_: &str| crate::test_support::NoopProcessor)
+        .unwrap();
+    let error = worker.run().await.unwrap_err();
+    assert!(matches!(error, SchedulerError::Stream { .. }), "{error}");
+    assert!(error.to_string().contains("no-such-stream"), "{error}");
+}
