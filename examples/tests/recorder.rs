@@ -1,11 +1,13 @@
 //! The `recorder` binary as operators run it: several replicas as
 //! processes against the local AWS stack, stopped with SIGTERM.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kcl_examples::recorder::read_lines;
+use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use kcl_tests::stream::{create_stream, put_records};
 use kcl_tests::{LocalAws, unique_name};
 
@@ -86,6 +88,26 @@ async fn three_replicas_record_every_record_once_and_exit_cleanly_on_sigterm() {
             .collect(),
     );
 
+    // Wait until the replicas share the six shards two each, as the lease
+    // table shows, so every replica gets records.
+    let leases = DynamoDbLeaseStore::new(&aws.dynamodb(), &app);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut owners: BTreeMap<String, usize> = BTreeMap::new();
+        for lease in leases.list_leases().await.unwrap_or_default() {
+            if let Some(owner) = lease.processing_owner() {
+                *owners.entry(owner.to_owned()).or_default() += 1;
+            }
+        }
+        if owners.len() == 3 && owners.values().all(|n| *n == 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never balanced: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let expected = put_records(&kinesis, &stream, 24, 0, 600).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     while line_count(&outputs) < expected.len() {
