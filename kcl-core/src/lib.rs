@@ -1,6 +1,7 @@
 //! The worker: the [`Scheduler`] that runs one member of a fleet, the
 //! per-shard [consumers](consumer), record [retrieval] from Kinesis, shard
-//! discovery ([`shard_sync`]) and the [`RecordProcessor`] interface the
+//! discovery ([`shard_sync`]), removal of leases no longer needed
+//! ([`lease_cleanup`]) and the [`RecordProcessor`] interface the
 //! application implements.
 //!
 //! ```no_run
@@ -51,6 +52,7 @@
 
 pub mod consumer;
 pub mod kinesis;
+pub mod lease_cleanup;
 mod processor;
 mod record;
 pub mod retrieval;

@@ -3,13 +3,17 @@
 //! so several workers may discover at once.
 //!
 //! Which leases to create is a pure decision ([`leases_to_create`]):
-//! - a shard whose parent has (or gets) a lease starts at `TRIM_HORIZON`, so
-//!   nothing between the parent's end and the child's start is skipped;
-//! - an open shard with no known parent starts at the configured initial
-//!   position;
-//! - a closed shard with no known parent is read only when the initial
-//!   position is `TRIM_HORIZON` (its records are older than any other
-//!   starting point).
+//! - a shard whose parent already has a lease starts at `TRIM_HORIZON`, so
+//!   nothing between the parent's end and the child's start is skipped (it
+//!   waits for its parents before it is read);
+//! - on an empty table, every shard starts at the configured initial
+//!   position, parents before children, except that closed shards are left
+//!   out when starting at `LATEST` (they hold no record written from now
+//!   on). With `TRIM_HORIZON`, closed shards still in the stream are read
+//!   first, so a new application reads everything the stream retains;
+//! - on a table with leases, an open shard with no leased parent starts at
+//!   the initial position, and a closed one gets no lease: its lease was
+//!   deleted after its children started, and must not come back.
 
 use std::collections::BTreeSet;
 
@@ -19,11 +23,13 @@ use tracing::{debug, info};
 
 use crate::kinesis::{Kinesis, KinesisError, ShardDescription};
 
-/// What a discovery pass did.
+/// What a discovery pass found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
-    /// Shards listed.
-    pub shards: usize,
+    /// The stream's shards.
+    pub shards: Vec<ShardDescription>,
+    /// The leases in the table before this pass created any.
+    pub leases: Vec<Lease>,
     /// Leases created by this worker (others may have created some first).
     pub created: Vec<String>,
 }
@@ -54,16 +60,18 @@ pub fn leases_to_create(
     let mut sorted: Vec<&ShardDescription> = shards.iter().collect();
     // Shard ids grow with creation, so parents come before children.
     sorted.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let mut known: BTreeSet<&str> = existing.iter().map(String::as_str).collect();
+    let mut new: BTreeSet<&str> = BTreeSet::new();
     let mut created = Vec::new();
     for shard in sorted {
-        if known.contains(shard.shard_id.as_str()) {
+        if existing.contains(&shard.shard_id) {
             continue;
         }
-        let has_known_parent = shard.parents().any(|p| known.contains(p));
-        let start = if has_known_parent {
+        let start = if shard.parents().any(|p| existing.contains(p)) {
             ExtendedSequenceNumber::TrimHorizon
-        } else if shard.is_open() || *initial == ExtendedSequenceNumber::TrimHorizon {
+        } else if shard.is_open()
+            || shard.parents().any(|p| new.contains(p))
+            || (existing.is_empty() && *initial != ExtendedSequenceNumber::Latest)
+        {
             initial.clone()
         } else {
             continue;
@@ -71,7 +79,7 @@ pub fn leases_to_create(
         let mut lease = Lease::new(shard.shard_id.clone(), start);
         lease.parent_shard_ids = shard.parents().map(str::to_owned).collect();
         lease.hash_key_range = Some(shard.hash_key_range);
-        known.insert(&shard.shard_id);
+        new.insert(&shard.shard_id);
         created.push(lease);
     }
     created
@@ -93,23 +101,21 @@ pub async fn sync_shards(
                 stream: stream.to_owned(),
                 source,
             })?;
-    let existing: BTreeSet<String> = store
-        .list_leases()
-        .await?
-        .into_iter()
-        .map(|lease| lease.key)
-        .collect();
+    let leases = store.list_leases().await?;
+    let existing: BTreeSet<String> = leases.iter().map(|lease| lease.key.clone()).collect();
+    let to_create = leases_to_create(&shards, &existing, initial);
     let mut report = SyncReport {
-        shards: shards.len(),
+        shards,
+        leases,
         created: Vec::new(),
     };
-    for lease in leases_to_create(&shards, &existing, initial) {
+    for lease in to_create {
         if store.create_lease_if_absent(&lease).await? {
             info!(lease = %lease.key, checkpoint = %lease.checkpoint, "created lease for shard");
             report.created.push(lease.key);
         }
     }
-    debug!(?report, "shard sync");
+    debug!(shards = report.shards.len(), created = ?report.created, "shard sync");
     Ok(report)
 }
 
@@ -167,7 +173,24 @@ mod tests {
     }
 
     #[test]
-    fn closed_shards_are_read_only_from_trim_horizon() {
+    fn at_timestamp_reads_closed_shards_from_the_timestamp() {
+        let shards = [shard("s-0", &[], false), shard("s-1", &["s-0"], true)];
+        let created = leases_to_create(
+            &shards,
+            &BTreeSet::new(),
+            &ExtendedSequenceNumber::AtTimestamp,
+        );
+        assert_eq!(
+            keys(&created),
+            [
+                ("s-0", "AT_TIMESTAMP".into()),
+                ("s-1", "AT_TIMESTAMP".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn closed_shards_are_left_out_when_starting_at_latest() {
         let shards = [shard("s-0", &[], false), shard("s-1", &["s-0"], true)];
         let latest = leases_to_create(&shards, &BTreeSet::new(), &ExtendedSequenceNumber::Latest);
         assert_eq!(keys(&latest), [("s-1", "LATEST".into())]);
@@ -183,6 +206,19 @@ mod tests {
                 ("s-1", "TRIM_HORIZON".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_closed_shard_whose_lease_was_cleaned_up_gets_none_again() {
+        // s-0 was split into s-1 and s-2, both started, and s-0's lease deleted.
+        let shards = [
+            shard("s-0", &[], false),
+            shard("s-1", &["s-0"], true),
+            shard("s-2", &["s-0"], true),
+        ];
+        let existing = BTreeSet::from(["s-1".to_owned(), "s-2".to_owned()]);
+        let trim = ExtendedSequenceNumber::TrimHorizon;
+        assert!(leases_to_create(&shards, &existing, &trim).is_empty());
     }
 
     #[test]

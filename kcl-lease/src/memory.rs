@@ -2,7 +2,7 @@
 //! for unit tests and large simulations. The conformance suite in
 //! `kcl-tests` runs against both to keep them the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -133,6 +133,21 @@ impl LeaseStore for InMemoryLeaseStore {
         lease.pending_checkpoint = update.pending_checkpoint.clone();
         lease.pending_checkpoint_state = update.pending_checkpoint_state.clone();
         lease.owner_switches_since_checkpoint = 0;
+        Ok(())
+    }
+
+    async fn record_child_shards(
+        &self,
+        token: &LeaseToken,
+        children: &BTreeSet<String>,
+    ) -> Result<(), LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        let lease = tables
+            .leases
+            .get_mut(&token.key)
+            .filter(|lease| held(lease, token))
+            .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
+        lease.child_shard_ids.extend(children.iter().cloned());
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! The lease store: every operation a worker makes on the lease table.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -65,6 +65,15 @@ pub trait LeaseStore: Send + Sync + 'static {
         &self,
         token: &LeaseToken,
         update: &CheckpointUpdate,
+    ) -> Result<(), LeaseStoreError>;
+
+    /// Records the shards a finished shard was split or merged into
+    /// (`childShardIds`), if `token` still processes it. Adds to any ids
+    /// already recorded; an empty set changes nothing.
+    async fn record_child_shards(
+        &self,
+        token: &LeaseToken,
+        children: &BTreeSet<String>,
     ) -> Result<(), LeaseStoreError>;
 
     /// Gives the lease up, if `token` still processes it. During a handoff

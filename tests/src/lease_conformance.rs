@@ -28,7 +28,8 @@ macro_rules! lease_store_conformance {
             pending_checkpoints_and_state_round_trip,
             a_deleted_lease_cannot_be_written,
             heartbeats_are_kept_per_worker,
-            ensuring_tables_twice_is_harmless
+            ensuring_tables_twice_is_harmless,
+            child_shards_are_recorded_by_the_owner_only
         );
     };
     ($tables:path; $($case:ident),+) => {
@@ -394,4 +395,43 @@ pub async fn ensuring_tables_twice_is_harmless(a: impl LeaseStore, b: impl Lease
     b.ensure_tables().await.unwrap();
     a.ensure_tables().await.unwrap();
     assert_eq!(b.list_leases().await.unwrap().len(), 1);
+}
+
+/// Child shard ids are added to a finished parent's lease by its owner,
+/// fenced like a checkpoint.
+pub async fn child_shards_are_recorded_by_the_owner_only(a: impl LeaseStore, b: impl LeaseStore) {
+    a.ensure_tables().await.expect("tables");
+    let lease = Lease::new(shard(1), ExtendedSequenceNumber::TrimHorizon);
+    a.create_lease_if_absent(&lease).await.expect("create");
+    let mine = a.take_lease(&lease, "worker-a").await.expect("take");
+    let token = mine.token().expect("owned");
+    let children = |ids: &[u32]| ids.iter().map(|n| shard(*n)).collect();
+
+    a.record_child_shards(&token, &children(&[2, 3]))
+        .await
+        .expect("record children");
+    a.record_child_shards(&token, &children(&[3, 4]))
+        .await
+        .expect("record more");
+    a.record_child_shards(&token, &children(&[]))
+        .await
+        .expect("nothing to record");
+    assert_eq!(
+        must_get(&b, &shard(1)).await.child_shard_ids,
+        children(&[2, 3, 4])
+    );
+
+    let stale = LeaseToken {
+        worker: "worker-b".into(),
+        ..token
+    };
+    let error = b
+        .record_child_shards(&stale, &children(&[5]))
+        .await
+        .expect_err("not the owner");
+    assert!(error.is_lease_lost(), "{error}");
+    assert_eq!(
+        must_get(&a, &shard(1)).await.child_shard_ids,
+        children(&[2, 3, 4])
+    );
 }

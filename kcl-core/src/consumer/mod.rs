@@ -3,6 +3,12 @@
 //! checkpoint until the lease is lost, the shard ends, or a shutdown is
 //! requested.
 //!
+//! - A child shard's consumer waits until every parent lease is
+//!   checkpointed at `SHARD_END` (or gone), so per-key order holds across
+//!   splits and merges.
+//! - At shard end the consumer creates the child shards' leases (with all
+//!   their parents) and records them on the finished lease before the
+//!   processor checkpoints `SHARD_END`.
 //! - Records come from a [`PollingFetcher`] task running ahead within the
 //!   prefetch budget.
 //! - A batch the processor fails on is delivered again after a backoff, as
@@ -18,6 +24,7 @@ mod retry_policy;
 pub mod state;
 
 use std::any::Any;
+use std::collections::BTreeSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,7 +32,7 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use kcl_checkpoint::{CheckpointTracker, ExtendedSequenceNumber};
 use kcl_lease::backoff::{Backoff, BackoffConfig};
-use kcl_lease::{LeaseCheckpointWriter, LeaseStore, LeaseToken};
+use kcl_lease::{Lease, LeaseCheckpointWriter, LeaseStore, LeaseToken};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -70,6 +77,9 @@ pub struct ConsumerContext {
     pub kinesis_backoff: BackoffConfig,
     /// The time leases that start `AT_TIMESTAMP` start from.
     pub initial_timestamp: Option<SystemTime>,
+    /// How often a child shard's consumer checks whether its parents are
+    /// finished.
+    pub parent_poll_interval: Duration,
     /// Counters.
     pub stats: Arc<WorkerStats>,
 }
@@ -99,6 +109,8 @@ pub struct ShardStart {
     pub pending_checkpoint: Option<ExtendedSequenceNumber>,
     /// The state stored with the pending checkpoint.
     pub pending_checkpoint_state: Option<Vec<u8>>,
+    /// The parent shards, which must be finished first.
+    pub parent_shard_ids: BTreeSet<String>,
 }
 
 /// Aborts the fetcher task when dropped, so no fetcher outlives its
@@ -168,9 +180,10 @@ impl ShardConsumer {
 
     async fn lifecycle(mut self) -> ConsumerOutcome {
         info!(checkpoint = %self.start.checkpoint, "shard consumer starting");
-        let mut state = ConsumerState::Initializing;
+        let mut state = ConsumerState::WaitingOnParents;
         loop {
             let event = match state {
+                ConsumerState::WaitingOnParents => Some(self.wait_for_parents().await),
                 ConsumerState::Initializing => Some(self.initialize().await),
                 ConsumerState::Processing => self.process_next().await,
                 ConsumerState::ShuttingDown(reason) => {
@@ -203,6 +216,50 @@ impl ShardConsumer {
     /// The signal now, marked as seen.
     fn current_signal(&mut self) -> ConsumerSignal {
         *self.signals.borrow_and_update()
+    }
+
+    /// Waits until every parent lease is finished or gone. A lease that has
+    /// a record checkpoint already started once, so its parents were done.
+    async fn wait_for_parents(&mut self) -> ConsumerEvent {
+        if self.start.parent_shard_ids.is_empty() || !self.start.checkpoint.is_sentinel() {
+            return ConsumerEvent::ParentsDone;
+        }
+        let mut logged = false;
+        loop {
+            match self.current_signal() {
+                ConsumerSignal::LeaseLost => return ConsumerEvent::LeaseLost,
+                ConsumerSignal::ShutdownRequested => return ConsumerEvent::ShutdownRequested,
+                ConsumerSignal::Run => {}
+            }
+            let mut unfinished = Vec::new();
+            for parent in &self.start.parent_shard_ids {
+                match self.context.store.get_lease(parent).await {
+                    Ok(None) => {}
+                    Ok(Some(lease)) if lease.is_finished() => {}
+                    Ok(Some(_)) => unfinished.push(parent.as_str()),
+                    Err(error) => {
+                        warn!(%parent, %error, "could not read a parent lease; checking again");
+                        unfinished.push(parent.as_str());
+                    }
+                }
+            }
+            if unfinished.is_empty() {
+                if logged {
+                    info!("parent shards finished; starting");
+                }
+                return ConsumerEvent::ParentsDone;
+            }
+            if !logged {
+                info!(
+                    ?unfinished,
+                    "waiting for parent shards to be read to their end"
+                );
+                logged = true;
+            }
+            if let Some(event) = self.pause(self.context.parent_poll_interval).await {
+                return event;
+            }
+        }
     }
 
     /// Creates the processor if needed and initializes it, retrying with
@@ -415,8 +472,68 @@ impl ShardConsumer {
         }
     }
 
-    /// Delivers the shard end until the processor checkpoints `SHARD_END`.
+    /// Creates the child shards' leases (idempotently, each with all its
+    /// parents) and records them on this lease, retrying until done.
+    async fn create_child_leases(&mut self) -> Option<ConsumerEvent> {
+        loop {
+            match self.try_create_child_leases().await {
+                Ok(()) => return None,
+                Err(error) if error.is_lease_lost() => return Some(ConsumerEvent::LeaseLost),
+                Err(error) => {
+                    warn!(%error, "could not create the child shards' leases; retrying");
+                    if let Some(event) = self.pause_after_failure().await {
+                        return Some(event);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn try_create_child_leases(&mut self) -> Result<(), ChildLeaseError> {
+        if self.child_shards.is_empty() {
+            // Kinesis did not name the children: find them in the stream.
+            let shards = self
+                .context
+                .kinesis
+                .list_shards(&self.context.stream)
+                .await?;
+            let me = self.start.shard_id.as_str();
+            self.child_shards = shards
+                .iter()
+                .filter(|shard| shard.parents().any(|parent| parent == me))
+                .map(|shard| ChildShard {
+                    shard_id: shard.shard_id.clone(),
+                    parent_shards: shard.parents().map(str::to_owned).collect(),
+                    hash_key_range: shard.hash_key_range,
+                })
+                .collect();
+        }
+        for child in &self.child_shards {
+            let mut lease = Lease::new(child.shard_id.clone(), ExtendedSequenceNumber::TrimHorizon);
+            lease.parent_shard_ids = child.parent_shards.iter().cloned().collect();
+            lease.hash_key_range = Some(child.hash_key_range);
+            if self.context.store.create_lease_if_absent(&lease).await? {
+                info!(child = %child.shard_id, parents = ?child.parent_shards, "created lease for child shard");
+            }
+        }
+        let children: BTreeSet<String> = self
+            .child_shards
+            .iter()
+            .map(|c| c.shard_id.clone())
+            .collect();
+        self.context
+            .store
+            .record_child_shards(&self.start.token, &children)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates the child leases, then delivers the shard end until the
+    /// processor checkpoints `SHARD_END`.
     async fn finish_shard(&mut self) -> ConsumerEvent {
+        if let Some(event) = self.create_child_leases().await {
+            return event;
+        }
         self.tracker.delivered(ExtendedSequenceNumber::ShardEnd);
         loop {
             if self.current_signal() == ConsumerSignal::LeaseLost {
@@ -489,6 +606,21 @@ impl ShardConsumer {
             () = tokio::time::sleep(delay) => None,
             event = stop_signal(&mut self.signals) => Some(event),
         }
+    }
+}
+
+/// Why the child shards' leases could not be created.
+#[derive(Debug, thiserror::Error)]
+enum ChildLeaseError {
+    #[error("listing shards: {0}")]
+    Kinesis(#[from] crate::kinesis::KinesisError),
+    #[error("{0}")]
+    LeaseTable(#[from] kcl_lease::LeaseStoreError),
+}
+
+impl ChildLeaseError {
+    fn is_lease_lost(&self) -> bool {
+        matches!(self, Self::LeaseTable(error) if error.is_lease_lost())
     }
 }
 

@@ -2,6 +2,7 @@
 //! follows which, decided apart from any I/O.
 //!
 //! ```text
+//!  WaitingOnParents ──ParentsDone──▶ Initializing
 //!  Initializing ──Initialized──▶ Processing ──BatchDone──▶ Processing
 //!       ▲                          │
 //!       └──ProcessorRestarted──────┤
@@ -10,6 +11,10 @@
 //!  (any running state) ─ShutdownRequested─▶ ShuttingDown(Requested)
 //!  ShuttingDown(reason) ──ShutdownDone──▶ Stopped(reason)
 //! ```
+//!
+//! A child shard waits until every parent shard has been read to its end
+//! and checkpointed (or is gone from the stream), so per-key order holds
+//! across splits and merges.
 //!
 //! A lost lease overrides any other way of shutting down: once another
 //! worker owns the shard, nothing may be checkpointed. A requested shutdown
@@ -31,6 +36,8 @@ pub enum ShutdownReason {
 /// Where a shard consumer is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsumerState {
+    /// Waiting until the parent shards are finished.
+    WaitingOnParents,
     /// Creating the processor and calling `initialize`.
     Initializing,
     /// Delivering batches to the processor.
@@ -44,6 +51,8 @@ pub enum ConsumerState {
 /// What happened to a shard consumer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConsumerEvent {
+    /// Every parent shard is finished (or gone).
+    ParentsDone,
     /// `initialize` succeeded.
     Initialized,
     /// A batch was processed (or skipped by the retry policy).
@@ -81,10 +90,13 @@ impl ConsumerState {
             (S::ShuttingDown(reason), E::ShutdownDone) => S::Stopped(reason),
             (S::ShuttingDown(_), E::LeaseLost) => S::ShuttingDown(R::LeaseLost),
             (S::ShuttingDown(reason), E::ShutdownRequested) => S::ShuttingDown(reason),
-            (S::Initializing | S::Processing, E::LeaseLost) => S::ShuttingDown(R::LeaseLost),
-            (S::Initializing | S::Processing, E::ShutdownRequested) => {
+            (S::WaitingOnParents | S::Initializing | S::Processing, E::LeaseLost) => {
+                S::ShuttingDown(R::LeaseLost)
+            }
+            (S::WaitingOnParents | S::Initializing | S::Processing, E::ShutdownRequested) => {
                 S::ShuttingDown(R::Requested)
             }
+            (S::WaitingOnParents, E::ParentsDone) => S::Initializing,
             (S::Initializing, E::Initialized) => S::Processing,
             (S::Initializing, E::ProcessorRestarted) => S::Initializing,
             (S::Processing, E::BatchDone) => S::Processing,
@@ -106,12 +118,13 @@ mod tests {
     fn run(events: &[ConsumerEvent]) -> Result<ConsumerState, InvalidTransition> {
         events
             .iter()
-            .try_fold(S::Initializing, |state, event| state.on(*event))
+            .try_fold(S::WaitingOnParents, |state, event| state.on(*event))
     }
 
     #[test]
     fn a_shard_is_processed_to_its_end() {
         let events = [
+            E::ParentsDone,
             E::Initialized,
             E::BatchDone,
             E::BatchDone,
@@ -124,11 +137,12 @@ mod tests {
     #[test]
     fn a_panicking_processor_starts_again_from_initializing() {
         assert_eq!(
-            run(&[E::Initialized, E::ProcessorRestarted]),
+            run(&[E::ParentsDone, E::Initialized, E::ProcessorRestarted]),
             Ok(S::Initializing)
         );
         assert_eq!(
             run(&[
+                E::ParentsDone,
                 E::Initialized,
                 E::ProcessorRestarted,
                 E::Initialized,
@@ -142,9 +156,10 @@ mod tests {
     fn a_lost_lease_overrides_every_other_shutdown() {
         for before in [
             vec![],
-            vec![E::Initialized],
-            vec![E::Initialized, E::ShardEndReached],
-            vec![E::Initialized, E::ShutdownRequested],
+            vec![E::ParentsDone],
+            vec![E::ParentsDone, E::Initialized],
+            vec![E::ParentsDone, E::Initialized, E::ShardEndReached],
+            vec![E::ParentsDone, E::Initialized, E::ShutdownRequested],
         ] {
             let mut events = before.clone();
             events.extend([E::LeaseLost, E::ShutdownDone]);
@@ -155,6 +170,7 @@ mod tests {
     #[test]
     fn a_requested_shutdown_does_not_interrupt_a_shard_end() {
         let events = [
+            E::ParentsDone,
             E::Initialized,
             E::ShardEndReached,
             E::ShutdownRequested,
@@ -169,12 +185,17 @@ mod tests {
 
     #[test]
     fn impossible_events_are_refused() {
-        assert!(run(&[E::BatchDone]).is_err());
-        assert!(run(&[E::ShardEndReached]).is_err());
-        assert!(run(&[E::Initialized, E::Initialized]).is_err());
+        assert!(
+            run(&[E::Initialized]).is_err(),
+            "not before the parents are done"
+        );
+        assert!(run(&[E::ParentsDone, E::BatchDone]).is_err());
+        assert!(run(&[E::ParentsDone, E::ShardEndReached]).is_err());
+        assert!(run(&[E::ParentsDone, E::Initialized, E::Initialized]).is_err());
+        assert!(run(&[E::ParentsDone, E::Initialized, E::ParentsDone]).is_err());
         assert!(run(&[E::ShutdownDone]).is_err());
         assert_eq!(
-            run(&[E::ShutdownRequested, E::ShutdownDone, E::Initialized]),
+            run(&[E::ShutdownRequested, E::ShutdownDone, E::ParentsDone]),
             Ok(S::Stopped(R::Requested)),
             "a stopped consumer stays stopped"
         );

@@ -15,6 +15,13 @@ use crate::test_support::{Journal, Scripted};
 
 const STREAM: &str = "orders";
 
+/// A consumer, the sender that steers it, and its context.
+type Started = (
+    ShardConsumer,
+    watch::Sender<ConsumerSignal>,
+    Arc<ConsumerContext>,
+);
+
 struct Fixture {
     kinesis: InMemoryKinesis,
     store: Arc<InMemoryLeaseStore>,
@@ -58,13 +65,13 @@ impl Fixture {
         self.store.get_lease(&self.shard).await.unwrap().unwrap()
     }
 
-    async fn consumer(
-        &self,
-    ) -> (
-        ShardConsumer,
-        watch::Sender<ConsumerSignal>,
-        Arc<ConsumerContext>,
-    ) {
+    async fn consumer(&self) -> Started {
+        let lease = self.lease().await;
+        self.consumer_for(&lease)
+    }
+
+    /// A consumer of `lease` as this fixture's worker holds it.
+    fn consumer_for(&self, lease: &Lease) -> Started {
         let journal = Arc::clone(&self.journal);
         let context = Arc::new(ConsumerContext {
             worker_id: "worker-a".into(),
@@ -79,15 +86,16 @@ impl Fixture {
                 ..BackoffConfig::default()
             },
             initial_timestamp: None,
+            parent_poll_interval: Duration::from_secs(1),
             stats: Arc::default(),
         });
-        let lease = self.lease().await;
         let start = ShardStart {
             shard_id: lease.key.clone(),
             token: lease.token().unwrap(),
             checkpoint: lease.checkpoint.clone(),
             pending_checkpoint: lease.pending_checkpoint.clone(),
             pending_checkpoint_state: None,
+            parent_shard_ids: lease.parent_shard_ids.clone(),
         };
         let (signal, signals) = watch::channel(ConsumerSignal::Run);
         (
@@ -357,4 +365,88 @@ async fn get_records_is_called_at_most_five_times_a_second() {
     let calls = fixture.kinesis.calls("GetRecords");
     assert!((45..=51).contains(&calls), "{calls} calls in 10 s");
     task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_split_parent_creates_both_child_leases_and_records_them() {
+    let fixture = Fixture::new(4).await;
+    let children = fixture
+        .kinesis
+        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
+    let (consumer, _signal, _) = fixture.consumer().await;
+
+    let outcome = consumer.run().await;
+
+    assert_eq!(outcome.checkpoint, ExtendedSequenceNumber::ShardEnd);
+    let parent = fixture.lease().await;
+    assert_eq!(parent.child_shard_ids, children.iter().cloned().collect());
+    for child in &children {
+        let lease = fixture.store.get_lease(child).await.unwrap().unwrap();
+        assert_eq!(lease.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+        assert_eq!(lease.parent_shard_ids, [fixture.shard.clone()].into());
+        assert!(lease.hash_key_range.is_some());
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_merged_child_waits_for_both_parents() {
+    let fixture = Fixture::new(0).await;
+    // Two parents: split the fixture's shard, then merge the halves back.
+    let halves = fixture
+        .kinesis
+        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
+    let merged = fixture.kinesis.merge_shards(STREAM, &halves[0], &halves[1]);
+    fixture
+        .kinesis
+        .put_record_to_shard(STREAM, &merged, "key", b"after-merge");
+    let mut child = Lease::new(merged.clone(), ExtendedSequenceNumber::TrimHorizon);
+    child.parent_shard_ids = halves.iter().cloned().collect();
+    fixture.store.create_lease_if_absent(&child).await.unwrap();
+    let child = fixture.store.take_lease(&child, "worker-a").await.unwrap();
+    let mut parents = Vec::new();
+    for half in &halves {
+        let lease = Lease::new(half.clone(), ExtendedSequenceNumber::TrimHorizon);
+        fixture.store.create_lease_if_absent(&lease).await.unwrap();
+        parents.push(fixture.store.take_lease(&lease, "worker-b").await.unwrap());
+    }
+    let finish = |parent: &Lease| {
+        let (store, token) = (fixture.store.clone(), parent.token().unwrap());
+        async move {
+            let end = kcl_lease::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
+            store.checkpoint(&token, &end).await.unwrap();
+        }
+    };
+
+    let (consumer, signal, _) = fixture.consumer_for(&child);
+    let task = tokio::spawn(consumer.run());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(fixture.calls().is_empty(), "started before its parents");
+    finish(&parents[0]).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        fixture.calls().is_empty(),
+        "started with one parent unfinished"
+    );
+    finish(&parents[1]).await;
+    while fixture.processed().is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fixture.processed(), ["after-merge"]);
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_whose_parent_lease_is_gone_does_not_wait() {
+    let fixture = Fixture::new(0).await;
+    let mut lease = fixture.lease().await;
+    lease.parent_shard_ids = ["shardId-past-retention".to_owned()].into();
+    let (consumer, signal, _) = fixture.consumer_for(&lease);
+    let task = tokio::spawn(consumer.run());
+    while fixture.calls().is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fixture.calls()[0], "init TRIM_HORIZON");
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
 }

@@ -167,6 +167,52 @@ impl InMemoryKinesis {
         }
     }
 
+    /// Splits `shard_id` at `new_starting_hash_key`: the shard closes and two
+    /// children take its lower and upper hash ranges. Returns the children's
+    /// ids.
+    ///
+    /// # Panics
+    /// If the shard does not exist, is closed, or the key is outside it.
+    pub fn split_shard(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        new_starting_hash_key: u128,
+    ) -> [String; 2] {
+        let mut state = self.state();
+        let stream = state.streams.get_mut(stream).expect("stream exists");
+        let range = stream.shards[shard_id].description.hash_key_range;
+        assert!(range.start < new_starting_hash_key && new_starting_hash_key <= range.end);
+        let lower = HashKeyRange {
+            start: range.start,
+            end: new_starting_hash_key - 1,
+        };
+        let upper = HashKeyRange {
+            start: new_starting_hash_key,
+            end: range.end,
+        };
+        let lower = add_child(stream, &[shard_id], lower);
+        let upper = add_child(stream, &[shard_id], upper);
+        [lower, upper]
+    }
+
+    /// Merges two adjacent open shards into a new one. Returns its id.
+    ///
+    /// # Panics
+    /// If a shard does not exist, is closed, or they are not adjacent.
+    pub fn merge_shards(&self, stream: &str, shard_id: &str, adjacent_shard_id: &str) -> String {
+        let mut state = self.state();
+        let stream = state.streams.get_mut(stream).expect("stream exists");
+        let a = stream.shards[shard_id].description.hash_key_range;
+        let b = stream.shards[adjacent_shard_id].description.hash_key_range;
+        assert!(a.end.checked_add(1) == Some(b.start) || b.end.checked_add(1) == Some(a.start));
+        let range = HashKeyRange {
+            start: a.start.min(b.start),
+            end: a.end.max(b.end),
+        };
+        add_child(stream, &[shard_id, adjacent_shard_id], range)
+    }
+
     /// Makes every iterator handed out so far expire.
     pub fn expire_iterators(&self) {
         self.state().iterator_generation += 1;
@@ -197,6 +243,42 @@ impl InMemoryKinesis {
             None => Ok(()),
         }
     }
+}
+
+/// Adds an open shard made from `parents` (closing them) and returns its id.
+fn add_child(stream: &mut Stream, parents: &[&str], range: HashKeyRange) -> String {
+    let shard_id = format!("shardId-{:012}", stream.shards.len());
+    let child = ChildShard {
+        shard_id: shard_id.clone(),
+        parent_shards: parents.iter().map(|p| (*p).to_owned()).collect(),
+        hash_key_range: range,
+    };
+    for parent in parents {
+        let shard = stream.shards.get_mut(*parent).expect("parent exists");
+        if shard.description.is_open() {
+            let last = shard
+                .records
+                .last()
+                .map_or_else(|| "0".to_owned(), |r| r.sequence_number.to_string());
+            shard.description.ending_sequence_number = Some(last);
+        }
+        shard.children.push(child.clone());
+    }
+    stream.shards.insert(
+        shard_id.clone(),
+        Shard {
+            description: ShardDescription {
+                shard_id: shard_id.clone(),
+                parent_shard_id: parents.first().map(|p| (*p).to_owned()),
+                adjacent_parent_shard_id: parents.get(1).map(|p| (*p).to_owned()),
+                hash_key_range: range,
+                ending_sequence_number: None,
+            },
+            records: Vec::new(),
+            children: Vec::new(),
+        },
+    );
+    shard_id
 }
 
 fn not_found(operation: &'static str, what: &str) -> KinesisError {

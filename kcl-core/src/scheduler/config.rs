@@ -55,6 +55,13 @@ pub struct SchedulerConfig {
     /// How often the stream's shards are listed to create missing leases.
     /// Default 60 s.
     pub shard_sync_interval: Duration,
+    /// How long a finished lease whose children have all started (or the
+    /// lease of a shard gone from the stream) stays before it is deleted.
+    /// Default 60 s.
+    pub lease_cleanup_delay: Duration,
+    /// How often a child shard's consumer checks whether its parents are
+    /// finished. Default 1 s.
+    pub parent_poll_interval: Duration,
     /// How records are read.
     pub retrieval: RetrievalConfig,
     /// How a failing batch is retried.
@@ -98,6 +105,8 @@ pub struct SchedulerBuilder {
     assignment_interval: Option<Duration>,
     max_leases_per_worker: Option<usize>,
     shard_sync_interval: Option<Duration>,
+    lease_cleanup_delay: Option<Duration>,
+    parent_poll_interval: Option<Duration>,
     retrieval: Option<RetrievalConfig>,
     retry_policy: Option<ProcessorRetryPolicy>,
     shutdown_timeout: Option<Duration>,
@@ -158,6 +167,19 @@ impl SchedulerBuilder {
     /// How often shards are listed. Default 60 s.
     pub fn shard_sync_interval(mut self, interval: Duration) -> Self {
         self.shard_sync_interval = Some(interval);
+        self
+    }
+
+    /// How long a lease that is no longer needed stays before it is
+    /// deleted. Default 60 s.
+    pub fn lease_cleanup_delay(mut self, delay: Duration) -> Self {
+        self.lease_cleanup_delay = Some(delay);
+        self
+    }
+
+    /// How often a waiting child shard checks its parents. Default 1 s.
+    pub fn parent_poll_interval(mut self, interval: Duration) -> Self {
+        self.parent_poll_interval = Some(interval);
         self
     }
 
@@ -261,9 +283,12 @@ impl SchedulerBuilder {
         }
         let shard_sync_interval = self.shard_sync_interval.unwrap_or(Duration::from_secs(60));
         let shutdown_timeout = self.shutdown_timeout.unwrap_or(Duration::from_secs(20));
+        let parent_poll_interval = self.parent_poll_interval.unwrap_or(Duration::from_secs(1));
+        let lease_cleanup_delay = self.lease_cleanup_delay.unwrap_or(Duration::from_secs(60));
         for (setting, value) in [
             ("shard_sync_interval", shard_sync_interval),
             ("shutdown_timeout", shutdown_timeout),
+            ("parent_poll_interval", parent_poll_interval),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::Invalid {
@@ -299,6 +324,8 @@ impl SchedulerBuilder {
                 .unwrap_or(InitialPosition::TrimHorizon),
             lease,
             shard_sync_interval,
+            lease_cleanup_delay,
+            parent_poll_interval,
             retrieval,
             retry_policy: self.retry_policy.unwrap_or_default(),
             kinesis_backoff: BackoffConfig {

@@ -35,6 +35,7 @@ use crate::consumer::{
     ConsumerContext, ConsumerOutcome, ConsumerSignal, ShardConsumer, ShardStart, ShutdownReason,
 };
 use crate::kinesis::{Kinesis, KinesisError};
+use crate::lease_cleanup::LeaseCleaner;
 use crate::shard_sync::{ShardSyncError, sync_shards};
 use crate::stats::WorkerStats;
 
@@ -115,6 +116,7 @@ impl Scheduler {
                 InitialPosition::AtTimestamp(at) => Some(at),
                 _ => None,
             },
+            parent_poll_interval: config.parent_poll_interval,
             stats: Arc::default(),
         });
         let (shutdown, _) = watch::channel(false);
@@ -192,7 +194,7 @@ impl Scheduler {
         .await
         {
             Ok(report) => info!(
-                shards = report.shards,
+                shards = report.shards.len(),
                 created = report.created.len(),
                 "shards discovered"
             ),
@@ -224,6 +226,7 @@ impl Scheduler {
                 })
                 .in_current_span(),
         ));
+        let mut cleaner = LeaseCleaner::new(config.lease_cleanup_delay);
         let mut held = handle.held();
         let mut shutdown_requested = shutdown.subscribe();
         let mut next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
@@ -239,8 +242,14 @@ impl Scheduler {
                 }
                 Some(joined) = tasks.consumers.join_next_with_id() => tasks.finished(joined).await,
                 () = tokio::time::sleep_until(next_sync) => {
-                    if let Err(error) = sync_shards(&*context.kinesis, &*context.store, &config.stream_name, &initial).await {
-                        warn!(%error, "shard discovery failed; retrying at the next interval");
+                    match sync_shards(&*context.kinesis, &*context.store, &config.stream_name, &initial).await {
+                        Ok(report) => {
+                            let now = tokio::time::Instant::now().into_std();
+                            if let Err(error) = cleaner.run(&*context.store, &report.leases, &report.shards, now).await {
+                                warn!(%error, "lease cleanup failed; retrying at the next interval");
+                            }
+                        }
+                        Err(error) => warn!(%error, "shard discovery failed; retrying at the next interval"),
                     }
                     next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
                 }
@@ -451,6 +460,7 @@ async fn start_consumer(
         checkpoint: lease.checkpoint.clone(),
         pending_checkpoint: lease.pending_checkpoint.clone(),
         pending_checkpoint_state: lease.pending_checkpoint_state.clone(),
+        parent_shard_ids: lease.parent_shard_ids.clone(),
     };
     ShardConsumer::new(context, start, signals).run().await
 }

@@ -13,6 +13,8 @@ use crate::test_support::{Journal, Scripted};
 const STREAM: &str = "orders";
 
 struct Fleet {
+    /// Small values make shards lag behind their producer.
+    max_records_per_call: u32,
     kinesis: InMemoryKinesis,
     store: InMemoryLeaseStore,
     journal: Arc<Mutex<Journal>>,
@@ -30,6 +32,7 @@ impl Fleet {
             ..Journal::default()
         }));
         Self {
+            max_records_per_call: 10_000,
             kinesis,
             store: InMemoryLeaseStore::new(),
             journal,
@@ -45,6 +48,12 @@ impl Fleet {
             .failover_time(Duration::from_secs(2))
             .assignment_interval(Duration::from_millis(500))
             .shutdown_timeout(Duration::from_secs(5))
+            .shard_sync_interval(Duration::from_secs(1))
+            .lease_cleanup_delay(Duration::from_secs(2))
+            .retrieval(crate::retrieval::RetrievalConfig {
+                max_records_per_call: self.max_records_per_call,
+                ..Default::default()
+            })
             .backends(
                 Arc::new(self.kinesis.clone()),
                 Arc::new(self.store.client()),
@@ -160,4 +169,110 @@ async fn a_missing_stream_fails_the_start_with_its_name() {
     let error = worker.run().await.unwrap_err();
     assert!(matches!(error, SchedulerError::Stream { .. }), "{error}");
     assert!(error.to_string().contains("no-such-stream"), "{error}");
+}
+
+/// Checks that for every key the records were first processed in the order
+/// they were written (`k<key>:<n>`, n counting up per key).
+fn assert_per_key_order(journal: &Journal) {
+    let mut next: std::collections::HashMap<String, u64> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    for record in &journal.processed {
+        let data = String::from_utf8_lossy(&record.data).into_owned();
+        if !seen.insert(data.clone()) {
+            continue;
+        }
+        let (key, n) = data.split_once(':').unwrap();
+        let n: u64 = n.parse().unwrap();
+        let expected = next.entry(key.to_owned()).or_default();
+        assert_eq!(
+            n, *expected,
+            "{key}: record {n} first processed before {expected}"
+        );
+        *expected += 1;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn splits_and_merges_keep_per_key_order_and_lose_nothing() {
+    let mut fleet = Fleet::new(2, 0);
+    // Shards fall behind, so child leases exist (found by discovery) long
+    // before their parents are read to the end.
+    fleet.max_records_per_call = 5;
+    let a = fleet.worker("worker-a");
+    let b = fleet.worker("worker-b");
+    let (a_stop, b_stop) = (a.shutdown_handle(), b.shutdown_handle());
+    let tasks = [tokio::spawn(a.run()), tokio::spawn(b.run())];
+
+    let keys = 12;
+    let mut written = 0;
+    let mut split_children = None;
+    for step in 0..80u64 {
+        for key in 0..keys {
+            fleet.kinesis.put_record(
+                STREAM,
+                &format!("k{key}"),
+                format!("k{key}:{step}").as_bytes(),
+            );
+            written += 1;
+        }
+        match step {
+            20 => {
+                split_children = Some(fleet.kinesis.split_shard(
+                    STREAM,
+                    "shardId-000000000000",
+                    u128::MAX / 4,
+                ));
+            }
+            40 => {
+                let [lower, upper] = split_children.clone().unwrap();
+                fleet.kinesis.merge_shards(STREAM, &lower, &upper);
+            }
+            60 => {
+                fleet
+                    .kinesis
+                    .split_shard(STREAM, "shardId-000000000001", u128::MAX / 4 * 3);
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_until(|| {
+        let journal = fleet.journal.lock().unwrap();
+        let distinct: std::collections::HashSet<_> =
+            journal.processed.iter().map(|r| r.data.clone()).collect();
+        distinct.len() == written
+    })
+    .await;
+    // Finished parents go once their children have started.
+    wait_until(|| {
+        let leases = futures::executor::block_on(fleet.store.list_leases()).unwrap();
+        leases.iter().all(|l| !l.is_finished())
+    })
+    .await;
+    a_stop.shutdown();
+    b_stop.shutdown();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let journal = fleet.journal.lock().unwrap();
+    assert_per_key_order(&journal);
+    assert_eq!(
+        journal.processed.len(),
+        written,
+        "no record processed twice"
+    );
+    let leases: Vec<String> = futures::executor::block_on(fleet.store.list_leases())
+        .unwrap()
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    assert_eq!(
+        leases,
+        [
+            "shardId-000000000004",
+            "shardId-000000000005",
+            "shardId-000000000006"
+        ],
+        "only the open shards' leases remain"
+    );
 }

@@ -14,6 +14,7 @@
 
 mod item;
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -477,6 +478,33 @@ impl LeaseStore for DynamoDbLeaseStore {
             expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
         }
         let request = request.update_expression(expression);
+        self.send_conditional("UpdateItem", &token.key, || request.clone().send())
+            .await
+            .map(drop)
+    }
+
+    async fn record_child_shards(
+        &self,
+        token: &LeaseToken,
+        children: &BTreeSet<String>,
+    ) -> Result<(), LeaseStoreError> {
+        if children.is_empty() {
+            // DynamoDB sets cannot be empty; there is nothing to add.
+            return Ok(());
+        }
+        let request = self
+            .client
+            .update_item()
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(&token.key))
+            .condition_expression(HELD_CONDITION)
+            .expression_attribute_values(":counter", n(token.counter))
+            .expression_attribute_values(":worker", s(&token.worker))
+            .expression_attribute_values(
+                ":children",
+                AttributeValue::Ss(children.iter().cloned().collect()),
+            )
+            .update_expression(format!("ADD {CHILD_SHARD_IDS} :children"));
         self.send_conditional("UpdateItem", &token.key, || request.clone().send())
             .await
             .map(drop)
