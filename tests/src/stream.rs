@@ -98,3 +98,197 @@ pub async fn put_records(
     }
     data.into_iter().map(|(_, value)| value).collect()
 }
+
+/// Waits until `stream` is active again (after a reshard).
+///
+/// # Panics
+/// If it is not active within 30 s.
+pub async fn wait_active(kinesis: &Client, stream: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let summary = kinesis
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .expect("describe stream");
+        if summary
+            .stream_description_summary()
+            .map(|s| s.stream_status())
+            == Some(&StreamStatus::Active)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stream} not active after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The stream's open shards: id and hash key range, by starting hash key.
+pub async fn open_shards(kinesis: &Client, stream: &str) -> Vec<(String, u128, u128)> {
+    let mut shards = Vec::new();
+    let mut next_token: Option<String> = None;
+    loop {
+        let request = match &next_token {
+            Some(token) => kinesis.list_shards().next_token(token),
+            None => kinesis.list_shards().stream_name(stream),
+        };
+        let page = request.send().await.expect("list shards");
+        for shard in page.shards() {
+            let open = shard
+                .sequence_number_range()
+                .is_some_and(|r| r.ending_sequence_number().is_none());
+            if let (true, Some(range)) = (open, shard.hash_key_range()) {
+                shards.push((
+                    shard.shard_id().to_owned(),
+                    range.starting_hash_key().parse().expect("hash key"),
+                    range.ending_hash_key().parse().expect("hash key"),
+                ));
+            }
+        }
+        match page.next_token() {
+            Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
+            _ => break,
+        }
+    }
+    shards.sort_by_key(|s| s.1);
+    shards
+}
+
+/// Splits the open shard `shard_id` in the middle of its hash range and
+/// waits until the stream is active.
+pub async fn split_in_half(kinesis: &Client, stream: &str, shard_id: &str) {
+    let shards = open_shards(kinesis, stream).await;
+    let (_, start, end) = shards
+        .iter()
+        .find(|s| s.0 == shard_id)
+        .expect("an open shard");
+    let middle = start + (end - start) / 2 + 1;
+    kinesis
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(shard_id)
+        .new_starting_hash_key(middle.to_string())
+        .send()
+        .await
+        .expect("split shard");
+    wait_active(kinesis, stream).await;
+}
+
+/// Merges two adjacent open shards and waits until the stream is active.
+pub async fn merge(kinesis: &Client, stream: &str, shard_id: &str, adjacent: &str) {
+    kinesis
+        .merge_shards()
+        .stream_name(stream)
+        .shard_to_merge(shard_id)
+        .adjacent_shard_to_merge(adjacent)
+        .send()
+        .await
+        .expect("merge shards");
+    wait_active(kinesis, stream).await;
+}
+
+/// Changes the number of open shards (uniform scaling) and waits until the
+/// stream is active.
+pub async fn update_shard_count(kinesis: &Client, stream: &str, target: i32) {
+    kinesis
+        .update_shard_count()
+        .stream_name(stream)
+        .target_shard_count(target)
+        .scaling_type(aws_sdk_kinesis::types::ScalingType::UniformScaling)
+        .send()
+        .await
+        .expect("update shard count");
+    wait_active(kinesis, stream).await;
+}
+
+/// Writes records with per-key counters in the background, keeping each
+/// key's order: every `PutRecords` call carries one record per key, and
+/// failed records are sent again before the next call.
+pub struct OrderedProducer {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Vec<String>>,
+}
+
+impl OrderedProducer {
+    /// Starts writing `k<key>:<n>` for `keys` keys, one round every
+    /// `interval`.
+    pub fn start(kinesis: Client, stream: &str, keys: usize, interval: Duration) -> Self {
+        Self::start_with_prefix(kinesis, stream, "k", keys, interval)
+    }
+
+    /// Like [`start`](Self::start), with keys named `<prefix><key>` so two
+    /// producers on one stream write different keys.
+    pub fn start_with_prefix(
+        kinesis: Client,
+        stream: &str,
+        prefix: &str,
+        keys: usize,
+        interval: Duration,
+    ) -> Self {
+        let prefix = prefix.to_owned();
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let stream = stream.to_owned();
+        let task = tokio::spawn(async move {
+            let mut written = Vec::new();
+            let mut round = 0u64;
+            while !*stopped.borrow_and_update() {
+                let mut pending: Vec<(String, String)> = (0..keys)
+                    .map(|key| (format!("{prefix}{key}"), format!("{prefix}{key}:{round}")))
+                    .collect();
+                while !pending.is_empty() {
+                    let entries = pending
+                        .iter()
+                        .map(|(key, value)| {
+                            PutRecordsRequestEntry::builder()
+                                .partition_key(key)
+                                .data(Blob::new(value.as_bytes()))
+                                .build()
+                                .expect("entry")
+                        })
+                        .collect::<Vec<_>>();
+                    let failed: Vec<bool> = match kinesis
+                        .put_records()
+                        .stream_name(&stream)
+                        .set_records(Some(entries))
+                        .send()
+                        .await
+                    {
+                        Ok(output) => output
+                            .records()
+                            .iter()
+                            .map(|r| r.error_code().is_some())
+                            .collect(),
+                        // The stream may be updating: send them all again.
+                        Err(_) => vec![true; pending.len()],
+                    };
+                    let mut still = Vec::new();
+                    for (entry, failed) in pending.into_iter().zip(failed) {
+                        if failed {
+                            still.push(entry);
+                        } else {
+                            written.push(entry.1);
+                        }
+                    }
+                    pending = still;
+                    if !pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+                round += 1;
+                tokio::time::sleep(interval).await;
+            }
+            written
+        });
+        Self { stop, task }
+    }
+
+    /// Stops and returns every record written, in order.
+    pub async fn stop(self) -> Vec<String> {
+        let _ = self.stop.send(true);
+        self.task.await.expect("producer task")
+    }
+}

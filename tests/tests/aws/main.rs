@@ -3,7 +3,9 @@
 //! All of them live in this one test binary, as modules, so the AWS SDK is
 //! linked once.
 
+mod fleet;
 mod lease_coordinator;
 mod lease_store;
+mod reshard;
 mod stack;
 mod worker;
