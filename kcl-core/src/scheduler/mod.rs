@@ -304,6 +304,9 @@ struct WorkerTasks {
 impl WorkerTasks {
     /// Starts, stops and signals consumers so they match `held`.
     async fn reconcile(&mut self, held: &BTreeMap<String, HeldLease>) {
+        // Forget finished leases once they are gone (cleaned up).
+        self.finished
+            .retain(|token| held.get(&token.key).is_some_and(|h| h.token == *token));
         for (key, running) in &self.running {
             let still_held = held.get(key).is_some_and(|h| h.token == running.token);
             if !still_held {

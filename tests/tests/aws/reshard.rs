@@ -160,6 +160,10 @@ async fn a_merge_of_shards_held_by_two_workers_waits_for_both_parents() {
     }
     a.stop().await;
     b.stop().await;
+    let store = DynamoDbLeaseStore::new(&aws.dynamodb(), &app);
+    let child = &open_shards(&kinesis, &stream).await[0].0;
+    let lease = store.get_lease(child).await.unwrap().expect("child lease");
+    assert_eq!(lease.parent_shard_ids, parents.iter().cloned().collect());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
