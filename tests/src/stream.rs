@@ -18,27 +18,7 @@ pub async fn create_stream(kinesis: &Client, stream: &str, shards: i32) {
         .send()
         .await
         .expect("create stream");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let summary = kinesis
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .expect("describe stream");
-        if summary
-            .stream_description_summary()
-            .map(|s| s.stream_status())
-            == Some(&StreamStatus::Active)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "stream {stream} not active after 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_active(kinesis, stream).await;
 }
 
 /// Writes `count` records to `stream`, spread over `keys` partition keys,
