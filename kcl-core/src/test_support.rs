@@ -37,6 +37,9 @@ pub struct Journal {
     pub calls: Vec<String>,
     /// Records of batches that succeeded, in order.
     pub processed: Vec<Record>,
+    /// When each batch that succeeded was processed (tokio's clock), with
+    /// its shard.
+    pub batch_times: Vec<(String, tokio::time::Instant)>,
     /// Data of records to fail on, with how many more times to fail.
     pub fail: HashMap<String, u32>,
     /// Data of records to panic on, with how many more times to panic.
@@ -86,6 +89,10 @@ impl RecordProcessor for Scripted {
                 }
             }
             journal.processed.extend(input.records.iter().cloned());
+            let shard = input.checkpointer.shard_id().to_owned();
+            journal
+                .batch_times
+                .push((shard, tokio::time::Instant::now()));
             journal.checkpoint_batches
         };
         if checkpoint {

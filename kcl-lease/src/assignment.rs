@@ -13,7 +13,8 @@
 //!    that as few leases as possible move. Targets are capped by the maximum
 //!    leases per worker.
 //! 2. Workers above their target give their surplus (their highest lease
-//!    keys, never a lease already being handed over).
+//!    keys, never a lease already being handed over); draining workers
+//!    (stopping ones) give every lease.
 //! 3. Workers below their target receive, least loaded first, free leases
 //!    first (unowned or expired, lowest key first: shard ids grow with
 //!    creation, so parents come before children) and then the surplus.
@@ -31,6 +32,9 @@ pub enum Holder {
     Free,
     /// Owned by this live worker (during a handoff, the receiving one).
     Held(String),
+    /// Held by a live worker that is stopping: it gets no target, and all
+    /// its leases move to the others by handoff.
+    Draining(String),
     /// Held by an owner outside the assignment (alive but not a heartbeating
     /// worker of this fleet, e.g. a Java KCL worker during a migration): left
     /// alone and not counted.
@@ -98,6 +102,7 @@ pub fn plan(
     let mut held: BTreeMap<&str, Vec<&LeaseView>> =
         workers.iter().map(|w| (w.as_str(), Vec::new())).collect();
     let mut free: Vec<&LeaseView> = Vec::new();
+    let mut draining: Vec<(&str, &LeaseView)> = Vec::new();
     for lease in leases {
         match &lease.holder {
             Holder::Free => free.push(lease),
@@ -108,12 +113,13 @@ pub fn plan(
                     list.push(lease);
                 }
             }
+            Holder::Draining(owner) => draining.push((owner.as_str(), lease)),
             Holder::Pinned => {}
         }
     }
     free.sort_by(|a, b| a.key.cmp(&b.key));
 
-    let total = free.len() + held.values().map(Vec::len).sum::<usize>();
+    let total = free.len() + draining.len() + held.values().map(Vec::len).sum::<usize>();
     let count = workers.len();
     let (base, extra) = (total / count, total % count);
     // The workers holding the most get the extra leases: fewest moves.
@@ -125,8 +131,12 @@ pub fn plan(
         plan.targets.insert((*worker).to_owned(), target);
     }
 
-    // Surplus of workers above target: their highest keys not already moving.
-    let mut surplus: Vec<(&str, &LeaseView)> = Vec::new();
+    // Surplus: every lease of a draining worker, and the highest keys of
+    // workers above target; none already moving.
+    let mut surplus: Vec<(&str, &LeaseView)> = draining
+        .into_iter()
+        .filter(|(_, lease)| !lease.moving)
+        .collect();
     for (worker, leases) in &mut held {
         let target = plan.targets[*worker];
         if leases.len() <= target {
@@ -264,6 +274,22 @@ mod tests {
             plan.moves,
             [("shardId-000000000002".into(), "w0".into(), "w1".into())]
         );
+    }
+
+    #[test]
+    fn a_draining_worker_gives_every_lease_to_the_others() {
+        let leases: Vec<LeaseView> = (0..6)
+            .map(|n| match n {
+                0..3 => view(n, Holder::Draining("w9".into())),
+                _ => view(n, Holder::Held(format!("w{}", n % 2))),
+            })
+            .collect();
+        let plan = plan(&leases, &workers(2), None);
+        assert_eq!(plan.moves.len(), 3, "{plan:?}");
+        assert!(plan.moves.iter().all(|(_, from, _)| from == "w9"));
+        assert!(plan.takes.is_empty());
+        let after = counts(&apply(&leases, &plan), &workers(2));
+        assert_eq!(after.values().copied().collect::<Vec<_>>(), [3, 3]);
     }
 
     #[test]

@@ -21,6 +21,10 @@ pub struct LeaseConfig {
     pub assignment_interval: Duration,
     /// The most leases this worker holds; `None` for no limit.
     pub max_leases_per_worker: Option<usize>,
+    /// How often a worker checks a lease it asked for until the old owner
+    /// has released it (so it starts within this time), and how often a
+    /// stopping worker looks for requests for its leases. Default 200 ms.
+    pub handoff_poll_interval: Duration,
 }
 
 /// A [`LeaseConfig`] setting that cannot work, named.
@@ -58,6 +62,7 @@ impl LeaseConfig {
             heartbeat_interval: Duration::from_secs(5),
             assignment_interval: Duration::from_secs(10),
             max_leases_per_worker: None,
+            handoff_poll_interval: Duration::from_millis(200),
         }
     }
 
@@ -77,6 +82,7 @@ impl LeaseConfig {
             ("failover_time", self.failover_time),
             ("heartbeat_interval", self.heartbeat_interval),
             ("assignment_interval", self.assignment_interval),
+            ("handoff_poll_interval", self.handoff_poll_interval),
         ] {
             if value.is_zero() {
                 return Err(LeaseConfigError::Zero(name));

@@ -22,10 +22,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::assignment::{self, Holder, LeaseView};
@@ -79,50 +79,75 @@ pub struct LeaseCoordinator<S: ?Sized> {
     /// Set when liveness was lost: own leases must be taken anew before they
     /// are processed again.
     retake_own: bool,
-    held: Arc<watch::Sender<HeldLeases>>,
-    /// Set when the worker is stopping: rounds take no more leases.
-    draining: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+    /// Handoffs this worker asked for and is waiting to complete, with the
+    /// moment it stops watching each (the regular rounds take over then).
+    awaiting: BTreeMap<String, Instant>,
+}
+
+/// What the coordinator and its handles share.
+#[derive(Default)]
+struct Shared {
+    /// The leases this worker processes.
+    held: watch::Sender<HeldLeases>,
+    /// Set when the worker is stopping: it takes no more leases, announces
+    /// it in its heartbeat, and others ask for its leases.
+    draining: AtomicBool,
+    /// Wakes the coordinator's loop (when draining starts).
+    wake: Notify,
+    /// Live workers other than this one that are not draining, as of the
+    /// last round: who could receive this worker's leases.
+    receivers: AtomicUsize,
 }
 
 /// What the rest of the worker uses to follow and act on the held leases.
 pub struct CoordinatorHandle<S: ?Sized> {
     store: Arc<S>,
-    held: Arc<watch::Sender<HeldLeases>>,
-    draining: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
 impl<S: ?Sized> Clone for CoordinatorHandle<S> {
     fn clone(&self) -> Self {
         Self {
             store: Arc::clone(&self.store),
-            held: Arc::clone(&self.held),
-            draining: Arc::clone(&self.draining),
+            shared: Arc::clone(&self.shared),
         }
     }
 }
 
 impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
-    /// Stops taking and asking for leases (the worker is stopping); the
-    /// leases already held stay published until released.
+    /// Starts draining (the worker is stopping): takes and asks for no more
+    /// leases, announces it in the heartbeat at once so that other workers
+    /// ask for this worker's leases, and runs rounds every
+    /// `handoff_poll_interval` to see their requests quickly. The leases
+    /// already held stay published until released.
     pub fn stop_taking(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.wake.notify_one();
     }
 
     /// Whether [`stop_taking`](Self::stop_taking) was called.
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// How many other live workers could receive this worker's leases (not
+    /// draining themselves), as of the last assignment round.
+    pub fn receivers(&self) -> usize {
+        self.shared.receivers.load(Ordering::SeqCst)
     }
 
     /// The leases this worker processes; changes whenever a round or a
     /// release changes them.
     pub fn held(&self) -> watch::Receiver<HeldLeases> {
-        self.held.subscribe()
+        self.shared.held.subscribe()
     }
 
     /// The leases another worker has asked for: checkpoint each at a batch
     /// boundary, then [release](Self::release) it.
     pub fn handoffs_requested(&self) -> Vec<LeaseToken> {
-        self.held
+        self.shared
+            .held
             .borrow()
             .values()
             .filter(|h| h.handoff_requested)
@@ -136,7 +161,7 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     pub async fn release(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
         let result = self.store.release_lease(token).await;
         if result.is_ok() || result.as_ref().is_err_and(LeaseStoreError::is_lease_lost) {
-            self.held.send_if_modified(|held| {
+            self.shared.held.send_if_modified(|held| {
                 let ours = held.get(&token.key).is_some_and(|h| h.token == *token);
                 if ours {
                     held.remove(&token.key);
@@ -161,13 +186,10 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         config: LeaseConfig,
     ) -> Result<(Self, CoordinatorHandle<S>), LeaseConfigError> {
         config.validate()?;
-        let (held, _) = watch::channel(HeldLeases::new());
-        let held = Arc::new(held);
-        let draining = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(Shared::default());
         let handle = CoordinatorHandle {
             store: Arc::clone(&store),
-            held: Arc::clone(&held),
-            draining: Arc::clone(&draining),
+            shared: Arc::clone(&shared),
         };
         let coordinator = Self {
             tracker: LivenessTracker::new(config.failover_time),
@@ -176,8 +198,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             beat: 1,
             last_heartbeat_sent: None,
             retake_own: false,
-            held,
-            draining,
+            shared,
+            awaiting: BTreeMap::new(),
         };
         Ok((coordinator, handle))
     }
@@ -192,6 +214,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         let heartbeat = WorkerHeartbeat {
             worker: self.config.worker_id.clone(),
             beat: self.beat,
+            draining: self.shared.draining.load(Ordering::SeqCst),
         };
         self.store.heartbeat(&heartbeat).await?;
         self.beat += 1;
@@ -212,7 +235,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
     /// Stops publishing any lease if liveness is lost at `now`. Returns
     /// whether it did.
     pub fn enforce_liveness(&mut self, now: Instant) -> bool {
-        if self.is_alive(now) || self.held.borrow().is_empty() {
+        if self.is_alive(now) || self.shared.held.borrow().is_empty() {
             return false;
         }
         warn!(
@@ -220,7 +243,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             "no successful heartbeat for the failover time: stopping all shards, others may take them"
         );
         self.retake_own = true;
-        self.held.send_replace(HeldLeases::new());
+        self.shared.held.send_replace(HeldLeases::new());
         true
     }
 
@@ -265,15 +288,41 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             self.retake_own = false;
         }
 
+        let draining = self.shared.draining.load(Ordering::SeqCst);
         let mut workers: BTreeSet<String> = self.tracker.live_workers(now).into_iter().collect();
         workers.insert(me.clone());
         report.live_workers = workers.len();
+        // Draining workers (this one too, when stopping) receive nothing;
+        // their leases are planned to move to the others.
+        let mut stopping: BTreeSet<String> = heartbeats
+            .iter()
+            .filter(|h| h.draining && h.worker != me && workers.contains(&h.worker))
+            .map(|h| h.worker.clone())
+            .collect();
+        if draining {
+            stopping.insert(me.clone());
+        }
+        workers.retain(|w| !stopping.contains(w));
+        self.shared.receivers.store(
+            workers.iter().filter(|w| **w != me).count(),
+            Ordering::SeqCst,
+        );
         let views: Vec<LeaseView> = leases
             .iter()
             .filter(|lease| !lease.is_finished())
             .map(|lease| LeaseView {
                 key: lease.key.clone(),
-                holder: self.holder(lease, &workers, now),
+                holder: match self.holder(lease, &workers, now) {
+                    Holder::Pinned
+                        if lease
+                            .processing_owner()
+                            .is_some_and(|owner| stopping.contains(owner)) =>
+                    {
+                        Holder::Draining(lease.processing_owner().unwrap_or_default().to_owned())
+                    }
+                    Holder::Held(owner) if stopping.contains(&owner) => Holder::Draining(owner),
+                    holder => holder,
+                },
                 moving: lease.handoff_in_progress(),
             })
             .collect();
@@ -285,7 +334,6 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .map(|(i, l)| (l.key.as_str(), i))
             .collect();
         let (takes, moves) = plan.for_worker(&me);
-        let draining = self.draining.load(Ordering::SeqCst);
         let takes: Vec<usize> = takes
             .filter(|_| !draining)
             .filter_map(|key| by_key.get(key).copied())
@@ -310,6 +358,10 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                 Ok(moving) => {
                     info!(lease = %moving.key, from = ?moving.checkpoint_owner, "asked for a handoff");
                     report.handoffs_requested.push(moving.key.clone());
+                    // Watch it closely: the new owner should start as soon
+                    // as the old one releases.
+                    self.awaiting
+                        .insert(moving.key.clone(), now + self.config.failover_time);
                     leases[index] = moving;
                 }
                 Err(LeaseStoreError::LeaseLost { .. }) => report.contended += 1,
@@ -334,6 +386,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             })
             .collect();
         report.lost = self
+            .shared
             .held
             .borrow()
             .iter()
@@ -344,13 +397,54 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             warn!(lease = %key, "lease lost to another worker");
         }
         report.held = held.len();
-        self.held.send_if_modified(|published| {
+        self.shared.held.send_if_modified(|published| {
             let changed = *published != held;
             *published = held;
             changed
         });
         debug!(?report, "assignment round");
         Ok(report)
+    }
+
+    /// Checks the handoffs this worker is waiting for and publishes the
+    /// leases whose old owner has released them, so their consumers start
+    /// at once instead of at the next round.
+    pub async fn poll_awaited_handoffs(&mut self, now: Instant) -> Result<(), LeaseStoreError> {
+        let me = self.config.worker_id.clone();
+        let keys: Vec<String> = self.awaiting.keys().cloned().collect();
+        for key in keys {
+            let lease = self.store.get_lease(&key).await?;
+            match lease {
+                Some(lease)
+                    if lease.owner.as_deref() == Some(me.as_str())
+                        && !lease.handoff_in_progress() =>
+                {
+                    self.awaiting.remove(&key);
+                    if let Some(token) = lease.token()
+                        && self.is_alive(now)
+                    {
+                        debug!(lease = %key, "handoff completed");
+                        let held = HeldLease {
+                            lease,
+                            token,
+                            handoff_requested: false,
+                        };
+                        self.shared.held.send_modify(|published| {
+                            published.insert(key.clone(), held);
+                        });
+                    }
+                }
+                Some(lease) if lease.owner.as_deref() == Some(me.as_str()) => {
+                    if self.awaiting.get(&key).is_some_and(|until| *until <= now) {
+                        self.awaiting.remove(&key);
+                    }
+                }
+                _ => {
+                    self.awaiting.remove(&key);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn holder(&self, lease: &Lease, workers: &BTreeSet<String>, now: Instant) -> Holder {
@@ -391,12 +485,31 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             }
             let mut next_heartbeat = now() + self.config.heartbeat_interval;
             let mut next_round = now();
+            let mut next_poll = now();
+            let mut announced_draining = false;
             loop {
                 let liveness_deadline = self
                     .last_heartbeat_sent
                     .map_or(next_round, |sent| sent + self.config.failover_time);
+                let draining = self.shared.draining.load(Ordering::SeqCst);
+                if draining && !announced_draining {
+                    // Tell the fleet at once, then look for their handoff
+                    // requests often while the leases are handed over.
+                    info!("draining: announcing it and handing leases over on request");
+                    announced_draining = true;
+                    next_heartbeat = now();
+                    next_round = now();
+                }
+                let shared = Arc::clone(&self.shared);
                 tokio::select! {
                     () = &mut shutdown => break,
+                    () = shared.wake.notified() => {}
+                    () = tokio::time::sleep_until(next_poll.into()), if !self.awaiting.is_empty() => {
+                        if let Err(error) = self.poll_awaited_handoffs(now()).await {
+                            debug!(%error, "checking awaited handoffs failed");
+                        }
+                        next_poll = now() + self.config.handoff_poll_interval;
+                    }
                     () = tokio::time::sleep_until(next_heartbeat.into()) => {
                         let sent = now();
                         next_heartbeat = match self.heartbeat(sent).await {
@@ -408,7 +521,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                         };
                     }
                     () = tokio::time::sleep_until(liveness_deadline.into()),
-                        if !self.held.borrow().is_empty() => {
+                        if !self.shared.held.borrow().is_empty() => {
                         self.enforce_liveness(now());
                     }
                     () = tokio::time::sleep_until(next_round.into()) => {
@@ -416,7 +529,12 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                         if let Err(error) = self.assignment_round(started).await {
                             warn!(%error, "assignment round failed; retrying at the next one");
                         }
-                        next_round = self.next_round(started).max(now());
+                        next_round = if draining {
+                            now() + self.config.handoff_poll_interval
+                        } else {
+                            self.next_round(started).max(now())
+                        };
+                        next_poll = now() + self.config.handoff_poll_interval;
                     }
                 }
             }

@@ -169,6 +169,7 @@ mod tests {
         WorkerHeartbeat {
             worker: worker.into(),
             beat,
+            draining: false,
         }
     }
 

@@ -22,7 +22,7 @@ pub struct InMemoryLeaseStore {
 #[derive(Debug, Default)]
 struct Tables {
     leases: BTreeMap<String, Lease>,
-    heartbeats: BTreeMap<String, u64>,
+    heartbeats: BTreeMap<String, (u64, bool)>,
 }
 
 impl InMemoryLeaseStore {
@@ -182,9 +182,10 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
-        self.tables("PutItem")
-            .heartbeats
-            .insert(heartbeat.worker.clone(), heartbeat.beat);
+        self.tables("PutItem").heartbeats.insert(
+            heartbeat.worker.clone(),
+            (heartbeat.beat, heartbeat.draining),
+        );
         Ok(())
     }
 
@@ -193,9 +194,10 @@ impl LeaseStore for InMemoryLeaseStore {
             .tables("Scan")
             .heartbeats
             .iter()
-            .map(|(worker, beat)| WorkerHeartbeat {
+            .map(|(worker, (beat, draining))| WorkerHeartbeat {
                 worker: worker.clone(),
                 beat: *beat,
+                draining: *draining,
             })
             .collect())
     }

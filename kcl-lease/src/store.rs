@@ -17,6 +17,9 @@ pub struct WorkerHeartbeat {
     pub worker: String,
     /// Increases on every heartbeat.
     pub beat: u64,
+    /// The worker is stopping: it takes no leases and hands its leases to
+    /// whoever asks (the assignment plans to move all of them).
+    pub draining: bool,
 }
 
 /// The lease table and the workers table, with the semantics every

@@ -372,11 +372,13 @@ pub async fn a_deleted_lease_cannot_be_written(a: impl LeaseStore, b: impl Lease
     assert_lost(a.take_lease(&held, "worker-a").await);
 }
 
-/// One heartbeat per worker, overwritten by the next, removed on request.
+/// One heartbeat per worker, overwritten by the next, removed on request;
+/// the draining flag is kept with it.
 pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseStore) {
     let beat = |worker: &str, beat| WorkerHeartbeat {
         worker: worker.into(),
         beat,
+        draining: false,
     };
     a.heartbeat(&beat("worker-a", 1)).await.unwrap();
     b.heartbeat(&beat("worker-b", 1)).await.unwrap();
@@ -384,6 +386,14 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
     let mut seen = b.list_heartbeats().await.unwrap();
     seen.sort_by(|x, y| x.worker.cmp(&y.worker));
     assert_eq!(seen, [beat("worker-a", 2), beat("worker-b", 1)]);
+    let draining = WorkerHeartbeat {
+        draining: true,
+        ..beat("worker-a", 3)
+    };
+    a.heartbeat(&draining).await.unwrap();
+    let mut seen = b.list_heartbeats().await.unwrap();
+    seen.sort_by(|x, y| x.worker.cmp(&y.worker));
+    assert_eq!(seen, [draining, beat("worker-b", 1)]);
     a.remove_heartbeat("worker-a").await.unwrap();
     a.remove_heartbeat("worker-a").await.unwrap();
     assert_eq!(b.list_heartbeats().await.unwrap(), [beat("worker-b", 1)]);

@@ -103,6 +103,7 @@ pub struct SchedulerBuilder {
     failover_time: Option<Duration>,
     heartbeat_interval: Option<Duration>,
     assignment_interval: Option<Duration>,
+    handoff_poll_interval: Option<Duration>,
     max_leases_per_worker: Option<usize>,
     shard_sync_interval: Option<Duration>,
     lease_cleanup_delay: Option<Duration>,
@@ -155,6 +156,13 @@ impl SchedulerBuilder {
     /// How often leases are balanced. Default 10 s.
     pub fn assignment_interval(mut self, interval: Duration) -> Self {
         self.assignment_interval = Some(interval);
+        self
+    }
+
+    /// How often a worker checks a lease it asked for until it is handed
+    /// over (and a stopping worker looks for requests). Default 200 ms.
+    pub fn handoff_poll_interval(mut self, interval: Duration) -> Self {
+        self.handoff_poll_interval = Some(interval);
         self
     }
 
@@ -254,6 +262,9 @@ impl SchedulerBuilder {
         }
         if let Some(interval) = self.assignment_interval {
             lease.assignment_interval = interval;
+        }
+        if let Some(interval) = self.handoff_poll_interval {
+            lease.handoff_poll_interval = interval;
         }
         lease.max_leases_per_worker = self.max_leases_per_worker;
         lease.validate().map_err(|e| ConfigError::Invalid {

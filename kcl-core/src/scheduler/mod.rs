@@ -19,6 +19,7 @@ mod config;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kcl_lease::{
     CoordinatorHandle, HeldLease, LeaseConfigError, LeaseCoordinator, LeaseStore, LeaseStoreError,
@@ -266,7 +267,7 @@ impl Scheduler {
 
         info!("worker stopping: handing over its shards");
         handle.stop_taking();
-        tasks.drain(config.shutdown_timeout).await;
+        tasks.drain(&mut held, config.shutdown_timeout).await;
         let _ = stop_coordinator.send(true);
         if !coordinator_task.0.is_finished() {
             match (&mut coordinator_task.0).await {
@@ -398,36 +399,98 @@ impl WorkerTasks {
         }
     }
 
-    /// Asks every consumer to stop and releases their leases; after
-    /// `timeout`, stops the rest without checkpointing.
-    async fn drain(&mut self, timeout: std::time::Duration) {
-        for running in self.running.values() {
-            running.signal.send_if_modified(|signal| {
-                let ask = *signal == ConsumerSignal::Run;
-                if ask {
-                    *signal = ConsumerSignal::ShutdownRequested;
+    /// Hands every shard over and stops, within `timeout`:
+    /// - while other live workers can receive them, leases are handed over
+    ///   as those workers ask (they see this worker draining at their next
+    ///   round): the consumer finishes its batch, the processor
+    ///   checkpoints, the lease is released to the asking worker, which
+    ///   starts within its handoff poll interval;
+    /// - with no one to receive them, or [`RELEASE_RESERVE`] before the
+    ///   timeout, the remaining consumers checkpoint and their leases are
+    ///   released for anyone to take;
+    /// - at the timeout, consumers still running are told their lease is
+    ///   lost and stopped (their leases expire after the failover time).
+    async fn drain(
+        &mut self,
+        held: &mut watch::Receiver<BTreeMap<String, HeldLease>>,
+        timeout: Duration,
+    ) {
+        let started = tokio::time::Instant::now();
+        let hard_deadline = started + timeout;
+        let release_deadline = started + timeout.saturating_sub(RELEASE_RESERVE.min(timeout / 2));
+        let mut releasing_all = false;
+        loop {
+            let snapshot = held.borrow_and_update().clone();
+            self.reconcile(&snapshot).await;
+            if self.consumers.is_empty() {
+                return;
+            }
+            let no_receivers = self.handle.receivers() == 0;
+            if !releasing_all && (no_receivers || tokio::time::Instant::now() >= release_deadline) {
+                releasing_all = true;
+                info!(
+                    remaining = self.running.len(),
+                    no_receivers, "checkpointing and releasing the remaining shards"
+                );
+                for running in self.running.values() {
+                    running.signal.send_if_modified(|signal| {
+                        let ask = *signal == ConsumerSignal::Run;
+                        if ask {
+                            *signal = ConsumerSignal::ShutdownRequested;
+                        }
+                        ask
+                    });
                 }
-                ask
-            });
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        while !self.consumers.is_empty() {
-            match tokio::time::timeout_at(deadline, self.consumers.join_next_with_id()).await {
-                Ok(Some(joined)) => self.finished(joined).await,
-                Ok(None) => break,
-                Err(_) => {
+            }
+            tokio::select! {
+                changed = held.changed() => {
+                    if changed.is_err() {
+                        releasing_all = true;
+                    }
+                }
+                Some(joined) = self.consumers.join_next_with_id() => self.finished(joined).await,
+                () = tokio::time::sleep_until(release_deadline), if !releasing_all => {}
+                // Receivers may go away (stopping too) without anything
+                // else changing here: look again.
+                () = tokio::time::sleep(RECEIVERS_CHECK), if !releasing_all => {}
+                () = tokio::time::sleep_until(hard_deadline) => {
                     warn!(
                         remaining = self.consumers.len(),
                         "shutdown timeout reached; stopping the remaining shards without checkpointing"
                     );
+                    for running in self.running.values() {
+                        running.signal.send_replace(ConsumerSignal::LeaseLost);
+                    }
+                    let grace = tokio::time::sleep(LEASE_LOST_GRACE);
+                    tokio::pin!(grace);
+                    loop {
+                        tokio::select! {
+                            joined = self.consumers.join_next_with_id() => match joined {
+                                Some(joined) => self.finished(joined).await,
+                                None => return,
+                            },
+                            () = &mut grace => break,
+                        }
+                    }
                     self.consumers.abort_all();
                     while self.consumers.join_next().await.is_some() {}
-                    break;
+                    return;
                 }
             }
         }
     }
 }
+
+/// How long before the shutdown timeout a stopping worker stops waiting for
+/// handoff requests and releases its remaining leases itself.
+const RELEASE_RESERVE: Duration = Duration::from_secs(5);
+
+/// How often a stopping worker checks whether anyone can still receive its
+/// leases.
+const RECEIVERS_CHECK: Duration = Duration::from_millis(200);
+
+/// How long processors get to return from `lease_lost` when forced out.
+const LEASE_LOST_GRACE: Duration = Duration::from_secs(1);
 
 /// Resolves once `flag` is set (or its sender is gone).
 async fn stopped(flag: &mut watch::Receiver<bool>) {

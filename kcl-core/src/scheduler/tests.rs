@@ -15,6 +15,7 @@ const STREAM: &str = "orders";
 struct Fleet {
     /// Small values make shards lag behind their producer.
     max_records_per_call: u32,
+    assignment_interval: Duration,
     kinesis: InMemoryKinesis,
     store: InMemoryLeaseStore,
     journal: Arc<Mutex<Journal>>,
@@ -33,6 +34,7 @@ impl Fleet {
         }));
         Self {
             max_records_per_call: 10_000,
+            assignment_interval: Duration::from_millis(500),
             kinesis,
             store: InMemoryLeaseStore::new(),
             journal,
@@ -46,7 +48,7 @@ impl Fleet {
             .stream_name(STREAM)
             .worker_id(id)
             .failover_time(Duration::from_secs(2))
-            .assignment_interval(Duration::from_millis(500))
+            .assignment_interval(self.assignment_interval)
             .shutdown_timeout(Duration::from_secs(5))
             .shard_sync_interval(Duration::from_secs(1))
             .lease_cleanup_delay(Duration::from_secs(2))
@@ -275,4 +277,67 @@ async fn splits_and_merges_keep_per_key_order_and_lose_nothing() {
         ],
         "only the open shards' leases remain"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stopping_worker_hands_its_shards_over_with_short_gaps_and_no_duplicates() {
+    let mut fleet = Fleet::new(4, 0);
+    // Long rounds: a stop that waited for them would leave gaps of seconds.
+    fleet.assignment_interval = Duration::from_secs(5);
+    let a = fleet.worker("worker-a");
+    let (a_held, a_stop) = (a.held_leases(), a.shutdown_handle());
+    let a_task = tokio::spawn(a.run());
+    wait_until(|| a_held.borrow().len() == 4).await;
+    let b = fleet.worker("worker-b");
+    let (b_held, b_stop) = (b.held_leases(), b.shutdown_handle());
+    let b_task = tokio::spawn(b.run());
+    wait_until(|| a_held.borrow().len() == 2 && b_held.borrow().len() == 2).await;
+
+    let producer = {
+        let kinesis = fleet.kinesis.clone();
+        tokio::spawn(async move {
+            for n in 0..400 {
+                kinesis.put_record(STREAM, &format!("k{}", n % 16), format!("r{n}").as_bytes());
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stopping = tokio::time::Instant::now();
+    a_stop.shutdown();
+    a_task.await.unwrap().unwrap();
+    let stop_took = stopping.elapsed();
+    // b starts each shard within its handoff poll interval.
+    wait_until(|| b_held.borrow().len() == 4).await;
+    producer.await.unwrap();
+    wait_until(|| fleet.processed().len() >= 400).await;
+    b_stop.shutdown();
+    b_task.await.unwrap().unwrap();
+
+    assert_eq!(
+        fleet.processed(),
+        expected(400),
+        "every record exactly once"
+    );
+    assert!(
+        stop_took < Duration::from_secs(7),
+        "stop took {stop_took:?}"
+    );
+    let journal = fleet.journal.lock().unwrap();
+    let mut by_shard: std::collections::BTreeMap<&str, Vec<tokio::time::Instant>> =
+        Default::default();
+    for (shard, at) in &journal.batch_times {
+        by_shard.entry(shard).or_default().push(*at);
+    }
+    for (shard, times) in by_shard {
+        let longest = times
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .max()
+            .unwrap_or_default();
+        assert!(
+            longest < Duration::from_secs(1),
+            "{shard}: {longest:?} without processing while records flowed"
+        );
+    }
 }

@@ -8,8 +8,9 @@
 //! - the workers table (hash key `workerId`, by default the lease table's
 //!   name with `-Workers` appended), one heartbeat item per worker:
 //!   `heartbeat` (N, grows with every beat) and `heartbeatEpochMillis` (N,
-//!   the writer's wall clock, for operators only: no worker compares it).
-//!   Kept apart so a Java KCL reader of the lease table never sees an item
+//!   the writer's wall clock, for operators only: no worker compares it),
+//!   and `draining` (BOOL, set while the worker stops and hands its leases
+//!   over). Kept apart so a Java KCL reader of the lease table never sees an item
 //!   that is not a lease.
 
 mod item;
@@ -39,6 +40,7 @@ use item::*;
 const WORKER_ID: &str = "workerId";
 const HEARTBEAT: &str = "heartbeat";
 const HEARTBEAT_EPOCH_MILLIS: &str = "heartbeatEpochMillis";
+const DRAINING: &str = "draining";
 
 /// How long [`LeaseStore::ensure_tables`] waits for a new table to become
 /// active.
@@ -570,7 +572,8 @@ impl LeaseStore for DynamoDbLeaseStore {
             .table_name(&self.workers_table)
             .item(WORKER_ID, s(&heartbeat.worker))
             .item(HEARTBEAT, n(heartbeat.beat))
-            .item(HEARTBEAT_EPOCH_MILLIS, n(now_ms));
+            .item(HEARTBEAT_EPOCH_MILLIS, n(now_ms))
+            .item(DRAINING, AttributeValue::Bool(heartbeat.draining));
         self.send("PutItem", &self.workers_table, || put.clone().send())
             .await?
             .map_err(|ConditionFailed| unreachable_condition("PutItem"))
@@ -588,6 +591,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                     Some(WorkerHeartbeat {
                         worker: worker.clone(),
                         beat: beat.parse().ok()?,
+                        draining: matches!(item.get(DRAINING), Some(AttributeValue::Bool(true))),
                     })
                 }
                 _ => None,
