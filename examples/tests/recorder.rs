@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kcl_examples::recorder::read_lines;
-use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
+use kcl_tests::processes::{Processes, lease_owners, start_recorder, terminate};
 use kcl_tests::stream::{
     OrderedProducer, create_stream, merge, open_shards, put_records, split_in_half,
     update_shard_count,
@@ -16,29 +16,15 @@ use kcl_tests::{LocalAws, unique_name};
 
 const RECORDER: &str = env!("CARGO_BIN_EXE_recorder");
 
-/// Starts a recorder replica; its logs go to `<output>.log`.
+/// Starts a recorder replica with a short failover time and fast rounds.
 fn start(aws: &LocalAws, stream: &str, app: &str, worker: &str, output: &Path) -> Child {
-    let log = std::fs::File::create(output.with_extension("log")).expect("log file");
-    Command::new(RECORDER)
-        .args(["--application-name", app, "--worker-id", worker])
-        .arg("--output")
-        .arg(output)
-        .args([
-            "--failover-time-ms",
-            "3000",
-            "--assignment-interval-ms",
-            "500",
-        ])
-        // The stream name through the environment, as in a Deployment.
-        .env("KCL_STREAM_NAME", stream)
-        .env("AWS_ENDPOINT_URL_KINESIS", &aws.kinesis_endpoint)
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &aws.dynamodb_endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "kcllocalaccesskey")
-        .env("AWS_SECRET_ACCESS_KEY", "kcllocalsecretkey")
-        .stderr(log)
-        .spawn()
-        .expect("start recorder")
+    let fast = [
+        "--failover-time-ms",
+        "3000",
+        "--assignment-interval-ms",
+        "500",
+    ];
+    start_recorder(RECORDER, aws, stream, app, worker, output, &fast)
 }
 
 fn line_count(paths: &[std::path::PathBuf]) -> usize {
@@ -51,15 +37,9 @@ fn line_count(paths: &[std::path::PathBuf]) -> usize {
 /// Waits until three workers hold `each` leases each, as the lease table
 /// shows.
 async fn wait_for_balance(aws: &LocalAws, app: &str, each: usize) {
-    let leases = DynamoDbLeaseStore::new(&aws.dynamodb(), app);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let mut owners: BTreeMap<String, usize> = BTreeMap::new();
-        for lease in leases.list_leases().await.unwrap_or_default() {
-            if let Some(owner) = lease.processing_owner() {
-                *owners.entry(owner.to_owned()).or_default() += 1;
-            }
-        }
+        let owners = lease_owners(aws, app).await;
         if owners.len() == 3 && owners.values().all(|n| *n == each) {
             return;
         }
@@ -72,11 +52,11 @@ async fn wait_for_balance(aws: &LocalAws, app: &str, each: usize) {
 }
 
 /// Starts three replicas writing to `dir`.
-fn start_three(aws: &LocalAws, stream: &str, app: &str, dir: &Path) -> (Replicas, Vec<PathBuf>) {
+fn start_three(aws: &LocalAws, stream: &str, app: &str, dir: &Path) -> (Processes, Vec<PathBuf>) {
     let outputs: Vec<PathBuf> = (0..3)
         .map(|n| dir.join(format!("worker-{n}.jsonl")))
         .collect();
-    let replicas = Replicas(
+    let replicas = Processes(
         outputs
             .iter()
             .enumerate()
@@ -100,7 +80,7 @@ async fn wait_for_lines(outputs: &[PathBuf], n: usize) {
 }
 
 /// Stops every replica with SIGTERM and checks each exits 0.
-fn stop_all(replicas: &mut Replicas) {
+fn stop_all(replicas: &mut Processes) {
     for child in &replicas.0 {
         terminate(child);
     }
@@ -108,30 +88,6 @@ fn stop_all(replicas: &mut Replicas) {
         let status = child.wait().expect("wait for recorder");
         assert!(status.success(), "worker-{n} exited with {status}");
     }
-}
-
-/// Replicas that are killed if the test fails before stopping them, so no
-/// process outlives the test.
-struct Replicas(Vec<Child>);
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            if matches!(child.try_wait(), Ok(None)) {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-/// Sends SIGTERM to `child` by its PID.
-fn terminate(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@
 
 pub mod fleet_sim;
 pub mod lease_conformance;
+pub mod processes;
 pub mod stream;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
