@@ -5,3 +5,4 @@
 
 pub mod payload;
 pub mod recorder;
+pub mod worker;

@@ -125,39 +125,137 @@ async fn three_replicas_record_every_record_once_and_exit_cleanly_on_sigterm() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn flags_for_features_not_built_yet_fail_with_a_clear_error() {
-    let output = Command::new(RECORDER)
-        .args([
-            "--stream-name",
-            "s",
-            "--application-name",
-            "app",
-            "--output",
-            "/dev/null",
-        ])
-        .args(["--metrics-addr", "127.0.0.1:0"])
+/// Runs the recorder with `args` (which must make it fail before it
+/// connects anywhere) and returns its standard error.
+fn failing_run(args: &[&str]) -> String {
+    let mut command = Command::new(RECORDER);
+    for (flag, default) in [("--stream-name", "s"), ("--application-name", "app")] {
+        if !args.contains(&flag) {
+            command.args([flag, default]);
+        }
+    }
+    let output = command
+        .args(["--output", "/dev/null"])
+        .args(args)
+        .env("AWS_REGION", "us-east-1")
         .stdin(Stdio::null())
         .output()
         .expect("run recorder");
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("--metrics-addr"), "{stderr}");
+    assert!(!output.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
 
-    let output = Command::new(RECORDER)
-        .args([
-            "--stream-name",
-            "s",
-            "--application-name",
-            "app",
-            "--output",
-            "/dev/null",
-        ])
-        .args(["--retrieval", "fanout"])
-        .output()
-        .expect("run recorder");
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("fanout"));
+#[test]
+fn bad_settings_and_missing_features_fail_fast_naming_the_setting() {
+    assert!(failing_run(&["--retrieval", "fanout"]).contains("fanout"));
+    assert!(failing_run(&["--max-records-per-call", "20000"]).contains("max_records_per_call"));
+    assert!(failing_run(&["--failover-time-ms", "0"]).contains("failover_time"));
+    assert!(failing_run(&["--shutdown-timeout-ms", "0"]).contains("shutdown_timeout"));
+    assert!(failing_run(&["--application-name", "a b"]).contains("application_name"));
+    assert!(failing_run(&["--initial-position", "middle"]).contains("initial-position"));
+}
+
+/// A GET on the local endpoint: the status code and the body.
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_are_served_over_http() {
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let (stream, app) = (
+        unique_name("recorder-metrics"),
+        unique_name("recorder-metrics-app"),
+    );
+    create_stream(&kinesis, &stream, 2).await;
+    let dir = std::env::temp_dir().join(unique_name("recorder-metrics-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("worker.jsonl");
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let flags = [
+        "--metrics-addr",
+        addr.as_str(),
+        "--assignment-interval-ms",
+        "500",
+        "--log-format",
+        "json",
+    ];
+    let mut replicas = Processes(vec![start_recorder(
+        RECORDER, &aws, &stream, &app, "worker-m", &output, &flags,
+    )]);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = tokio::net::TcpStream::connect(&addr).await.is_ok()
+            && get(&addr, "/readyz").await.0 == 200;
+        if ready {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&addr, "/healthz").await.0, 200);
+    assert_eq!(get(&addr, "/nothing-here").await.0, 404);
+    let written = put_records(&kinesis, &stream, 8, 0, 50).await;
+    wait_for_lines(std::slice::from_ref(&output), written.len()).await;
+
+    let (status, metrics) = get(&addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(name))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(value("kcl_records_processed_total"), 50.0, "{metrics}");
+    assert_eq!(value("kcl_leases_held"), 2.0);
+    assert!(value("kcl_checkpoint_writes_total{outcome=\"ok\"}") >= 2.0);
+    assert!(metrics.contains(
+        "kcl_aws_requests_total{service=\"kinesis\",operation=\"GetRecords\",outcome=\"ok\"}"
+    ));
+    assert!(metrics.contains(
+        "kcl_aws_requests_total{service=\"dynamodb\",operation=\"Scan\",outcome=\"ok\"}"
+    ));
+    assert!(metrics.contains("kcl_batch_processing_seconds_bucket"));
+    assert!(metrics.contains("kcl_millis_behind_latest{shard="));
+    assert!(metrics.contains("# HELP kcl_records_processed_total"));
+
+    stop_all(&mut replicas);
+    // JSON logs carry the worker and shard ids on the shard consumers' lines.
+    let logs = std::fs::read_to_string(output.with_extension("log")).unwrap();
+    let consumer_line = logs
+        .lines()
+        .find(|line| line.contains("shard consumer starting"))
+        .expect("a shard consumer log line");
+    let parsed: serde_json::Value = serde_json::from_str(consumer_line).expect("JSON log line");
+    let span = &parsed["span"];
+    assert_eq!(span["worker_id"], "worker-m", "{consumer_line}");
+    assert!(
+        span["shard_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("shardId-"))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,7 @@ pub mod retrieval;
 pub mod scheduler;
 pub mod shard_sync;
 mod stats;
+pub mod telemetry;
 #[cfg(test)]
 mod test_support;
 

@@ -1,6 +1,11 @@
-//! Counters of what a worker has done, for tests, logs and (later) metrics.
+//! Counters of what a worker has done: kept here for tests and the final
+//! log line, and recorded as [metrics](crate::telemetry::metrics) (with the
+//! shard as a label where it applies) for the exporter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::telemetry::metrics as names;
 
 /// What a worker has done so far. Every counter only grows.
 #[derive(Debug, Default)]
@@ -42,25 +47,43 @@ fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl WorkerStats {
-    /// A processed batch of `records` records.
-    pub fn count_batch(&self, records: usize) {
+    /// A batch of `records` records (`bytes` of data and keys) of `shard`
+    /// processed.
+    pub fn count_batch(&self, shard: &str, records: usize, bytes: usize) {
         add(&self.batches_processed, 1);
         add(&self.records_processed, records as u64);
+        let shard = shard.to_owned();
+        metrics::counter!(names::RECORDS_PROCESSED, "shard" => shard.clone())
+            .increment(records as u64);
+        metrics::counter!(names::BYTES_PROCESSED, "shard" => shard).increment(bytes as u64);
     }
 
-    /// A processor call that will be retried.
-    pub fn count_processor_retry(&self) {
+    /// How long the processor took with a batch (whatever the outcome), and
+    /// how far behind the newest record the batch was.
+    pub fn record_batch_time(&self, shard: &str, took: Duration, millis_behind: Option<u64>) {
+        metrics::histogram!(names::BATCH_PROCESSING_SECONDS).record(took.as_secs_f64());
+        if let Some(millis) = millis_behind {
+            metrics::gauge!(names::MILLIS_BEHIND_LATEST, "shard" => shard.to_owned())
+                .set(millis as f64);
+        }
+    }
+
+    /// A processor call on `shard` that will be retried.
+    pub fn count_processor_retry(&self, shard: &str) {
         add(&self.processor_retries, 1);
+        metrics::counter!(names::PROCESSOR_RETRIES, "shard" => shard.to_owned()).increment(1);
     }
 
     /// A panic caught in a processor call.
     pub fn count_processor_panic(&self) {
         add(&self.processor_panics, 1);
+        metrics::counter!(names::PROCESSOR_PANICS).increment(1);
     }
 
     /// A batch skipped by the retry policy.
     pub fn count_batch_skipped(&self) {
         add(&self.batches_skipped, 1);
+        metrics::counter!(names::BATCHES_SKIPPED).increment(1);
     }
 
     /// A shard end delivered again.
@@ -76,6 +99,7 @@ impl WorkerStats {
     /// A lease released.
     pub fn count_lease_released(&self) {
         add(&self.leases_released, 1);
+        metrics::counter!(names::LEASES_RELEASED).increment(1);
     }
 
     /// The counters now.

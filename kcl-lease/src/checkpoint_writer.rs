@@ -26,13 +26,18 @@ impl<S: LeaseStore + ?Sized> LeaseCheckpointWriter<S> {
 #[async_trait]
 impl<S: LeaseStore + ?Sized> CheckpointWriter for LeaseCheckpointWriter<S> {
     async fn write(&self, update: &CheckpointUpdate) -> Result<(), CheckpointWriteError> {
-        match self.store.checkpoint(&self.token, update).await {
-            Ok(()) => Ok(()),
+        let (outcome, result) = match self.store.checkpoint(&self.token, update).await {
+            Ok(()) => ("ok", Ok(())),
             Err(LeaseStoreError::LeaseLost { .. } | LeaseStoreError::NotFound { .. }) => {
-                Err(CheckpointWriteError::LeaseLost)
+                ("lease_lost", Err(CheckpointWriteError::LeaseLost))
             }
-            Err(error) => Err(CheckpointWriteError::Failed(error.to_string())),
-        }
+            Err(error) => (
+                "failed",
+                Err(CheckpointWriteError::Failed(error.to_string())),
+            ),
+        };
+        metrics::counter!(crate::metrics::CHECKPOINT_WRITES, "outcome" => outcome).increment(1);
+        result
     }
 }
 

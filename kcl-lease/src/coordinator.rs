@@ -98,6 +98,8 @@ struct Shared {
     /// Live workers other than this one that are not draining, as of the
     /// last round: who could receive this worker's leases.
     receivers: AtomicUsize,
+    /// When the last heartbeat succeeded.
+    last_heartbeat: std::sync::Mutex<Option<Instant>>,
 }
 
 /// What the rest of the worker uses to follow and act on the held leases.
@@ -129,6 +131,16 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     /// Whether [`stop_taking`](Self::stop_taking) was called.
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// When the worker's last heartbeat succeeded (the lease tables were
+    /// reachable then).
+    pub fn last_heartbeat(&self) -> Option<Instant> {
+        *self
+            .shared
+            .last_heartbeat
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// How many other live workers could receive this worker's leases (not
@@ -222,6 +234,11 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             info!("heartbeat restored; own leases will be taken anew before processing");
         }
         self.last_heartbeat_sent = Some(now);
+        *self
+            .shared
+            .last_heartbeat
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(now);
         Ok(())
     }
 
@@ -346,6 +363,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             match self.store.take_lease(&leases[index], &me).await {
                 Ok(taken) => {
                     info!(lease = %taken.key, previous_owner = ?leases[index].processing_owner(), "took lease");
+                    metrics::counter!(crate::metrics::LEASE_TAKES).increment(1);
                     report.taken.push(taken.key.clone());
                     leases[index] = taken;
                 }
@@ -358,6 +376,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                 Ok(moving) => {
                     info!(lease = %moving.key, from = ?moving.checkpoint_owner, "asked for a handoff");
                     report.handoffs_requested.push(moving.key.clone());
+                    metrics::counter!(crate::metrics::LEASE_HANDOFFS, "event" => "requested")
+                        .increment(1);
                     // Watch it closely: the new owner should start as soon
                     // as the old one releases.
                     self.awaiting
@@ -395,6 +415,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .collect();
         for key in &report.lost {
             warn!(lease = %key, "lease lost to another worker");
+            metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
         }
         report.held = held.len();
         self.shared.held.send_if_modified(|published| {
@@ -424,6 +445,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                         && self.is_alive(now)
                     {
                         debug!(lease = %key, "handoff completed");
+                        metrics::counter!(crate::metrics::LEASE_HANDOFFS, "event" => "received")
+                            .increment(1);
                         let held = HeldLease {
                             lease,
                             token,

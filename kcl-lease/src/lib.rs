@@ -30,6 +30,7 @@ mod error;
 mod lease;
 pub mod liveness;
 mod memory;
+pub mod metrics;
 mod store;
 
 pub use checkpoint_writer::LeaseCheckpointWriter;

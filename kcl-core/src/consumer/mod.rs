@@ -291,13 +291,17 @@ impl ShardConsumer {
                     return ConsumerEvent::Initialized;
                 }
                 Ok(Err(error)) => {
-                    self.context.stats.count_processor_retry();
+                    self.context
+                        .stats
+                        .count_processor_retry(&self.start.shard_id);
                     warn!(%error, attempt = self.failures.attempts(), "processor failed to initialize; retrying");
                 }
                 Err(panic) => {
                     self.processor = None;
                     self.context.stats.count_processor_panic();
-                    self.context.stats.count_processor_retry();
+                    self.context
+                        .stats
+                        .count_processor_retry(&self.start.shard_id);
                     error!(panic = %panic, "processor panicked in initialize; starting a new one");
                 }
             }
@@ -386,17 +390,29 @@ impl ShardConsumer {
                 millis_behind_latest,
                 checkpointer: self.tracker.checkpointer(),
             };
+            let began = tokio::time::Instant::now();
             let outcome = tokio::select! {
                 biased;
                 () = lease_lost(&mut self.signals) => return ConsumerEvent::LeaseLost,
                 outcome = guarded(processor.process_records(input)) => outcome,
             };
+            self.context.stats.record_batch_time(
+                &self.start.shard_id,
+                began.elapsed(),
+                millis_behind_latest,
+            );
             if self.tracker.progress().lease_lost {
                 return ConsumerEvent::LeaseLost;
             }
             match outcome {
                 Ok(Ok(())) => {
-                    self.context.stats.count_batch(records.len());
+                    let bytes = records
+                        .iter()
+                        .map(|r| r.data.len() + r.partition_key.len())
+                        .sum();
+                    self.context
+                        .stats
+                        .count_batch(&self.start.shard_id, records.len(), bytes);
                     self.failures = unlimited(&self.context.retry_policy.backoff());
                     return ConsumerEvent::BatchDone;
                 }
@@ -411,7 +427,9 @@ impl ShardConsumer {
                         self.tracker.delivered(last);
                         return ConsumerEvent::BatchDone;
                     };
-                    self.context.stats.count_processor_retry();
+                    self.context
+                        .stats
+                        .count_processor_retry(&self.start.shard_id);
                     warn!(%error, %first, %last, attempt = retries.attempts(), ?delay, "processor failed a batch; delivering it again");
                     if let Some(event) = self.pause(delay).await {
                         return event;
@@ -419,7 +437,9 @@ impl ShardConsumer {
                 }
                 Err(panic) => {
                     self.context.stats.count_processor_panic();
-                    self.context.stats.count_processor_retry();
+                    self.context
+                        .stats
+                        .count_processor_retry(&self.start.shard_id);
                     error!(panic = %panic, %first, %last, "processor panicked; restarting from the last checkpoint");
                     self.restart_from_checkpoint();
                     if let Some(event) = self.pause_after_failure().await {

@@ -55,7 +55,7 @@ impl Kinesis for SdkKinesis {
                 Some(token) => self.client.list_shards().next_token(token),
                 None => self.client.list_shards().stream_name(stream),
             };
-            let page = request.send().await.map_err(|e| classify(OP, e))?;
+            let page = counted(OP, request.send().await.map_err(|e| classify(OP, e)))?;
             for shard in page.shards() {
                 shards.push(describe(shard)?);
             }
@@ -93,7 +93,7 @@ impl Kinesis for SdkKinesis {
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(sequence),
         };
-        let output = request.send().await.map_err(|e| classify(OP, e))?;
+        let output = counted(OP, request.send().await.map_err(|e| classify(OP, e)))?;
         output
             .shard_iterator
             .ok_or_else(|| KinesisError::InvalidResponse {
@@ -111,7 +111,8 @@ impl Kinesis for SdkKinesis {
             .limit(limit.clamp(1, 10_000) as i32)
             .send()
             .await
-            .map_err(|e| classify(OP, e))?;
+            .map_err(|e| classify(OP, e));
+        let output = counted(OP, output)?;
         let records = output
             .records()
             .iter()
@@ -137,6 +138,27 @@ impl Kinesis for SdkKinesis {
             child_shards,
         })
     }
+}
+
+/// Counts a Kinesis request by operation and outcome.
+fn counted<T>(operation: &'static str, result: Result<T, KinesisError>) -> Result<T, KinesisError> {
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(KinesisError::Throttled { .. }) => "throttled",
+        Err(KinesisError::ExpiredIterator { .. }) => "expired_iterator",
+        Err(KinesisError::Transient { .. }) => "failed",
+        Err(KinesisError::NotFound { .. }) => "not_found",
+        Err(KinesisError::Refused { .. }) => "refused",
+        Err(KinesisError::InvalidResponse { .. }) => "invalid_response",
+    };
+    metrics::counter!(
+        crate::telemetry::metrics::AWS_REQUESTS,
+        "service" => "kinesis",
+        "operation" => operation,
+        "outcome" => outcome
+    )
+    .increment(1);
+    result
 }
 
 fn describe(shard: &types::Shard) -> Result<ShardDescription, KinesisError> {

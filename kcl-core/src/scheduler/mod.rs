@@ -39,6 +39,7 @@ use crate::kinesis::{Kinesis, KinesisError};
 use crate::lease_cleanup::LeaseCleaner;
 use crate::shard_sync::{ShardSyncError, sync_shards};
 use crate::stats::WorkerStats;
+use crate::telemetry::Health;
 
 /// Why a worker stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +80,7 @@ pub struct Scheduler {
     coordinator: LeaseCoordinator<dyn LeaseStore>,
     handle: CoordinatorHandle<dyn LeaseStore>,
     shutdown: Arc<watch::Sender<bool>>,
+    health: Arc<Health>,
 }
 
 /// A running consumer, as the scheduler tracks it.
@@ -121,12 +123,14 @@ impl Scheduler {
             stats: Arc::default(),
         });
         let (shutdown, _) = watch::channel(false);
+        let health = Arc::new(Health::new(STALL_AFTER, config.lease.failover_time));
         Ok(Self {
             config,
             context,
             coordinator,
             handle,
             shutdown: Arc::new(shutdown),
+            health,
         })
     }
 
@@ -148,6 +152,12 @@ impl Scheduler {
     /// The worker's counters.
     pub fn stats(&self) -> Arc<WorkerStats> {
         Arc::clone(&self.context.stats)
+    }
+
+    /// Liveness and readiness, for probes (see
+    /// [`TelemetryServer`](crate::telemetry::TelemetryServer)).
+    pub fn health(&self) -> Arc<Health> {
+        Arc::clone(&self.health)
     }
 
     /// The leases this worker processes, updated as they change.
@@ -174,6 +184,7 @@ impl Scheduler {
             coordinator,
             handle,
             shutdown,
+            health,
         } = self;
         info!(
             application = %config.application_name,
@@ -228,6 +239,8 @@ impl Scheduler {
                 .in_current_span(),
         ));
         let mut cleaner = LeaseCleaner::new(config.lease_cleanup_delay);
+        health.started(std::time::Instant::now());
+        let mut ticks = tokio::time::interval(HEALTH_TICK);
         let mut held = handle.held();
         let mut shutdown_requested = shutdown.subscribe();
         let mut next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
@@ -236,6 +249,12 @@ impl Scheduler {
             tasks.reconcile(&snapshot).await;
             tokio::select! {
                 () = stopped(&mut shutdown_requested) => break Ok(()),
+                _ = ticks.tick() => {
+                    health.tick(std::time::Instant::now());
+                    if let Some(at) = handle.last_heartbeat() {
+                        health.table_ok(at);
+                    }
+                }
                 changed = held.changed() => {
                     if changed.is_err() {
                         break Err(SchedulerError::Coordinator("stopped publishing leases".into()));
@@ -266,6 +285,7 @@ impl Scheduler {
         };
 
         info!("worker stopping: handing over its shards");
+        health.stopping();
         handle.stop_taking();
         tasks.drain(&mut held, config.shutdown_timeout).await;
         let _ = stop_coordinator.send(true);
@@ -305,6 +325,8 @@ struct WorkerTasks {
 impl WorkerTasks {
     /// Starts, stops and signals consumers so they match `held`.
     async fn reconcile(&mut self, held: &BTreeMap<String, HeldLease>) {
+        let active = held.values().filter(|h| !h.lease.is_finished()).count();
+        metrics::gauge!(crate::telemetry::metrics::LEASES_HELD).set(active as f64);
         // Forget finished leases once they are gone (cleaned up).
         self.finished
             .retain(|token| held.get(&token.key).is_some_and(|h| h.token == *token));
@@ -484,6 +506,12 @@ impl WorkerTasks {
 /// How long before the shutdown timeout a stopping worker stops waiting for
 /// handoff requests and releases its remaining leases itself.
 const RELEASE_RESERVE: Duration = Duration::from_secs(5);
+
+/// How often the scheduler's loop ticks to show it is alive.
+const HEALTH_TICK: Duration = Duration::from_secs(1);
+
+/// How long without a tick before the worker is judged stuck.
+const STALL_AFTER: Duration = Duration::from_secs(30);
 
 /// How often a stopping worker checks whether anyone can still receive its
 /// leases.

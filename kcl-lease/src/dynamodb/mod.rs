@@ -119,16 +119,31 @@ impl DynamoDbLeaseStore {
             self.requests.add(operation);
             let response = call();
             async move {
-                match response.await {
-                    Ok(value) => ControlFlow::Break(Ok(Ok(value))),
+                let (outcome, flow) = match response.await {
+                    Ok(value) => ("ok", ControlFlow::Break(Ok(Ok(value)))),
                     Err(error) => match classify(&error) {
-                        ErrorClass::ConditionFailed => ControlFlow::Break(Ok(Err(ConditionFailed))),
-                        ErrorClass::Transient => ControlFlow::Continue(DisplayErrorContext(error)),
-                        ErrorClass::Permanent => {
-                            ControlFlow::Break(Err(DisplayErrorContext(error)))
-                        }
+                        ErrorClass::ConditionFailed => (
+                            "condition_failed",
+                            ControlFlow::Break(Ok(Err(ConditionFailed))),
+                        ),
+                        ErrorClass::Transient => (
+                            "throttled_or_failed",
+                            ControlFlow::Continue(DisplayErrorContext(error)),
+                        ),
+                        ErrorClass::Permanent => (
+                            "refused",
+                            ControlFlow::Break(Err(DisplayErrorContext(error))),
+                        ),
                     },
-                }
+                };
+                metrics::counter!(
+                    crate::metrics::AWS_REQUESTS,
+                    "service" => "dynamodb",
+                    "operation" => operation,
+                    "outcome" => outcome
+                )
+                .increment(1);
+                flow
             }
         })
         .await;

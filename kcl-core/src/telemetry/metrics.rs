@@ -1,0 +1,63 @@
+//! The metrics a worker records. Names follow Prometheus conventions; the
+//! lease layer's are in [`kcl_lease::metrics`].
+
+/// Records processed successfully: label `shard`.
+pub const RECORDS_PROCESSED: &str = "kcl_records_processed_total";
+/// Bytes of data (and partition keys) processed successfully: label
+/// `shard`.
+pub const BYTES_PROCESSED: &str = "kcl_bytes_processed_total";
+/// How far behind the newest record the last batch was: label `shard`.
+pub const MILLIS_BEHIND_LATEST: &str = "kcl_millis_behind_latest";
+/// Time the processor took per batch (successful or not), in seconds.
+pub const BATCH_PROCESSING_SECONDS: &str = "kcl_batch_processing_seconds";
+/// Processor calls given again after an error or a panic: label `shard`.
+pub const PROCESSOR_RETRIES: &str = "kcl_processor_retries_total";
+/// Panics caught in processor calls.
+pub const PROCESSOR_PANICS: &str = "kcl_processor_panics_total";
+/// Batches skipped by a retry policy that gives up (records lost by the
+/// application's choice).
+pub const BATCHES_SKIPPED: &str = "kcl_batches_skipped_total";
+/// Leases released by this worker (handoffs and shutdown).
+pub const LEASES_RELEASED: &str = "kcl_leases_released_total";
+
+pub use kcl_lease::metrics::{
+    AWS_REQUESTS, CHECKPOINT_WRITES, LEASE_HANDOFFS, LEASE_LOSSES, LEASE_TAKES, LEASES_HELD,
+};
+
+/// The buckets of [`BATCH_PROCESSING_SECONDS`], from 1 ms to 1 min.
+pub const BATCH_SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Describes every metric to the installed recorder (help texts).
+pub fn describe() {
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram};
+    kcl_lease::metrics::describe();
+    describe_counter!(
+        RECORDS_PROCESSED,
+        "Records processed successfully, by shard"
+    );
+    describe_counter!(
+        BYTES_PROCESSED,
+        "Bytes (data and partition keys) processed, by shard"
+    );
+    describe_gauge!(
+        MILLIS_BEHIND_LATEST,
+        "Milliseconds the last batch was behind the newest record, by shard"
+    );
+    describe_histogram!(
+        BATCH_PROCESSING_SECONDS,
+        ::metrics::Unit::Seconds,
+        "Time the processor took per batch"
+    );
+    describe_counter!(
+        PROCESSOR_RETRIES,
+        "Processor calls retried after an error or panic, by shard"
+    );
+    describe_counter!(PROCESSOR_PANICS, "Panics caught in processor calls");
+    describe_counter!(
+        BATCHES_SKIPPED,
+        "Batches skipped by a retry policy that gives up"
+    );
+    describe_counter!(LEASES_RELEASED, "Leases released by this worker");
+}

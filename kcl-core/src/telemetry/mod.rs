@@ -1,0 +1,16 @@
+//! What operators see: metrics (recorded through the `metrics` facade and
+//! exported in the Prometheus text format), health and readiness, and an
+//! HTTP endpoint serving them.
+//!
+//! - [`metrics`]: the names and meaning of every metric the worker records.
+//! - [`Health`]: liveness (the scheduler's loops are progressing) and
+//!   readiness (started, and the lease table answered recently).
+//! - [`TelemetryServer`]: `GET /metrics`, `/healthz` and `/readyz` on one
+//!   address.
+
+mod health;
+pub mod metrics;
+mod server;
+
+pub use health::Health;
+pub use server::{TelemetryError, TelemetryServer};

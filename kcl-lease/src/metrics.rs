@@ -1,0 +1,31 @@
+//! The metrics the lease layer records (through the `metrics` facade; the
+//! application chooses the exporter). Names follow Prometheus conventions.
+
+/// DynamoDB requests sent, each attempt counted: labels `service`
+/// (`dynamodb`), `operation` and `outcome` (`ok`, `condition_failed`,
+/// `throttled_or_failed`, `refused`).
+pub const AWS_REQUESTS: &str = "kcl_aws_requests_total";
+/// Leases taken (free or expired ones).
+pub const LEASE_TAKES: &str = "kcl_lease_takes_total";
+/// Handoffs: label `event` (`requested` by this worker, `received` when one
+/// it asked for completed).
+pub const LEASE_HANDOFFS: &str = "kcl_lease_handoffs_total";
+/// Leases lost to another worker (failover, or after losing liveness).
+pub const LEASE_LOSSES: &str = "kcl_lease_losses_total";
+/// Leases this worker processes now.
+pub const LEASES_HELD: &str = "kcl_leases_held";
+/// Checkpoint writes: label `outcome` (`ok`, `lease_lost`, `failed`).
+pub const CHECKPOINT_WRITES: &str = "kcl_checkpoint_writes_total";
+
+/// Describes the lease layer's metrics to the installed recorder.
+pub fn describe() {
+    metrics::describe_counter!(
+        AWS_REQUESTS,
+        "AWS requests sent, by service, operation and outcome"
+    );
+    metrics::describe_counter!(LEASE_TAKES, "Free or expired leases this worker took");
+    metrics::describe_counter!(LEASE_HANDOFFS, "Graceful handoffs requested and received");
+    metrics::describe_counter!(LEASE_LOSSES, "Leases lost to another worker");
+    metrics::describe_gauge!(LEASES_HELD, "Leases this worker processes");
+    metrics::describe_counter!(CHECKPOINT_WRITES, "Checkpoint writes, by outcome");
+}
