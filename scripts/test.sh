@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, unit and integration tests.
+# The whole test suite, as CI runs it: formatting, lints, the deployment files, unit and
+# integration tests.
 #
 # Brings the local AWS stack up for the run (and down at exit, even on failure) unless it
 # was already running, in which case it is left as it was.
@@ -24,5 +25,7 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all --check
 echo "test: cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test: deployment files" >&2
+scripts/validate-deploy.sh
 echo "test: cargo test" >&2
 cargo test --workspace --locked
