@@ -79,10 +79,12 @@ async fn wait_for_lines(outputs: &[PathBuf], n: usize) {
     }
 }
 
-/// Stops every replica with SIGTERM and checks each exits 0.
+/// Stops every replica still running with SIGTERM and checks each exits 0.
 fn stop_all(replicas: &mut Processes) {
-    for child in &replicas.0 {
-        terminate(child);
+    for child in &mut replicas.0 {
+        if matches!(child.try_wait(), Ok(None)) {
+            terminate(child);
+        }
     }
     for (n, child) in replicas.0.iter_mut().enumerate() {
         let status = child.wait().expect("wait for recorder");
@@ -318,5 +320,84 @@ async fn three_replicas_keep_per_key_order_across_split_merge_and_scale_up() {
             n - 1
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_shards_over_before_they_could_expire_and_nothing_is_processed_twice() {
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let (stream, app) = (
+        unique_name("recorder-handoff"),
+        unique_name("recorder-handoff-app"),
+    );
+    create_stream(&kinesis, &stream, 4).await;
+    let dir = std::env::temp_dir().join(unique_name("recorder-handoff-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let outputs: Vec<PathBuf> = (0..2).map(|n| dir.join(format!("w{n}.jsonl"))).collect();
+    // A failover time far longer than a handoff: shards that had to expire
+    // would stall for 30 s.
+    let flags = [
+        "--failover-time-ms",
+        "30000",
+        "--assignment-interval-ms",
+        "500",
+    ];
+    let mut replicas = Processes(
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(n, out)| {
+                start_recorder(RECORDER, &aws, &stream, &app, &format!("w{n}"), out, &flags)
+            })
+            .collect(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while lease_owners(&aws, &app)
+        .await
+        .values()
+        .copied()
+        .collect::<Vec<_>>()
+        != [2, 2]
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never balanced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let producer = OrderedProducer::start(kinesis.clone(), &stream, 16, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    terminate(&replicas.0[0]);
+    let stopped = tokio::time::Instant::now();
+    let status = replicas.0[0].wait().expect("wait for w0");
+    assert!(status.success(), "w0 exited with {status}");
+    let taken_over = loop {
+        let owners = lease_owners(&aws, &app).await;
+        if owners.get("w1") == Some(&4) {
+            break stopped.elapsed();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "never handed over: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        taken_over < Duration::from_secs(15),
+        "took {taken_over:?}: the leases expired instead"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let written = producer.stop().await;
+    wait_for_lines(&outputs, written.len()).await;
+    stop_all(&mut replicas);
+
+    let mut data: Vec<String> = Vec::new();
+    for output in &outputs {
+        data.extend(read_lines(output).unwrap().into_iter().map(|l| l.data));
+    }
+    assert_eq!(data.len(), written.len(), "no record processed twice");
+    data.sort_unstable();
+    let mut wanted = written.clone();
+    wanted.sort_unstable();
+    assert_eq!(data, wanted);
     std::fs::remove_dir_all(&dir).unwrap();
 }

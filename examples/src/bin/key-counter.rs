@@ -99,7 +99,10 @@ impl RecordProcessor for KeyCounter {
         Ok(())
     }
 
-    async fn shutdown_requested(&mut self, checkpointer: Checkpointer) -> Result<(), ProcessorError> {
+    async fn shutdown_requested(
+        &mut self,
+        checkpointer: Checkpointer,
+    ) -> Result<(), ProcessorError> {
         checkpointer.checkpoint().await?;
         self.report("handing over; final totals");
         Ok(())
