@@ -84,10 +84,7 @@ async fn leases(application_name: &str) -> Outcome {
     let store = DynamoDbLeaseStore::new(&aws_sdk_dynamodb::Client::new(&aws), application_name);
     let mut leases = store.list_leases().await?;
     leases.sort_by(|a, b| a.key.cmp(&b.key));
-    println!(
-        "{:<22} {:<16} {:<14} {}",
-        "shard", "owner", "checkpoint", "notes"
-    );
+    println!("{:<22} {:<16} {:<14} notes", "shard", "owner", "checkpoint");
     for lease in &leases {
         let checkpoint = match &lease.checkpoint {
             ExtendedSequenceNumber::Record { sequence, .. } => {
