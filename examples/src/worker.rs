@@ -8,6 +8,7 @@
 //! region, and `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL_DYNAMODB`.
 
 use std::io::IsTerminal;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
@@ -185,6 +186,19 @@ impl WorkerArgs {
         });
         scheduler.run().await?;
         Ok(())
+    }
+}
+
+/// Logs a worker's failure and turns its outcome into the process's exit
+/// code: 0 after a clean stop, 1 after an error.
+pub fn exit_code(program: &str, outcome: Result<(), Box<dyn std::error::Error>>) -> ExitCode {
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error}");
+            eprintln!("{program}: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -16,8 +16,8 @@ use async_trait::async_trait;
 use clap::Parser;
 use kcl_core::checkpoint::Checkpointer;
 use kcl_core::{InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor};
-use kcl_examples::worker::WorkerArgs;
-use tracing::{error, info};
+use kcl_examples::worker::{WorkerArgs, exit_code};
+use tracing::info;
 
 /// Command-line settings.
 #[derive(Parser, Debug)]
@@ -113,14 +113,7 @@ impl RecordProcessor for KeyCounter {
 async fn main() -> ExitCode {
     let args = Args::parse();
     args.worker.init_logging();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            error!("{error}");
-            eprintln!("key-counter: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("key-counter", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {

@@ -12,8 +12,8 @@ use std::sync::{Arc, OnceLock};
 
 use clap::Parser;
 use kcl_examples::recorder::RecordLog;
-use kcl_examples::worker::WorkerArgs;
-use tracing::{error, info};
+use kcl_examples::worker::{WorkerArgs, exit_code};
+use tracing::info;
 
 /// Command-line settings.
 #[derive(Parser, Debug)]
@@ -30,14 +30,7 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     args.worker.init_logging();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            error!("{error}");
-            eprintln!("recorder: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("recorder", run(args).await)
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
