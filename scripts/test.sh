@@ -28,4 +28,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "test: deployment files" >&2
 scripts/validate-deploy.sh
 echo "test: cargo test" >&2
+# The KPL tests make aggregates with AWS's Python aggregation library.
+KCL_TEST_PYTHON=$(scripts/python-tools.sh)
+export KCL_TEST_PYTHON
 cargo test --workspace --locked

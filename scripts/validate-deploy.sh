@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Validates the deployment files offline: renders the kustomize base with
 # `kubectl kustomize`, checks every resource against the Kubernetes schemas
-# with the PyPI package kubernetes-validate (installed into
-# .local-tools/venv on first use), and checks that the IAM policy is JSON.
+# with the PyPI package kubernetes-validate (installed by
+# scripts/python-tools.sh), and checks that the IAM policy is JSON.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBERNETES_VERSION=1.33.0
-venv=.local-tools/venv
 
 if ! command -v kubectl >/dev/null; then
   echo "validate-deploy: installing kubectl with apt-get" >&2
@@ -17,16 +15,12 @@ if ! command -v kubectl >/dev/null; then
     exit 1
   }
 fi
-if [ ! -x "$venv/bin/kubernetes-validate" ]; then
-  echo "validate-deploy: installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION" >&2
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-fi
+python=$(scripts/python-tools.sh)
 
 rendered=$(mktemp --suffix=.yaml)
 trap 'rm -f "$rendered"' EXIT
 kubectl kustomize deploy/kubernetes >"$rendered"
-"$venv/bin/kubernetes-validate" --strict --quiet -k "$KUBERNETES_VERSION" "$rendered"
+"$(dirname "$python")/kubernetes-validate" --strict --quiet -k "$KUBERNETES_VERSION" "$rendered"
 for kind in ServiceAccount ConfigMap Deployment Service PodDisruptionBudget; do
   grep -q "^kind: $kind$" "$rendered" || { echo "validate-deploy: no $kind rendered" >&2; exit 1; }
 done

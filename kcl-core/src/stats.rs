@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::retrieval::aggregation::DeaggregationReport;
 use crate::telemetry::metrics as names;
 
 /// What a worker has done so far. Every counter only grows.
@@ -18,6 +19,8 @@ pub struct WorkerStats {
     shard_end_retries: AtomicU64,
     kinesis_retries: AtomicU64,
     leases_released: AtomicU64,
+    malformed_aggregates: AtomicU64,
+    records_outside_shard: AtomicU64,
 }
 
 /// A snapshot of [`WorkerStats`].
@@ -40,6 +43,12 @@ pub struct StatsSnapshot {
     pub kinesis_retries: u64,
     /// Leases this worker gave back (handoffs and shutdown).
     pub leases_released: u64,
+    /// Records that looked like KPL aggregates but were not valid ones,
+    /// delivered as they were.
+    pub malformed_aggregates: u64,
+    /// KPL user records dropped because their hash key was outside the
+    /// shard (after a reshard; the producer re-puts them).
+    pub records_outside_shard: u64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -96,6 +105,21 @@ impl WorkerStats {
         add(&self.kinesis_retries, 1);
     }
 
+    /// What de-aggregating a batch found.
+    pub fn count_deaggregation(&self, report: &DeaggregationReport) {
+        if report.aggregates > 0 {
+            metrics::counter!(names::KPL_AGGREGATES).increment(report.aggregates as u64);
+        }
+        if report.malformed > 0 {
+            add(&self.malformed_aggregates, report.malformed as u64);
+            metrics::counter!(names::KPL_MALFORMED).increment(report.malformed as u64);
+        }
+        if report.outside_shard > 0 {
+            add(&self.records_outside_shard, report.outside_shard as u64);
+            metrics::counter!(names::KPL_OUTSIDE_SHARD).increment(report.outside_shard as u64);
+        }
+    }
+
     /// A lease released.
     pub fn count_lease_released(&self) {
         add(&self.leases_released, 1);
@@ -114,6 +138,8 @@ impl WorkerStats {
             shard_end_retries: get(&self.shard_end_retries),
             kinesis_retries: get(&self.kinesis_retries),
             leases_released: get(&self.leases_released),
+            malformed_aggregates: get(&self.malformed_aggregates),
+            records_outside_shard: get(&self.records_outside_shard),
         }
     }
 }

@@ -111,6 +111,8 @@ pub struct ShardStart {
     pub pending_checkpoint_state: Option<Vec<u8>>,
     /// The parent shards, which must be finished first.
     pub parent_shard_ids: BTreeSet<String>,
+    /// The shard's hash key range, when the lease records it.
+    pub hash_key_range: Option<kcl_lease::HashKeyRange>,
 }
 
 /// Aborts the fetcher task when dropped, so no fetcher outlives its
@@ -320,6 +322,7 @@ impl ShardConsumer {
             config: self.context.retrieval.clone(),
             backoff: self.context.kinesis_backoff.clone(),
             stats: Arc::clone(&self.context.stats),
+            hash_key_range: self.start.hash_key_range,
         };
         let start = FetchStart {
             after,

@@ -96,6 +96,7 @@ impl Fixture {
             pending_checkpoint: lease.pending_checkpoint.clone(),
             pending_checkpoint_state: None,
             parent_shard_ids: lease.parent_shard_ids.clone(),
+            hash_key_range: lease.hash_key_range,
         };
         let (signal, signals) = watch::channel(ConsumerSignal::Run);
         (
@@ -449,4 +450,48 @@ async fn a_child_whose_parent_lease_is_gone_does_not_wait() {
     assert_eq!(fixture.calls()[0], "init TRIM_HORIZON");
     signal.send_replace(ConsumerSignal::ShutdownRequested);
     task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_checkpoint_inside_an_aggregate_resumes_at_the_next_user_record() {
+    use crate::retrieval::aggregation::aggregate;
+    let fixture = Fixture::new(0).await;
+    let users: Vec<(String, Vec<u8>)> = (0..5)
+        .map(|n| (format!("key-{n}"), format!("user-{n}").into_bytes()))
+        .collect();
+    let entries: Vec<(&str, Option<&str>, &[u8])> = users
+        .iter()
+        .map(|(key, data)| (key.as_str(), None, data.as_slice()))
+        .collect();
+    let sequence =
+        fixture
+            .kinesis
+            .put_record_to_shard(STREAM, &fixture.shard, "outer", &aggregate(&entries));
+    fixture
+        .kinesis
+        .put_record_to_shard(STREAM, &fixture.shard, "plain", b"after");
+    // A previous owner checkpointed user record 2 of the aggregate.
+    let lease = fixture.lease().await;
+    let at = ExtendedSequenceNumber::record(&sequence, 2).unwrap();
+    fixture
+        .store
+        .checkpoint(
+            &lease.token().unwrap(),
+            &kcl_lease::CheckpointUpdate::at(at),
+        )
+        .await
+        .unwrap();
+
+    let (outcome, _) = fixture.run_until_processed(3).await;
+    assert_eq!(fixture.processed(), ["user-3", "user-4", "after"]);
+    let journal = fixture.journal.lock().unwrap();
+    let subs: Vec<u64> = journal
+        .processed
+        .iter()
+        .map(|r| r.sub_sequence_number)
+        .collect();
+    assert_eq!(subs, [3, 4, 0]);
+    assert_eq!(journal.processed[0].partition_key, "key-3");
+    drop(journal);
+    assert_eq!(outcome.reason, ShutdownReason::Requested);
 }

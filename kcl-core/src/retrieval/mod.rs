@@ -5,7 +5,9 @@
 //! - [`polling`]: `GetShardIterator`, then a `GetRecords` loop.
 //! - [`PrefetchBudget`]: the bound on records and bytes fetched but not yet
 //!   processed.
+//! - [`aggregation`]: KPL aggregates expanded into their user records.
 
+pub mod aggregation;
 mod budget;
 pub mod polling;
 
@@ -33,6 +35,14 @@ pub struct RetrievalConfig {
     /// processor. Default 32 MiB. A single `GetRecords` answer (up to 10 MiB)
     /// is always accepted, so the bound is this plus one answer.
     pub max_prefetch_bytes: usize,
+    /// Drop KPL user records whose hash key is outside the shard they were
+    /// read from (default `true`, as the Java KCL does). The KPL only
+    /// aggregates records bound for one shard and re-puts those that landed
+    /// in the wrong one after a reshard, so they would otherwise be
+    /// processed twice. Aggregators that mix shards in one record (other
+    /// than the KPL) need `false`, or their records are lost; every dropped
+    /// record is counted (`kcl_kpl_records_outside_shard_total`) and logged.
+    pub drop_records_outside_shard: bool,
 }
 
 /// The shortest time between two `GetRecords` calls on one shard: Kinesis
@@ -46,6 +56,7 @@ impl Default for RetrievalConfig {
             idle_time_between_calls: Duration::from_millis(250),
             max_prefetch_records: 30_000,
             max_prefetch_bytes: 32 << 20,
+            drop_records_outside_shard: true,
         }
     }
 }

@@ -13,6 +13,8 @@
 //!   `AT_SEQUENCE_NUMBER` and every user record at or before the checkpoint
 //!   is dropped, so a checkpoint inside a KPL aggregate resumes at the next
 //!   sub-record.
+//! - KPL aggregates are expanded into their user records; user records
+//!   outside the shard's hash key range are dropped (after a reshard).
 //! - When `GetRecords` returns no next iterator the shard has ended:
 //!   [`ShardEvent::ShardEnd`] is sent and the fetcher stops.
 
@@ -20,11 +22,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use kcl_checkpoint::{ExtendedSequenceNumber, SequenceNumber};
+use kcl_lease::HashKeyRange;
 use kcl_lease::backoff::{Backoff, BackoffConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
+use super::aggregation::deaggregate;
 use super::{Batch, MIN_CALL_INTERVAL, PrefetchBudget, RetrievalConfig, ShardEvent};
 use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
 use crate::stats::WorkerStats;
@@ -43,6 +47,9 @@ pub struct PollingFetcher {
     pub backoff: BackoffConfig,
     /// Counts retries.
     pub stats: Arc<WorkerStats>,
+    /// The shard's hash key range, when known: KPL user records outside it
+    /// are dropped (see [`aggregation`](super::aggregation)).
+    pub hash_key_range: Option<HashKeyRange>,
 }
 
 /// Where a fetcher starts: after a checkpoint.
@@ -137,8 +144,12 @@ impl PollingFetcher {
                 last_read = Some(last.sequence_number.clone());
             }
             let caught_up = page.records.is_empty() || page.millis_behind_latest == Some(0);
-            let records: Vec<_> = page
-                .records
+            let range = self
+                .hash_key_range
+                .filter(|_| self.config.drop_records_outside_shard);
+            let (records, report) = deaggregate(page.records, range);
+            self.stats.count_deaggregation(&report);
+            let records: Vec<_> = records
                 .into_iter()
                 .filter(|r| {
                     skip_through

@@ -555,6 +555,7 @@ async fn start_consumer(
         pending_checkpoint: lease.pending_checkpoint.clone(),
         pending_checkpoint_state: lease.pending_checkpoint_state.clone(),
         parent_shard_ids: lease.parent_shard_ids.clone(),
+        hash_key_range: lease.hash_key_range,
     };
     ShardConsumer::new(context, start, signals).run().await
 }

@@ -17,6 +17,13 @@ pub const PROCESSOR_PANICS: &str = "kcl_processor_panics_total";
 /// Batches skipped by a retry policy that gives up (records lost by the
 /// application's choice).
 pub const BATCHES_SKIPPED: &str = "kcl_batches_skipped_total";
+/// KPL aggregates expanded into their user records.
+pub const KPL_AGGREGATES: &str = "kcl_kpl_aggregates_total";
+/// Records that started like KPL aggregates but were not valid ones,
+/// delivered as they were.
+pub const KPL_MALFORMED: &str = "kcl_kpl_malformed_aggregates_total";
+/// KPL user records dropped because their hash key was outside the shard.
+pub const KPL_OUTSIDE_SHARD: &str = "kcl_kpl_records_outside_shard_total";
 /// Leases released by this worker (handoffs and shutdown).
 pub const LEASES_RELEASED: &str = "kcl_leases_released_total";
 
@@ -60,4 +67,13 @@ pub fn describe() {
         "Batches skipped by a retry policy that gives up"
     );
     describe_counter!(LEASES_RELEASED, "Leases released by this worker");
+    describe_counter!(KPL_AGGREGATES, "KPL aggregates expanded into user records");
+    describe_counter!(
+        KPL_MALFORMED,
+        "Records that looked like KPL aggregates but were not, delivered as they were"
+    );
+    describe_counter!(
+        KPL_OUTSIDE_SHARD,
+        "KPL user records dropped as outside the shard's hash key range"
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kcl_core::checkpoint::Checkpointer;
+use kcl_core::checkpoint::{Checkpointer, ExtendedSequenceNumber};
 use kcl_core::{
     InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor, Scheduler,
     StatsSnapshot,
@@ -21,6 +21,9 @@ pub(crate) struct Seen {
     pub(crate) worker: String,
     pub(crate) shard: String,
     pub(crate) seq: String,
+    pub(crate) subseq: u64,
+    pub(crate) pk: String,
+    pub(crate) ehk: Option<String>,
     pub(crate) data: String,
 }
 
@@ -81,6 +84,9 @@ impl RecordProcessor for Probe {
                     worker: self.worker.clone(),
                     shard: self.shard.clone(),
                     seq: record.sequence_number.to_string(),
+                    subseq: record.sub_sequence_number,
+                    pk: record.partition_key.clone(),
+                    ehk: record.explicit_hash_key.clone(),
                     data: String::from_utf8_lossy(&record.data).into_owned(),
                 });
             }
@@ -216,13 +222,13 @@ pub(crate) fn check_complete_and_ordered(board: &SharedBoard, expected: &[String
     assert!(missing.is_empty(), "records never processed: {missing:?}");
     assert_eq!(counts.len(), expected.len(), "records nobody wrote");
 
-    let mut last_first_seen: HashMap<&str, kcl_core::checkpoint::SequenceNumber> = HashMap::new();
+    let mut last_first_seen: HashMap<&str, ExtendedSequenceNumber> = HashMap::new();
     let mut first_time: HashMap<&str, ()> = HashMap::new();
     for seen in &board.seen {
         if first_time.insert(seen.data.as_str(), ()).is_some() {
             continue;
         }
-        let seq: kcl_core::checkpoint::SequenceNumber = seen.seq.parse().unwrap();
+        let seq = ExtendedSequenceNumber::record(&seen.seq, seen.subseq).unwrap();
         if let Some(previous) = last_first_seen.get(seen.shard.as_str()) {
             assert!(
                 *previous < seq,

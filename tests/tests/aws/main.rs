@@ -4,6 +4,7 @@
 //! linked once.
 
 mod fleet;
+mod kpl;
 mod lease_coordinator;
 mod lease_store;
 mod reshard;

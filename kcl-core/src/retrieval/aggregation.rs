@@ -1,0 +1,367 @@
+//! KPL de-aggregation: records written by the Kinesis Producer Library may
+//! carry many user records in one Kinesis record.
+//!
+//! An aggregate is the magic bytes `F3 89 9A C2`, a protobuf
+//! `AggregatedRecord` (a partition key table, an explicit hash key table,
+//! and records with data, key indexes and tags), then the MD5 digest of the
+//! protobuf bytes. Each user record inherits the outer sequence number and
+//! gets sub-sequence number 0, 1, 2… in order, its own partition key and
+//! explicit hash key.
+//!
+//! A record that is not a valid aggregate (wrong magic, bad digest,
+//! undecodable protobuf, a key index out of range) is delivered as it is,
+//! with a warning and a count: nothing is lost.
+//!
+//! After a reshard a producer may have aggregated user records for a parent
+//! shard's whole range; the ones whose hash key falls outside the shard they
+//! were read from are dropped, as the KPL re-puts them to the right shard
+//! (counted and logged; see `RetrievalConfig::drop_records_outside_shard`).
+
+use bytes::Bytes;
+use kcl_lease::HashKeyRange;
+use md5::{Digest, Md5};
+use prost::Message;
+use tracing::warn;
+
+use crate::Record;
+
+/// The bytes every KPL aggregate starts with.
+pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
+const DIGEST_LEN: usize = 16;
+
+/// The KPL's aggregate message (`messages.proto` of the KPL).
+#[derive(Clone, PartialEq, Message)]
+pub struct AggregatedRecord {
+    /// Partition keys, referred to by index.
+    #[prost(string, repeated, tag = "1")]
+    pub partition_key_table: Vec<String>,
+    /// Explicit hash keys, referred to by index.
+    #[prost(string, repeated, tag = "2")]
+    pub explicit_hash_key_table: Vec<String>,
+    /// The user records.
+    #[prost(message, repeated, tag = "3")]
+    pub records: Vec<AggregatedEntry>,
+}
+
+/// One user record inside an aggregate.
+#[derive(Clone, PartialEq, Message)]
+pub struct AggregatedEntry {
+    /// Index into the partition key table.
+    #[prost(uint64, required, tag = "1")]
+    pub partition_key_index: u64,
+    /// Index into the explicit hash key table, if the record has one.
+    #[prost(uint64, optional, tag = "2")]
+    pub explicit_hash_key_index: Option<u64>,
+    /// The user record's data.
+    #[prost(bytes = "bytes", required, tag = "3")]
+    pub data: Bytes,
+    /// Tags (not used by consumers).
+    #[prost(message, repeated, tag = "4")]
+    pub tags: Vec<Tag>,
+}
+
+/// A KPL record tag.
+#[derive(Clone, PartialEq, Message)]
+pub struct Tag {
+    /// The tag's key.
+    #[prost(string, required, tag = "1")]
+    pub key: String,
+    /// The tag's value.
+    #[prost(string, optional, tag = "2")]
+    pub value: Option<String>,
+}
+
+/// What de-aggregating a batch found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeaggregationReport {
+    /// Records that were aggregates.
+    pub aggregates: usize,
+    /// Records that started with the magic bytes but were not valid
+    /// aggregates, delivered as they are.
+    pub malformed: usize,
+    /// User records dropped because their hash key is outside the shard.
+    pub outside_shard: usize,
+}
+
+/// Why a record that looks like an aggregate is not one.
+#[derive(Debug, thiserror::Error)]
+enum Malformed {
+    #[error("shorter than the magic bytes and digest")]
+    TooShort,
+    #[error("the MD5 digest does not match")]
+    Digest,
+    #[error("the protobuf does not decode: {0}")]
+    Protobuf(#[from] prost::DecodeError),
+    #[error("record {index} refers to {table} key {key}, past the table's end")]
+    KeyIndex {
+        index: usize,
+        table: &'static str,
+        key: u64,
+    },
+}
+
+/// The 128-bit hash key of a partition key: its MD5 digest as a big-endian
+/// number (how Kinesis maps partition keys to shards).
+pub fn partition_key_hash(partition_key: &str) -> u128 {
+    u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
+}
+
+/// Replaces aggregates in `records` by their user records, dropping user
+/// records outside `shard_range` (when known).
+pub fn deaggregate(
+    records: Vec<Record>,
+    shard_range: Option<HashKeyRange>,
+) -> (Vec<Record>, DeaggregationReport) {
+    let mut report = DeaggregationReport::default();
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        if !record.data.starts_with(&MAGIC) {
+            out.push(record);
+            continue;
+        }
+        match expand(&record) {
+            Ok(users) => {
+                report.aggregates += 1;
+                for user in users {
+                    let hash = match &user.explicit_hash_key {
+                        Some(key) => key.parse::<u128>().ok(),
+                        None => Some(partition_key_hash(&user.partition_key)),
+                    };
+                    let outside = match (shard_range, hash) {
+                        (Some(range), Some(hash)) => hash < range.start || hash > range.end,
+                        _ => false,
+                    };
+                    if outside {
+                        report.outside_shard += 1;
+                    } else {
+                        out.push(user);
+                    }
+                }
+            }
+            Err(reason) => {
+                report.malformed += 1;
+                warn!(
+                    sequence = %record.sequence_number,
+                    %reason,
+                    "record starts like a KPL aggregate but is not one; delivering it as it is"
+                );
+                out.push(record);
+            }
+        }
+    }
+    if report.outside_shard > 0 {
+        warn!(
+            dropped = report.outside_shard,
+            "dropped KPL user records whose hash key is outside this shard (the KPL re-puts them \
+             to the right shard; other aggregators must not mix shards in one record)"
+        );
+    }
+    (out, report)
+}
+
+/// The user records of one aggregate.
+fn expand(record: &Record) -> Result<Vec<Record>, Malformed> {
+    let data = &record.data;
+    if data.len() < MAGIC.len() + DIGEST_LEN {
+        return Err(Malformed::TooShort);
+    }
+    let body = &data[MAGIC.len()..data.len() - DIGEST_LEN];
+    let digest = &data[data.len() - DIGEST_LEN..];
+    if Md5::digest(body).as_slice() != digest {
+        return Err(Malformed::Digest);
+    }
+    let aggregate = AggregatedRecord::decode(data.slice(MAGIC.len()..data.len() - DIGEST_LEN))?;
+    aggregate
+        .records
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let partition_key = aggregate
+                .partition_key_table
+                .get(entry.partition_key_index as usize)
+                .ok_or(Malformed::KeyIndex {
+                    index,
+                    table: "partition",
+                    key: entry.partition_key_index,
+                })?
+                .clone();
+            let explicit_hash_key = match entry.explicit_hash_key_index {
+                Some(key) => Some(
+                    aggregate
+                        .explicit_hash_key_table
+                        .get(key as usize)
+                        .ok_or(Malformed::KeyIndex {
+                            index,
+                            table: "explicit hash",
+                            key,
+                        })?
+                        .clone(),
+                ),
+                None => None,
+            };
+            Ok(Record {
+                data: entry.data,
+                partition_key,
+                sequence_number: record.sequence_number.clone(),
+                sub_sequence_number: index as u64,
+                approximate_arrival_timestamp: record.approximate_arrival_timestamp,
+                explicit_hash_key,
+            })
+        })
+        .collect()
+}
+
+/// Builds an aggregate of `records` (partition key, explicit hash key,
+/// data), as the KPL writes them. For tests and tools.
+pub fn aggregate(records: &[(&str, Option<&str>, &[u8])]) -> Bytes {
+    let mut message = AggregatedRecord::default();
+    for (partition_key, explicit_hash_key, data) in records {
+        let partition_key_index = index_of(&mut message.partition_key_table, partition_key);
+        let explicit_hash_key_index =
+            explicit_hash_key.map(|key| index_of(&mut message.explicit_hash_key_table, key));
+        message.records.push(AggregatedEntry {
+            partition_key_index,
+            explicit_hash_key_index,
+            data: Bytes::copy_from_slice(data),
+            tags: Vec::new(),
+        });
+    }
+    let body = message.encode_to_vec();
+    let mut bytes = MAGIC.to_vec();
+    bytes.extend_from_slice(&body);
+    bytes.extend_from_slice(&Md5::digest(&body));
+    Bytes::from(bytes)
+}
+
+fn index_of(table: &mut Vec<String>, key: &str) -> u64 {
+    let index = table.iter().position(|k| k == key).unwrap_or_else(|| {
+        table.push(key.to_owned());
+        table.len() - 1
+    });
+    index as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use kcl_checkpoint::SequenceNumber;
+
+    use super::*;
+
+    fn outer(data: Bytes) -> Record {
+        Record {
+            data,
+            partition_key: "outer-key".into(),
+            sequence_number: SequenceNumber::new(
+                "49590000000000000000000000000000000000000000000000000001",
+            )
+            .unwrap(),
+            sub_sequence_number: 0,
+            approximate_arrival_timestamp: None,
+            explicit_hash_key: None,
+        }
+    }
+
+    #[test]
+    fn an_aggregate_becomes_its_user_records_in_order() {
+        let data = aggregate(&[
+            ("alpha", None, b"one"),
+            ("beta", Some("12345"), b"two"),
+            ("alpha", None, b"three"),
+        ]);
+        let (records, report) = deaggregate(vec![outer(data)], None);
+        assert_eq!(report.aggregates, 1);
+        let seen: Vec<(&str, Option<&str>, &[u8], u64)> = records
+            .iter()
+            .map(|r| {
+                (
+                    r.partition_key.as_str(),
+                    r.explicit_hash_key.as_deref(),
+                    r.data.as_ref(),
+                    r.sub_sequence_number,
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("alpha", None, &b"one"[..], 0),
+                ("beta", Some("12345"), &b"two"[..], 1),
+                ("alpha", None, &b"three"[..], 2),
+            ]
+        );
+        assert!(
+            records
+                .iter()
+                .all(|r| r.sequence_number.as_str().ends_with("0001"))
+        );
+    }
+
+    #[test]
+    fn records_that_are_not_valid_aggregates_are_delivered_as_they_are() {
+        let mut bad_digest = aggregate(&[("k", None, b"x")]).to_vec();
+        let last = bad_digest.len() - 1;
+        bad_digest[last] ^= 0xFF;
+        let mut garbage = MAGIC.to_vec();
+        garbage.extend_from_slice(&[0xFF; 40]);
+        let cases = [
+            Bytes::from_static(b"plain data"),
+            Bytes::from(bad_digest),
+            Bytes::from_static(&[0xF3, 0x89, 0x9A, 0xC2, 1, 2]),
+            Bytes::from(garbage),
+            Bytes::new(),
+        ];
+        for data in cases {
+            let (records, report) = deaggregate(vec![outer(data.clone())], None);
+            assert_eq!(records.len(), 1);
+            assert_eq!(records[0].data, data);
+            assert_eq!(report.aggregates, 0);
+            assert_eq!(report.malformed, usize::from(data.starts_with(&MAGIC)));
+        }
+    }
+
+    #[test]
+    fn a_key_index_past_the_table_makes_the_record_malformed() {
+        let message = AggregatedRecord {
+            partition_key_table: vec!["k".into()],
+            explicit_hash_key_table: vec![],
+            records: vec![AggregatedEntry {
+                partition_key_index: 3,
+                explicit_hash_key_index: None,
+                data: Bytes::from_static(b"x"),
+                tags: vec![],
+            }],
+        };
+        let body = message.encode_to_vec();
+        let mut data = MAGIC.to_vec();
+        data.extend_from_slice(&body);
+        data.extend_from_slice(&Md5::digest(&body));
+        let (records, report) = deaggregate(vec![outer(Bytes::from(data))], None);
+        assert_eq!((records.len(), report.malformed), (1, 1));
+    }
+
+    #[test]
+    fn user_records_outside_the_shard_are_dropped_and_counted() {
+        let low = partition_key_hash("low-key");
+        let data = aggregate(&[
+            ("low-key", None, b"in"),
+            ("any", Some("5"), b"in by explicit hash key"),
+            ("any", Some(&u128::MAX.to_string()), b"out"),
+        ]);
+        let range = HashKeyRange {
+            start: 0,
+            end: low.max(5),
+        };
+        let (records, report) = deaggregate(vec![outer(data)], Some(range));
+        assert_eq!(report.outside_shard, 1);
+        let kept: Vec<&[u8]> = records.iter().map(|r| r.data.as_ref()).collect();
+        assert_eq!(kept, [&b"in"[..], &b"in by explicit hash key"[..]]);
+        // Sub-sequence numbers keep their place in the aggregate.
+        assert_eq!(records[1].sub_sequence_number, 1);
+    }
+
+    #[test]
+    fn partition_keys_hash_like_kinesis() {
+        // MD5("") = d41d8cd98f00b204e9800998ecf8427e.
+        assert_eq!(partition_key_hash(""), 0xd41d8cd98f00b204e9800998ecf8427e);
+    }
+}
