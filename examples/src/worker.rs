@@ -106,6 +106,9 @@ pub struct WorkerArgs {
     /// How records are read.
     #[arg(long, env = "KCL_RETRIEVAL", value_enum, default_value = "polling")]
     pub retrieval: Retrieval,
+    /// The enhanced fan-out consumer's name (default: the application name).
+    #[arg(long, env = "KCL_CONSUMER_NAME")]
+    pub consumer_name: Option<String>,
     /// How log lines are written.
     #[arg(long, env = "KCL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -129,11 +132,6 @@ impl WorkerArgs {
     /// A scheduler builder with every setting applied, using the standard
     /// AWS configuration chain.
     pub async fn builder(&self) -> Result<SchedulerBuilder, String> {
-        if self.retrieval == Retrieval::Fanout {
-            return Err(
-                "--retrieval fanout: enhanced fan-out is not implemented yet; use polling".into(),
-            );
-        }
         let ms = Duration::from_millis;
         let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let mut builder = Scheduler::builder()
@@ -164,6 +162,9 @@ impl WorkerArgs {
         }
         if let Some(worker_id) = &self.worker_id {
             builder = builder.worker_id(worker_id);
+        }
+        if self.retrieval == Retrieval::Fanout {
+            builder = builder.fan_out(self.consumer_name.clone());
         }
         Ok(builder)
     }

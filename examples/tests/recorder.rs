@@ -149,7 +149,7 @@ fn failing_run(args: &[&str]) -> String {
 
 #[test]
 fn bad_settings_and_missing_features_fail_fast_naming_the_setting() {
-    assert!(failing_run(&["--retrieval", "fanout"]).contains("fanout"));
+    assert!(failing_run(&["--retrieval", "sideways"]).contains("retrieval"));
     assert!(failing_run(&["--max-records-per-call", "20000"]).contains("max_records_per_call"));
     assert!(failing_run(&["--failover-time-ms", "0"]).contains("failover_time"));
     assert!(failing_run(&["--shutdown-timeout-ms", "0"]).contains("shutdown_timeout"));

@@ -77,7 +77,7 @@ pub use processor::{
 };
 pub use record::Record;
 pub use scheduler::{
-    ConfigError, InitialPosition, Scheduler, SchedulerBuilder, SchedulerConfig, SchedulerError,
-    ShutdownHandle,
+    ConfigError, InitialPosition, RetrievalMode, Scheduler, SchedulerBuilder, SchedulerConfig,
+    SchedulerError, ShutdownHandle,
 };
 pub use stats::{StatsSnapshot, WorkerStats};

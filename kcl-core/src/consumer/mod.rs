@@ -41,7 +41,9 @@ pub use retry_policy::ProcessorRetryPolicy;
 pub use state::{ConsumerEvent, ConsumerState, ShutdownReason};
 
 use crate::kinesis::{ChildShard, Kinesis};
-use crate::retrieval::polling::{FetchStart, PollingFetcher};
+use crate::retrieval::FetchStart;
+use crate::retrieval::fanout::FanoutFetcher;
+use crate::retrieval::polling::PollingFetcher;
 use crate::retrieval::{Batch, RetrievalConfig, ShardEvent};
 use crate::stats::WorkerStats;
 use crate::{InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory};
@@ -82,6 +84,9 @@ pub struct ConsumerContext {
     pub parent_poll_interval: Duration,
     /// Counters.
     pub stats: Arc<WorkerStats>,
+    /// The enhanced fan-out consumer's ARN, once registered: shards are read
+    /// through `SubscribeToShard` when set, by polling otherwise.
+    pub fanout_consumer: std::sync::OnceLock<String>,
 }
 
 /// How a shard consumer ended.
@@ -315,21 +320,42 @@ impl ShardConsumer {
 
     fn start_fetcher(&mut self, after: ExtendedSequenceNumber) {
         let (sender, events) = mpsc::channel(8);
-        let fetcher = PollingFetcher {
-            kinesis: Arc::clone(&self.context.kinesis),
-            stream: self.context.stream.clone(),
-            shard_id: self.start.shard_id.clone(),
-            config: self.context.retrieval.clone(),
-            backoff: self.context.kinesis_backoff.clone(),
-            stats: Arc::clone(&self.context.stats),
-            hash_key_range: self.start.hash_key_range,
-        };
         let start = FetchStart {
             after,
             timestamp: self.context.initial_timestamp,
         };
-        let handle = tokio::spawn(fetcher.run(start, sender).in_current_span());
-        self.fetcher = Some(FetcherTask { handle, events });
+        let context = &self.context;
+        let task = match context.fanout_consumer.get() {
+            Some(consumer_arn) => {
+                let fetcher = FanoutFetcher {
+                    kinesis: Arc::clone(&context.kinesis),
+                    consumer_arn: consumer_arn.clone(),
+                    stream: context.stream.clone(),
+                    shard_id: self.start.shard_id.clone(),
+                    config: context.retrieval.clone(),
+                    backoff: context.kinesis_backoff.clone(),
+                    stats: Arc::clone(&context.stats),
+                    hash_key_range: self.start.hash_key_range,
+                };
+                tokio::spawn(fetcher.run(start, sender).in_current_span())
+            }
+            None => {
+                let fetcher = PollingFetcher {
+                    kinesis: Arc::clone(&context.kinesis),
+                    stream: context.stream.clone(),
+                    shard_id: self.start.shard_id.clone(),
+                    config: context.retrieval.clone(),
+                    backoff: context.kinesis_backoff.clone(),
+                    stats: Arc::clone(&context.stats),
+                    hash_key_range: self.start.hash_key_range,
+                };
+                tokio::spawn(fetcher.run(start, sender).in_current_span())
+            }
+        };
+        self.fetcher = Some(FetcherTask {
+            handle: task,
+            events,
+        });
     }
 
     /// Waits for the next batch or signal and handles it.

@@ -29,6 +29,8 @@ struct Fixture {
     shard: String,
     retrieval: RetrievalConfig,
     policy: ProcessorRetryPolicy,
+    /// Read through enhanced fan-out instead of polling.
+    fanout: bool,
 }
 
 impl Fixture {
@@ -58,6 +60,7 @@ impl Fixture {
                 ..RetrievalConfig::default()
             },
             policy: ProcessorRetryPolicy::default(),
+            fanout: false,
         }
     }
 
@@ -88,7 +91,13 @@ impl Fixture {
             initial_timestamp: None,
             parent_poll_interval: Duration::from_secs(1),
             stats: Arc::default(),
+            fanout_consumer: Default::default(),
         });
+        if self.fanout {
+            let _ = context
+                .fanout_consumer
+                .set(format!("{STREAM}|consumer|test"));
+        }
         let start = ShardStart {
             shard_id: lease.key.clone(),
             token: lease.token().unwrap(),
@@ -494,4 +503,60 @@ async fn a_checkpoint_inside_an_aggregate_resumes_at_the_next_user_record() {
     assert_eq!(journal.processed[0].partition_key, "key-3");
     drop(journal);
     assert_eq!(outcome.reason, ShutdownReason::Requested);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fan_out_delivers_everything_across_resubscriptions_and_reaches_shard_end() {
+    let mut fixture = Fixture::new(0).await;
+    fixture.fanout = true;
+    // Subscriptions end after 3 events; records keep arriving meanwhile.
+    fixture.kinesis.end_subscriptions_after(3);
+    let (consumer, _signal, context) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    for n in 0..250 {
+        fixture.kinesis.put_record_to_shard(
+            STREAM,
+            &fixture.shard,
+            "key",
+            format!("r{n}").as_bytes(),
+        );
+        if n % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
+    let children = fixture
+        .kinesis
+        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
+
+    let outcome = task.await.unwrap();
+    assert_eq!(fixture.processed(), names(250), "no gap, no duplicate");
+    assert_eq!(outcome.reason, ShutdownReason::ShardEnd);
+    let mut seen: Vec<String> = outcome
+        .child_shards
+        .iter()
+        .map(|c| c.shard_id.clone())
+        .collect();
+    seen.sort();
+    assert_eq!(seen, children);
+    assert!(
+        fixture.kinesis.calls("SubscribeToShard") > 2,
+        "resubscribed"
+    );
+    assert_eq!(fixture.kinesis.calls("GetRecords"), 0, "no polling");
+    assert_eq!(context.stats.snapshot().records_processed, 250);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_subscription_is_retried_from_the_last_record() {
+    let mut fixture = Fixture::new(30).await;
+    fixture.fanout = true;
+    fixture.kinesis.end_subscriptions_after(1);
+    let failure = KinesisError::Transient {
+        operation: "SubscribeToShard",
+        message: "connection reset".into(),
+    };
+    fixture.kinesis.fail_next("SubscribeToShard", failure, 2);
+    let (_, context) = fixture.run_until_processed(30).await;
+    assert_eq!(fixture.processed(), names(30));
+    assert_eq!(context.stats.snapshot().kinesis_retries, 2);
 }

@@ -12,7 +12,10 @@ use bytes::Bytes;
 use kcl_checkpoint::SequenceNumber;
 use kcl_lease::HashKeyRange;
 
-use super::{ChildShard, Kinesis, KinesisError, RecordsPage, ShardDescription, StartingPosition};
+use super::{
+    ChildShard, Kinesis, KinesisError, RecordsPage, ShardDescription, StartingPosition,
+    Subscription, SubscriptionEvent,
+};
 use crate::Record;
 
 /// Streams in memory. Clones share the same streams.
@@ -30,6 +33,9 @@ struct State {
     /// Iterators from an older generation have expired.
     iterator_generation: u64,
     next_sequence: u64,
+    /// Subscriptions end after this many events (Kinesis ends them after
+    /// 5 minutes); `None` for never.
+    subscription_events: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -213,6 +219,12 @@ impl InMemoryKinesis {
         add_child(stream, &[shard_id, adjacent_shard_id], range)
     }
 
+    /// Makes subscriptions opened from now on end after `events` events, so
+    /// that readers must subscribe again.
+    pub fn end_subscriptions_after(&self, events: usize) {
+        self.state().subscription_events = Some(events);
+    }
+
     /// Makes every iterator handed out so far expire.
     pub fn expire_iterators(&self) {
         self.state().iterator_generation += 1;
@@ -281,6 +293,102 @@ fn add_child(stream: &mut Stream, parents: &[&str], range: HashKeyRange) -> Stri
     shard_id
 }
 
+/// The index of the first record a reader starting at `position` gets.
+fn position_index(
+    shard: &Shard,
+    position: &StartingPosition,
+    operation: &'static str,
+) -> Result<usize, KinesisError> {
+    let find = |sequence: &str| {
+        let wanted = SequenceNumber::new(sequence).map_err(|e| KinesisError::Refused {
+            operation,
+            code: "InvalidArgumentException".into(),
+            message: e.to_string(),
+        })?;
+        Ok::<_, KinesisError>(
+            shard
+                .records
+                .iter()
+                .position(|r| r.sequence_number >= wanted)
+                .map(|i| (i, shard.records[i].sequence_number == wanted))
+                .unwrap_or((shard.records.len(), false)),
+        )
+    };
+    Ok(match position {
+        StartingPosition::TrimHorizon => 0,
+        StartingPosition::Latest => shard.records.len(),
+        StartingPosition::AtTimestamp(at) => shard
+            .records
+            .iter()
+            .position(|r| r.approximate_arrival_timestamp.is_some_and(|t| t >= *at))
+            .unwrap_or(shard.records.len()),
+        StartingPosition::AtSequenceNumber(sequence) => find(sequence)?.0,
+        StartingPosition::AfterSequenceNumber(sequence) => {
+            let (index, exact) = find(sequence)?;
+            if exact { index + 1 } else { index }
+        }
+    })
+}
+
+/// An in-memory `SubscribeToShard` stream: up to 100 records an event, an
+/// empty event every 200 ms once caught up, the child shards in the last
+/// event at shard end.
+struct MemorySubscription {
+    kinesis: InMemoryKinesis,
+    stream: String,
+    shard: String,
+    index: usize,
+    events_left: Option<usize>,
+    ended: bool,
+}
+
+#[async_trait]
+impl Subscription for MemorySubscription {
+    async fn next_event(&mut self) -> Result<Option<SubscriptionEvent>, KinesisError> {
+        const OP: &str = "SubscribeToShardEvent";
+        if self.ended || self.events_left == Some(0) {
+            return Ok(None);
+        }
+        if let Some(left) = &mut self.events_left {
+            *left -= 1;
+        }
+        let event = {
+            let mut state = self.kinesis.state();
+            InMemoryKinesis::begin(&mut state, OP)?;
+            let shard = state
+                .streams
+                .get(&self.stream)
+                .and_then(|s| s.shards.get(&self.shard))
+                .ok_or_else(|| not_found(OP, &self.shard))?;
+            let end = (self.index + 100).min(shard.records.len());
+            let records = shard.records[self.index..end].to_vec();
+            self.index = end;
+            let caught_up = end >= shard.records.len();
+            let shard_ended = caught_up && !shard.description.is_open();
+            self.ended = shard_ended;
+            SubscriptionEvent {
+                continuation_sequence_number: (!shard_ended).then(|| {
+                    shard
+                        .records
+                        .get(end.saturating_sub(1))
+                        .map_or_else(|| "0".to_owned(), |r| r.sequence_number.to_string())
+                }),
+                records,
+                millis_behind_latest: Some(if caught_up { 0 } else { 1_000 }),
+                child_shards: if shard_ended {
+                    shard.children.clone()
+                } else {
+                    Vec::new()
+                },
+            }
+        };
+        if event.records.is_empty() && !self.ended {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Ok(Some(event))
+    }
+}
+
 fn not_found(operation: &'static str, what: &str) -> KinesisError {
     KinesisError::NotFound {
         operation,
@@ -334,36 +442,47 @@ impl Kinesis for InMemoryKinesis {
             .get(stream_name)
             .and_then(|s| s.shards.get(shard_id))
             .ok_or_else(|| not_found(OP, shard_id))?;
-        let find = |sequence: &str| {
-            let wanted = SequenceNumber::new(sequence).map_err(|e| KinesisError::Refused {
-                operation: OP,
-                code: "InvalidArgumentException".into(),
-                message: e.to_string(),
-            })?;
-            Ok::<_, KinesisError>(
-                shard
-                    .records
-                    .iter()
-                    .position(|r| r.sequence_number >= wanted)
-                    .map(|i| (i, shard.records[i].sequence_number == wanted))
-                    .unwrap_or((shard.records.len(), false)),
-            )
-        };
-        let index = match position {
-            StartingPosition::TrimHorizon => 0,
-            StartingPosition::Latest => shard.records.len(),
-            StartingPosition::AtTimestamp(at) => shard
-                .records
-                .iter()
-                .position(|r| r.approximate_arrival_timestamp.is_some_and(|t| t >= *at))
-                .unwrap_or(shard.records.len()),
-            StartingPosition::AtSequenceNumber(sequence) => find(sequence)?.0,
-            StartingPosition::AfterSequenceNumber(sequence) => {
-                let (index, exact) = find(sequence)?;
-                if exact { index + 1 } else { index }
-            }
-        };
+        let index = position_index(shard, position, OP)?;
         Ok(encode_iterator(stream_name, shard_id, index, generation))
+    }
+
+    async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
+        let mut state = self.state();
+        Self::begin(&mut state, "RegisterStreamConsumer")?;
+        if !state.streams.contains_key(stream) {
+            return Err(not_found("RegisterStreamConsumer", stream));
+        }
+        Ok(format!("{stream}|consumer|{name}"))
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<Box<dyn Subscription>, KinesisError> {
+        const OP: &str = "SubscribeToShard";
+        let mut state = self.state();
+        Self::begin(&mut state, OP)?;
+        let stream = consumer_arn
+            .split('|')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let shard = state
+            .streams
+            .get(&stream)
+            .and_then(|s| s.shards.get(shard_id))
+            .ok_or_else(|| not_found(OP, shard_id))?;
+        let index = position_index(shard, position, OP)?;
+        Ok(Box::new(MemorySubscription {
+            kinesis: self.clone(),
+            stream,
+            shard: shard_id.to_owned(),
+            index,
+            events_left: state.subscription_events,
+            ended: false,
+        }))
     }
 
     async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, KinesisError> {

@@ -94,6 +94,27 @@ pub struct RecordsPage {
     pub child_shards: Vec<ChildShard>,
 }
 
+/// One event of an enhanced fan-out subscription.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubscriptionEvent {
+    /// The records, oldest first (possibly none).
+    pub records: Vec<Record>,
+    /// Where the subscription goes on from.
+    pub continuation_sequence_number: Option<String>,
+    /// How far behind the newest record of the shard this event is.
+    pub millis_behind_latest: Option<u64>,
+    /// At shard end, the shards that follow it (the last event).
+    pub child_shards: Vec<ChildShard>,
+}
+
+/// An open `SubscribeToShard` stream.
+#[async_trait]
+pub trait Subscription: Send {
+    /// The next event; `Ok(None)` once the subscription has ended (Kinesis
+    /// ends them after 5 minutes): subscribe again to go on.
+    async fn next_event(&mut self) -> Result<Option<SubscriptionEvent>, KinesisError>;
+}
+
 /// The Kinesis calls the worker makes.
 #[async_trait]
 pub trait Kinesis: Send + Sync + 'static {
@@ -110,4 +131,17 @@ pub trait Kinesis: Send + Sync + 'static {
 
     /// Up to `limit` records from `iterator`.
     async fn get_records(&self, iterator: &str, limit: u32) -> Result<RecordsPage, KinesisError>;
+
+    /// Registers the enhanced fan-out consumer `name` of `stream` (or finds
+    /// it, if registered already) and waits until it is active. Returns its
+    /// ARN.
+    async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError>;
+
+    /// Subscribes the consumer `consumer_arn` to `shard_id` from `position`.
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<Box<dyn Subscription>, KinesisError>;
 }

@@ -12,7 +12,10 @@ use aws_sdk_kinesis::types::{self, ShardIteratorType};
 use kcl_checkpoint::SequenceNumber;
 use kcl_lease::HashKeyRange;
 
-use super::{ChildShard, Kinesis, KinesisError, RecordsPage, ShardDescription, StartingPosition};
+use super::{
+    ChildShard, Kinesis, KinesisError, RecordsPage, ShardDescription, StartingPosition,
+    Subscription, SubscriptionEvent,
+};
 use crate::Record;
 
 /// Kinesis through an aws-sdk-kinesis client. The SDK's own retries are
@@ -22,6 +25,9 @@ use crate::Record;
 #[derive(Clone, Debug)]
 pub struct SdkKinesis {
     client: Client,
+    /// For `SubscribeToShard`, whose response streams for minutes: no
+    /// attempt timeout.
+    streaming: Client,
 }
 
 impl SdkKinesis {
@@ -37,14 +43,177 @@ impl SdkKinesis {
                     .build(),
             )
             .build();
+        let streaming = client
+            .config()
+            .to_builder()
+            .retry_config(RetryConfig::disabled())
+            .build();
         Self {
             client: Client::from_conf(config),
+            streaming: Client::from_conf(streaming),
+        }
+    }
+}
+
+/// A `SubscribeToShard` event stream.
+struct SdkSubscription {
+    events: aws_sdk_kinesis::primitives::event_stream::EventReceiver<
+        types::SubscribeToShardEventStream,
+        types::error::SubscribeToShardEventStreamError,
+    >,
+}
+
+#[async_trait]
+impl Subscription for SdkSubscription {
+    async fn next_event(&mut self) -> Result<Option<SubscriptionEvent>, KinesisError> {
+        const OP: &str = "SubscribeToShard";
+        loop {
+            let event = match self.events.recv().await {
+                Ok(Some(types::SubscribeToShardEventStream::SubscribeToShardEvent(event))) => event,
+                // Event types this version does not know: skip them.
+                Ok(Some(_)) => continue,
+                Ok(None) => return Ok(None),
+                Err(error) => {
+                    let message = aws_sdk_kinesis::error::DisplayErrorContext(&error).to_string();
+                    return Err(KinesisError::Transient {
+                        operation: OP,
+                        message,
+                    });
+                }
+            };
+            let records = event
+                .records()
+                .iter()
+                .map(record)
+                .collect::<Result<Vec<_>, _>>()?;
+            let child_shards = event
+                .child_shards()
+                .iter()
+                .map(|child| {
+                    Ok(ChildShard {
+                        shard_id: child.shard_id().to_owned(),
+                        parent_shards: child.parent_shards().to_vec(),
+                        hash_key_range: hash_key_range(OP, child.hash_key_range())?,
+                    })
+                })
+                .collect::<Result<Vec<_>, KinesisError>>()?;
+            let continuation = event.continuation_sequence_number();
+            return Ok(Some(SubscriptionEvent {
+                records,
+                continuation_sequence_number: (!continuation.is_empty())
+                    .then(|| continuation.to_owned()),
+                millis_behind_latest: u64::try_from(event.millis_behind_latest()).ok(),
+                child_shards,
+            }));
         }
     }
 }
 
 #[async_trait]
 impl Kinesis for SdkKinesis {
+    async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
+        let summary = counted(
+            "DescribeStreamSummary",
+            self.client
+                .describe_stream_summary()
+                .stream_name(stream)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeStreamSummary", e)),
+        )?;
+        let stream_arn = summary
+            .stream_description_summary()
+            .map(|s| s.stream_arn().to_owned())
+            .ok_or_else(|| KinesisError::InvalidResponse {
+                operation: "DescribeStreamSummary",
+                message: "no stream description".into(),
+            })?;
+        let registered = self
+            .client
+            .register_stream_consumer()
+            .stream_arn(&stream_arn)
+            .consumer_name(name)
+            .send()
+            .await;
+        let already = registered
+            .as_ref()
+            .err()
+            .and_then(|e| e.as_service_error())
+            .is_some_and(|e| e.is_resource_in_use_exception());
+        if !already {
+            counted(
+                "RegisterStreamConsumer",
+                registered.map_err(|e| classify("RegisterStreamConsumer", e)),
+            )?;
+        }
+        // Wait until it is active (registration takes seconds on AWS).
+        for _ in 0..600 {
+            let described = counted(
+                "DescribeStreamConsumer",
+                self.client
+                    .describe_stream_consumer()
+                    .stream_arn(&stream_arn)
+                    .consumer_name(name)
+                    .send()
+                    .await
+                    .map_err(|e| classify("DescribeStreamConsumer", e)),
+            )?;
+            if let Some(consumer) = described.consumer_description()
+                && *consumer.consumer_status() == types::ConsumerStatus::Active
+            {
+                return Ok(consumer.consumer_arn().to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(KinesisError::Transient {
+            operation: "DescribeStreamConsumer",
+            message: format!("consumer {name} not active after 5 minutes"),
+        })
+    }
+
+    async fn subscribe_to_shard(
+        &self,
+        consumer_arn: &str,
+        shard_id: &str,
+        position: &StartingPosition,
+    ) -> Result<Box<dyn Subscription>, KinesisError> {
+        const OP: &str = "SubscribeToShard";
+        let builder = types::StartingPosition::builder();
+        let start = match position {
+            StartingPosition::TrimHorizon => builder.r#type(ShardIteratorType::TrimHorizon),
+            StartingPosition::Latest => builder.r#type(ShardIteratorType::Latest),
+            StartingPosition::AtTimestamp(at) => builder
+                .r#type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from(*at)),
+            StartingPosition::AtSequenceNumber(sequence) => builder
+                .r#type(ShardIteratorType::AtSequenceNumber)
+                .sequence_number(sequence),
+            StartingPosition::AfterSequenceNumber(sequence) => builder
+                .r#type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(sequence),
+        }
+        .build()
+        .map_err(|e| KinesisError::Refused {
+            operation: OP,
+            code: String::new(),
+            message: e.to_string(),
+        })?;
+        let output = counted(
+            OP,
+            self.streaming
+                .subscribe_to_shard()
+                .consumer_arn(consumer_arn)
+                .shard_id(shard_id)
+                .starting_position(start)
+                .send()
+                .await
+                .map_err(|e| classify(OP, e)),
+        )?;
+        Ok(Box::new(SdkSubscription {
+            events: output.event_stream,
+        }))
+    }
+
     async fn list_shards(&self, stream: &str) -> Result<Vec<ShardDescription>, KinesisError> {
         const OP: &str = "ListShards";
         let mut shards = Vec::new();

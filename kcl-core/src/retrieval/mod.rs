@@ -3,18 +3,28 @@
 //! waits for Kinesis and memory stays flat however slow the processor is.
 //!
 //! - [`polling`]: `GetShardIterator`, then a `GetRecords` loop.
+//! - [`fanout`]: enhanced fan-out, `SubscribeToShard` streams pushing records.
 //! - [`PrefetchBudget`]: the bound on records and bytes fetched but not yet
 //!   processed.
 //! - [`aggregation`]: KPL aggregates expanded into their user records.
 
 pub mod aggregation;
 mod budget;
+pub mod fanout;
 pub mod polling;
 
 use std::time::Duration;
 
+use std::time::SystemTime;
+
+use kcl_checkpoint::ExtendedSequenceNumber;
+use kcl_lease::HashKeyRange;
+use tokio::sync::mpsc;
+use tracing::warn;
+
 use crate::Record;
-use crate::kinesis::ChildShard;
+use crate::kinesis::{ChildShard, StartingPosition};
+use crate::stats::WorkerStats;
 
 pub use budget::{PrefetchBudget, PrefetchPermit};
 
@@ -43,6 +53,14 @@ pub struct RetrievalConfig {
     /// than the KPL) need `false`, or their records are lost; every dropped
     /// record is counted (`kcl_kpl_records_outside_shard_total`) and logged.
     pub drop_records_outside_shard: bool,
+    /// With enhanced fan-out, end each subscription after this long and
+    /// subscribe again (Kinesis ends them every 5 minutes itself; this is
+    /// for tests). Default `None`.
+    pub fanout_resubscribe_after: Option<Duration>,
+    /// With enhanced fan-out, how long a shard may send nothing before it
+    /// is checked once by polling for a shard end the subscription did not
+    /// report. Default 30 s.
+    pub fanout_shard_end_check: Duration,
 }
 
 /// The shortest time between two `GetRecords` calls on one shard: Kinesis
@@ -57,8 +75,89 @@ impl Default for RetrievalConfig {
             max_prefetch_records: 30_000,
             max_prefetch_bytes: 32 << 20,
             drop_records_outside_shard: true,
+            fanout_resubscribe_after: None,
+            fanout_shard_end_check: Duration::from_secs(30),
         }
     }
+}
+
+/// Where a fetcher starts: after a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchStart {
+    /// The checkpoint (a record or a sentinel other than `SHARD_END`).
+    pub after: ExtendedSequenceNumber,
+    /// The time to start from when `after` is `AT_TIMESTAMP`.
+    pub timestamp: Option<SystemTime>,
+}
+
+impl FetchStart {
+    /// Where to start reading, and the position through which records are
+    /// dropped as processed already. A checkpoint at a record starts AT its
+    /// sequence number and drops the user records up to and including it, so
+    /// a checkpoint inside a KPL aggregate resumes at the next user record.
+    pub fn position(&self) -> (StartingPosition, Option<ExtendedSequenceNumber>) {
+        let start = match &self.after {
+            ExtendedSequenceNumber::Record { sequence, .. } => {
+                StartingPosition::AtSequenceNumber(sequence.to_string())
+            }
+            ExtendedSequenceNumber::Latest => StartingPosition::Latest,
+            ExtendedSequenceNumber::AtTimestamp => match self.timestamp {
+                Some(at) => StartingPosition::AtTimestamp(at),
+                None => {
+                    warn!(
+                        "lease starts AT_TIMESTAMP but no initial timestamp is configured; \
+                         reading from TRIM_HORIZON so nothing is skipped"
+                    );
+                    StartingPosition::TrimHorizon
+                }
+            },
+            ExtendedSequenceNumber::TrimHorizon | ExtendedSequenceNumber::ShardEnd => {
+                StartingPosition::TrimHorizon
+            }
+        };
+        let skip_through = (!self.after.is_sentinel()).then(|| self.after.clone());
+        (start, skip_through)
+    }
+}
+
+/// Expands KPL aggregates (dropping user records outside `range`, when
+/// given) and drops records at or before `skip_through`.
+pub(crate) fn prepare(
+    records: Vec<Record>,
+    range: Option<HashKeyRange>,
+    skip_through: Option<&ExtendedSequenceNumber>,
+    stats: &WorkerStats,
+) -> Vec<Record> {
+    let (records, report) = aggregation::deaggregate(records, range);
+    stats.count_deaggregation(&report);
+    records
+        .into_iter()
+        .filter(|r| skip_through.is_none_or(|skip| r.position() > *skip))
+        .collect()
+}
+
+/// Takes the records' share of `budget` (waiting while the processor is
+/// behind) and sends them. Returns `false` if the consumer is gone.
+pub(crate) async fn send_batch(
+    events: &mpsc::Sender<ShardEvent>,
+    budget: &PrefetchBudget,
+    records: Vec<Record>,
+    millis_behind_latest: Option<u64>,
+) -> bool {
+    if records.is_empty() {
+        return true;
+    }
+    let bytes = records
+        .iter()
+        .map(|r| r.data.len() + r.partition_key.len())
+        .sum();
+    let permit = budget.acquire(records.len(), bytes).await;
+    let batch = Batch {
+        records,
+        millis_behind_latest,
+        permit,
+    };
+    events.send(ShardEvent::Records(batch)).await.is_ok()
 }
 
 /// Records fetched from a shard, in order, holding their share of the

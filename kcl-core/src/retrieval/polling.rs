@@ -19,17 +19,18 @@
 //!   [`ShardEvent::ShardEnd`] is sent and the fetcher stops.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use kcl_checkpoint::{ExtendedSequenceNumber, SequenceNumber};
+use kcl_checkpoint::SequenceNumber;
 use kcl_lease::HashKeyRange;
 use kcl_lease::backoff::{Backoff, BackoffConfig};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use super::aggregation::deaggregate;
-use super::{Batch, MIN_CALL_INTERVAL, PrefetchBudget, RetrievalConfig, ShardEvent};
+use super::{
+    FetchStart, MIN_CALL_INTERVAL, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch,
+};
 use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
 use crate::stats::WorkerStats;
 
@@ -52,15 +53,6 @@ pub struct PollingFetcher {
     pub hash_key_range: Option<HashKeyRange>,
 }
 
-/// Where a fetcher starts: after a checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FetchStart {
-    /// The checkpoint (a record or a sentinel other than `SHARD_END`).
-    pub after: ExtendedSequenceNumber,
-    /// The time to start from when `after` is `AT_TIMESTAMP`.
-    pub timestamp: Option<SystemTime>,
-}
-
 impl PollingFetcher {
     /// Runs until the shard ends, or the receiving side of `events` is
     /// dropped.
@@ -69,27 +61,7 @@ impl PollingFetcher {
             self.config.max_prefetch_records,
             self.config.max_prefetch_bytes,
         );
-        let initial = match start.after.clone() {
-            ExtendedSequenceNumber::Record { sequence, .. } => {
-                StartingPosition::AtSequenceNumber(sequence.to_string())
-            }
-            ExtendedSequenceNumber::Latest => StartingPosition::Latest,
-            ExtendedSequenceNumber::AtTimestamp => match start.timestamp {
-                Some(at) => StartingPosition::AtTimestamp(at),
-                None => {
-                    warn!(
-                        "lease starts AT_TIMESTAMP but no initial timestamp is configured; \
-                         reading from TRIM_HORIZON so nothing is skipped"
-                    );
-                    StartingPosition::TrimHorizon
-                }
-            },
-            ExtendedSequenceNumber::TrimHorizon | ExtendedSequenceNumber::ShardEnd => {
-                StartingPosition::TrimHorizon
-            }
-        };
-        // Records at or before this position were processed already.
-        let skip_through = (!start.after.is_sentinel()).then_some(start.after);
+        let (initial, skip_through) = start.position();
         let mut last_read: Option<SequenceNumber> = None;
         let mut iterator = None;
         let mut failures = self.new_backoff();
@@ -147,30 +119,9 @@ impl PollingFetcher {
             let range = self
                 .hash_key_range
                 .filter(|_| self.config.drop_records_outside_shard);
-            let (records, report) = deaggregate(page.records, range);
-            self.stats.count_deaggregation(&report);
-            let records: Vec<_> = records
-                .into_iter()
-                .filter(|r| {
-                    skip_through
-                        .as_ref()
-                        .is_none_or(|skip| r.position() > *skip)
-                })
-                .collect();
-            if !records.is_empty() {
-                let bytes = records
-                    .iter()
-                    .map(|r| r.data.len() + r.partition_key.len())
-                    .sum();
-                let permit = budget.acquire(records.len(), bytes).await;
-                let batch = Batch {
-                    records,
-                    millis_behind_latest: page.millis_behind_latest,
-                    permit,
-                };
-                if events.send(ShardEvent::Records(batch)).await.is_err() {
-                    return;
-                }
+            let records = prepare(page.records, range, skip_through.as_ref(), &self.stats);
+            if !send_batch(&events, &budget, records, page.millis_behind_latest).await {
+                return;
             }
             match page.next_iterator {
                 Some(next) => iterator = Some(next),

@@ -38,6 +38,21 @@ impl InitialPosition {
     }
 }
 
+/// How a worker reads its shards.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RetrievalMode {
+    /// `GetRecords` polling (the default).
+    #[default]
+    Polling,
+    /// Enhanced fan-out: `SubscribeToShard` on a registered stream consumer
+    /// (registered at start if absent; named after the application unless
+    /// given).
+    FanOut {
+        /// The stream consumer's name; default: the application name.
+        consumer_name: Option<String>,
+    },
+}
+
 /// Every setting of a worker, validated by [`SchedulerBuilder::build`].
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -64,6 +79,8 @@ pub struct SchedulerConfig {
     pub parent_poll_interval: Duration,
     /// How records are read.
     pub retrieval: RetrievalConfig,
+    /// Polling or enhanced fan-out.
+    pub retrieval_mode: RetrievalMode,
     /// How a failing batch is retried.
     pub retry_policy: ProcessorRetryPolicy,
     /// Backoff between failed Kinesis calls: 100 ms doubling to 10 s.
@@ -109,6 +126,7 @@ pub struct SchedulerBuilder {
     lease_cleanup_delay: Option<Duration>,
     parent_poll_interval: Option<Duration>,
     retrieval: Option<RetrievalConfig>,
+    retrieval_mode: RetrievalMode,
     retry_policy: Option<ProcessorRetryPolicy>,
     shutdown_timeout: Option<Duration>,
     clients: Option<(aws_sdk_kinesis::Client, aws_sdk_dynamodb::Client)>,
@@ -194,6 +212,14 @@ impl SchedulerBuilder {
     /// How records are read. Default [`RetrievalConfig::default`].
     pub fn retrieval(mut self, retrieval: RetrievalConfig) -> Self {
         self.retrieval = Some(retrieval);
+        self
+    }
+
+    /// Reads through enhanced fan-out (`SubscribeToShard`) instead of
+    /// polling, on the stream consumer `consumer_name` (default: the
+    /// application name), registered at start if absent.
+    pub fn fan_out(mut self, consumer_name: Option<String>) -> Self {
+        self.retrieval_mode = RetrievalMode::FanOut { consumer_name };
         self
     }
 
@@ -338,6 +364,7 @@ impl SchedulerBuilder {
             lease_cleanup_delay,
             parent_poll_interval,
             retrieval,
+            retrieval_mode: self.retrieval_mode,
             retry_policy: self.retry_policy.unwrap_or_default(),
             kinesis_backoff: BackoffConfig {
                 initial: Duration::from_millis(100),

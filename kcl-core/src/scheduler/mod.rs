@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::{Id, JoinError, JoinSet};
 use tracing::{Instrument, error, info, info_span, warn};
 
-pub use config::{ConfigError, InitialPosition, SchedulerBuilder, SchedulerConfig};
+pub use config::{ConfigError, InitialPosition, RetrievalMode, SchedulerBuilder, SchedulerConfig};
 
 use crate::RecordProcessorFactory;
 use crate::consumer::{
@@ -121,6 +121,7 @@ impl Scheduler {
             },
             parent_poll_interval: config.parent_poll_interval,
             stats: Arc::default(),
+            fanout_consumer: std::sync::OnceLock::new(),
         });
         let (shutdown, _) = watch::channel(false);
         let health = Arc::new(Health::new(STALL_AFTER, config.lease.failover_time));
@@ -217,6 +218,20 @@ impl Scheduler {
                 return Err(SchedulerError::Stream { stream, source });
             }
             Err(error) => warn!(%error, "shard discovery failed; retrying at the next interval"),
+        }
+
+        if let RetrievalMode::FanOut { consumer_name } = &config.retrieval_mode {
+            let name = consumer_name.as_deref().unwrap_or(&config.application_name);
+            let arn = context
+                .kinesis
+                .register_consumer(&config.stream_name, name)
+                .await
+                .map_err(|source| SchedulerError::Stream {
+                    stream: config.stream_name.clone(),
+                    source,
+                })?;
+            info!(consumer = %name, %arn, "reading through enhanced fan-out");
+            let _ = context.fanout_consumer.set(arn);
         }
 
         let (stop_coordinator, coordinator_stop) = watch::channel(false);

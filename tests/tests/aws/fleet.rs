@@ -143,9 +143,27 @@ impl Worker {
         board: &SharedBoard,
         max_records_per_call: u32,
     ) -> Self {
+        Self::start_with(aws, app, stream, id, board, |builder| {
+            builder.retrieval(kcl_core::retrieval::RetrievalConfig {
+                max_records_per_call,
+                ..Default::default()
+            })
+        })
+    }
+
+    /// A worker with the tests' short times, and whatever else `configure`
+    /// sets.
+    pub(crate) fn start_with(
+        aws: &LocalAws,
+        app: &str,
+        stream: &str,
+        id: &str,
+        board: &SharedBoard,
+        configure: impl FnOnce(kcl_core::SchedulerBuilder) -> kcl_core::SchedulerBuilder,
+    ) -> Self {
         let board = Arc::clone(board);
         let worker = id.to_owned();
-        let scheduler = Scheduler::builder()
+        let builder = Scheduler::builder()
             .application_name(app)
             .stream_name(stream)
             .worker_id(id)
@@ -154,11 +172,8 @@ impl Worker {
             .shard_sync_interval(Duration::from_secs(1))
             .parent_poll_interval(Duration::from_millis(200))
             .lease_cleanup_delay(Duration::from_secs(1))
-            .retrieval(kcl_core::retrieval::RetrievalConfig {
-                max_records_per_call,
-                ..Default::default()
-            })
-            .aws_clients(&aws.kinesis(), &aws.dynamodb())
+            .aws_clients(&aws.kinesis(), &aws.dynamodb());
+        let scheduler = configure(builder)
             .build(move |shard: &str| Probe {
                 board: Arc::clone(&board),
                 worker: worker.clone(),
