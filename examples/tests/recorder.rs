@@ -401,3 +401,36 @@ async fn sigterm_hands_shards_over_before_they_could_expire_and_nothing_is_proce
     assert_eq!(data, wanted);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorder_reads_through_enhanced_fan_out() {
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let (stream, app) = (
+        unique_name("recorder-fanout"),
+        unique_name("recorder-fanout-app"),
+    );
+    create_stream(&kinesis, &stream, 2).await;
+    let dir = std::env::temp_dir().join(unique_name("recorder-fanout-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = dir.join("worker.jsonl");
+    let flags = ["--retrieval", "fanout", "--assignment-interval-ms", "500"];
+    let mut replicas = Processes(vec![start_recorder(
+        RECORDER, &aws, &stream, &app, "worker-f", &output, &flags,
+    )]);
+    let written = put_records(&kinesis, &stream, 8, 0, 100).await;
+    wait_for_lines(std::slice::from_ref(&output), written.len()).await;
+    stop_all(&mut replicas);
+    let mut data: Vec<String> = read_lines(&output)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.data)
+        .collect();
+    data.sort_unstable();
+    let mut wanted = written.clone();
+    wanted.sort_unstable();
+    assert_eq!(data, wanted, "every record exactly once");
+    let logs = std::fs::read_to_string(output.with_extension("log")).unwrap();
+    assert!(logs.contains("reading through enhanced fan-out"), "{logs}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
