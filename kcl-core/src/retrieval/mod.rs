@@ -36,9 +36,13 @@ pub struct RetrievalConfig {
     pub max_records_per_call: u32,
     /// How long to wait before the next `GetRecords` call once a shard is
     /// caught up (an empty answer, or `millis_behind_latest` of 0). Calls
-    /// are never closer than [`MIN_CALL_INTERVAL`] (Kinesis allows five per
-    /// second per shard). Default 250 ms.
+    /// are never closer than `min_call_interval`. Default 250 ms.
     pub idle_time_between_calls: Duration,
+    /// The shortest time between two `GetRecords` calls on one shard.
+    /// Default [`MIN_CALL_INTERVAL`] (200 ms): Kinesis allows five calls per
+    /// second per shard, and shorter intervals only get throttled. Lower it
+    /// only for other implementations (the in-memory one in benchmarks).
+    pub min_call_interval: Duration,
     /// The most records fetched ahead of the processor. Default 30,000.
     pub max_prefetch_records: usize,
     /// The most bytes (data and partition keys) fetched ahead of the
@@ -72,6 +76,7 @@ impl Default for RetrievalConfig {
         Self {
             max_records_per_call: 10_000,
             idle_time_between_calls: Duration::from_millis(250),
+            min_call_interval: MIN_CALL_INTERVAL,
             max_prefetch_records: 30_000,
             max_prefetch_bytes: 32 << 20,
             drop_records_outside_shard: true,

@@ -2,7 +2,7 @@
 //! `GetRecords` loop that runs ahead of the processor within a
 //! [`PrefetchBudget`].
 //!
-//! - Calls on a shard are at least [`MIN_CALL_INTERVAL`] apart, and
+//! - Calls on a shard are at least `min_call_interval` (200 ms) apart, and
 //!   `idle_time_between_calls` apart once the shard is caught up.
 //! - Throttling and transient failures are retried after a jittered,
 //!   growing backoff; other failures are logged and retried after the
@@ -28,9 +28,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use super::{
-    FetchStart, MIN_CALL_INTERVAL, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch,
-};
+use super::{FetchStart, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch};
 use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
 use crate::stats::WorkerStats;
 
@@ -94,7 +92,7 @@ impl PollingFetcher {
             };
             tokio::time::sleep_until(next_call).await;
             let called = Instant::now();
-            next_call = called + MIN_CALL_INTERVAL;
+            next_call = called + self.config.min_call_interval;
             let page = match self
                 .kinesis
                 .get_records(&current, self.config.max_records_per_call)
