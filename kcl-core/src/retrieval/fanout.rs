@@ -17,17 +17,18 @@
 //! - Failures are retried with jittered backoff by subscribing again.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kcl_checkpoint::SequenceNumber;
 use kcl_lease::HashKeyRange;
-use kcl_lease::backoff::{Backoff, BackoffConfig};
+use kcl_lease::backoff::BackoffConfig;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, error, warn};
+use tracing::debug;
 
-use super::{FetchStart, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch};
-use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
+use super::{
+    FetchRetry, FetchStart, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch,
+};
+use crate::kinesis::{Kinesis, StartingPosition};
 use crate::stats::WorkerStats;
 
 /// Reads one shard through enhanced fan-out into a channel.
@@ -63,7 +64,7 @@ impl FanoutFetcher {
             .hash_key_range
             .filter(|_| self.config.drop_records_outside_shard);
         let mut last_read: Option<SequenceNumber> = None;
-        let mut failures = self.new_backoff();
+        let mut retry = FetchRetry::new(&self.backoff);
         // Since when nothing has arrived (across resubscriptions).
         let mut quiet_since = Instant::now();
         loop {
@@ -81,7 +82,7 @@ impl FanoutFetcher {
             {
                 Ok(subscription) => subscription,
                 Err(error) => {
-                    self.wait_after(&error, &mut failures).await;
+                    retry.wait_after(&error, &self.stats).await;
                     continue;
                 }
             };
@@ -107,11 +108,11 @@ impl FanoutFetcher {
                         break;
                     }
                     Err(error) => {
-                        self.wait_after(&error, &mut failures).await;
+                        retry.wait_after(&error, &self.stats).await;
                         break;
                     }
                 };
-                failures = self.new_backoff();
+                retry.succeeded();
                 if let Some(last) = event.records.last() {
                     last_read = Some(last.sequence_number.clone());
                     quiet_since = Instant::now();
@@ -156,28 +157,5 @@ impl FanoutFetcher {
             .ok()?;
         let page = self.kinesis.get_records(&iterator, 1).await.ok()?;
         (page.records.is_empty() && page.next_iterator.is_none()).then_some(page.child_shards)
-    }
-
-    fn new_backoff(&self) -> Backoff {
-        Backoff::new(BackoffConfig {
-            max_attempts: None,
-            ..self.backoff.clone()
-        })
-    }
-
-    /// Logs a failure and sleeps before subscribing again.
-    async fn wait_after(&self, error: &KinesisError, failures: &mut Backoff) {
-        self.stats.count_kinesis_retry();
-        let delay = if error.is_retryable() {
-            failures.next_delay().unwrap_or(self.backoff.max)
-        } else {
-            self.backoff.max.max(Duration::from_secs(1))
-        };
-        if error.is_retryable() {
-            warn!(%error, attempt = failures.attempts(), ?delay, "subscription failed; subscribing again");
-        } else {
-            error!(%error, ?delay, "Kinesis refused a subscription this shard needs; retrying");
-        }
-        tokio::time::sleep(delay).await;
     }
 }

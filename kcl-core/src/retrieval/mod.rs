@@ -19,11 +19,12 @@ use std::time::SystemTime;
 
 use kcl_checkpoint::ExtendedSequenceNumber;
 use kcl_lease::HashKeyRange;
+use kcl_lease::backoff::{Backoff, BackoffConfig};
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{error, warn};
 
 use crate::Record;
-use crate::kinesis::{ChildShard, StartingPosition};
+use crate::kinesis::{ChildShard, KinesisError, StartingPosition};
 use crate::stats::WorkerStats;
 
 pub use budget::{PrefetchBudget, PrefetchPermit};
@@ -83,6 +84,50 @@ impl Default for RetrievalConfig {
             fanout_resubscribe_after: None,
             fanout_shard_end_check: Duration::from_secs(30),
         }
+    }
+}
+
+/// Backs off between failed Kinesis calls of one shard's fetcher, without a
+/// limit on attempts (a shard cannot be skipped).
+pub(crate) struct FetchRetry {
+    config: BackoffConfig,
+    failures: Backoff,
+}
+
+impl FetchRetry {
+    /// Delays following `config`, its attempt limit ignored.
+    pub(crate) fn new(config: &BackoffConfig) -> Self {
+        let config = BackoffConfig {
+            max_attempts: None,
+            ..config.clone()
+        };
+        Self {
+            failures: Backoff::new(config.clone()),
+            config,
+        }
+    }
+
+    /// A call succeeded: the next failure starts from the shortest delay.
+    pub(crate) fn succeeded(&mut self) {
+        self.failures = Backoff::new(self.config.clone());
+    }
+
+    /// Counts and logs a failed call, then sleeps before the next attempt:
+    /// a growing jittered delay for throttling and transient failures, the
+    /// longest for refusals.
+    pub(crate) async fn wait_after(&mut self, error: &KinesisError, stats: &WorkerStats) {
+        stats.count_kinesis_retry();
+        let delay = if error.is_retryable() {
+            self.failures.next_delay().unwrap_or(self.config.max)
+        } else {
+            self.config.max.max(Duration::from_secs(1))
+        };
+        if error.is_retryable() {
+            warn!(%error, attempt = self.failures.attempts(), ?delay, "Kinesis call failed; retrying");
+        } else {
+            error!(%error, ?delay, "Kinesis refused a call this shard needs; retrying");
+        }
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -19,16 +19,17 @@
 //!   [`ShardEvent::ShardEnd`] is sent and the fetcher stops.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kcl_checkpoint::SequenceNumber;
 use kcl_lease::HashKeyRange;
-use kcl_lease::backoff::{Backoff, BackoffConfig};
+use kcl_lease::backoff::BackoffConfig;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::{debug, error, warn};
+use tracing::debug;
 
-use super::{FetchStart, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch};
+use super::{
+    FetchRetry, FetchStart, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch,
+};
 use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
 use crate::stats::WorkerStats;
 
@@ -62,7 +63,7 @@ impl PollingFetcher {
         let (initial, skip_through) = start.position();
         let mut last_read: Option<SequenceNumber> = None;
         let mut iterator = None;
-        let mut failures = self.new_backoff();
+        let mut retry = FetchRetry::new(&self.backoff);
         let mut next_call = Instant::now();
         loop {
             if events.is_closed() {
@@ -84,7 +85,7 @@ impl PollingFetcher {
                     {
                         Ok(fresh) => fresh,
                         Err(error) => {
-                            self.wait_after(&error, &mut failures).await;
+                            retry.wait_after(&error, &self.stats).await;
                             continue;
                         }
                     }
@@ -105,11 +106,11 @@ impl PollingFetcher {
                 }
                 Err(error) => {
                     iterator = Some(current);
-                    self.wait_after(&error, &mut failures).await;
+                    retry.wait_after(&error, &self.stats).await;
                     continue;
                 }
             };
-            failures = self.new_backoff();
+            retry.succeeded();
             if let Some(last) = page.records.last() {
                 last_read = Some(last.sequence_number.clone());
             }
@@ -136,28 +137,5 @@ impl PollingFetcher {
                 next_call = next_call.max(called + self.config.idle_time_between_calls);
             }
         }
-    }
-
-    fn new_backoff(&self) -> Backoff {
-        Backoff::new(BackoffConfig {
-            max_attempts: None,
-            ..self.backoff.clone()
-        })
-    }
-
-    /// Logs a failed call and sleeps before the next attempt.
-    async fn wait_after(&self, error: &KinesisError, failures: &mut Backoff) {
-        self.stats.count_kinesis_retry();
-        let delay = if error.is_retryable() {
-            failures.next_delay().unwrap_or(self.backoff.max)
-        } else {
-            self.backoff.max.max(Duration::from_secs(1))
-        };
-        if error.is_retryable() {
-            warn!(%error, attempt = failures.attempts(), ?delay, "Kinesis call failed; retrying");
-        } else {
-            error!(%error, ?delay, "Kinesis refused a call this shard needs; retrying");
-        }
-        tokio::time::sleep(delay).await;
     }
 }
