@@ -86,17 +86,7 @@ impl Subscription for SdkSubscription {
                 .iter()
                 .map(record)
                 .collect::<Result<Vec<_>, _>>()?;
-            let child_shards = event
-                .child_shards()
-                .iter()
-                .map(|child| {
-                    Ok(ChildShard {
-                        shard_id: child.shard_id().to_owned(),
-                        parent_shards: child.parent_shards().to_vec(),
-                        hash_key_range: hash_key_range(OP, child.hash_key_range())?,
-                    })
-                })
-                .collect::<Result<Vec<_>, KinesisError>>()?;
+            let child_shards = child_shards(OP, event.child_shards())?;
             let continuation = event.continuation_sequence_number();
             return Ok(Some(SubscriptionEvent {
                 records,
@@ -287,17 +277,7 @@ impl Kinesis for SdkKinesis {
             .iter()
             .map(record)
             .collect::<Result<Vec<_>, _>>()?;
-        let child_shards = output
-            .child_shards()
-            .iter()
-            .map(|child| {
-                Ok(ChildShard {
-                    shard_id: child.shard_id().to_owned(),
-                    parent_shards: child.parent_shards().to_vec(),
-                    hash_key_range: hash_key_range(OP, child.hash_key_range())?,
-                })
-            })
-            .collect::<Result<Vec<_>, KinesisError>>()?;
+        let child_shards = child_shards(OP, output.child_shards())?;
         Ok(RecordsPage {
             records,
             next_iterator: output.next_shard_iterator().map(str::to_owned),
@@ -328,6 +308,23 @@ fn counted<T>(operation: &'static str, result: Result<T, KinesisError>) -> Resul
     )
     .increment(1);
     result
+}
+
+/// The child shards Kinesis reported at a shard's end.
+fn child_shards(
+    operation: &'static str,
+    children: &[types::ChildShard],
+) -> Result<Vec<ChildShard>, KinesisError> {
+    children
+        .iter()
+        .map(|child| {
+            Ok(ChildShard {
+                shard_id: child.shard_id().to_owned(),
+                parent_shards: child.parent_shards().to_vec(),
+                hash_key_range: hash_key_range(operation, child.hash_key_range())?,
+            })
+        })
+        .collect()
 }
 
 fn describe(shard: &types::Shard) -> Result<ShardDescription, KinesisError> {
