@@ -249,6 +249,21 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .is_some_and(|sent| now.saturating_duration_since(sent) < self.config.failover_time)
     }
 
+    /// The latest moment a lease-table call started at `now` may finish: a
+    /// failover time, and never past the moment this worker must stop its
+    /// shards for want of a heartbeat. A table that hangs (a network
+    /// partition, a stalled connection) so never keeps the loop from
+    /// enforcing liveness.
+    fn call_deadline(&self, now: Instant) -> Instant {
+        let limit = now + self.config.failover_time;
+        match self.last_heartbeat_sent {
+            Some(sent) if !self.shared.held.borrow().is_empty() => {
+                limit.min(sent + self.config.failover_time).max(now)
+            }
+            _ => limit,
+        }
+    }
+
     /// Stops publishing any lease if liveness is lost at `now`. Returns
     /// whether it did.
     pub fn enforce_liveness(&mut self, now: Instant) -> bool {
@@ -503,7 +518,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             self.store.ensure_tables().await?;
             tokio::pin!(shutdown);
             let now = || tokio::time::Instant::now().into_std();
-            if let Err(error) = self.heartbeat(now()).await {
+            let deadline = self.call_deadline(now());
+            if let Err(error) = bounded(deadline, self.heartbeat(now())).await {
                 warn!(%error, "first heartbeat failed; retrying");
             }
             let mut next_heartbeat = now() + self.config.heartbeat_interval;
@@ -528,14 +544,16 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     () = &mut shutdown => break,
                     () = shared.wake.notified() => {}
                     () = tokio::time::sleep_until(next_poll.into()), if !self.awaiting.is_empty() => {
-                        if let Err(error) = self.poll_awaited_handoffs(now()).await {
+                        let deadline = self.call_deadline(now());
+                        if let Err(error) = bounded(deadline, self.poll_awaited_handoffs(now())).await {
                             debug!(%error, "checking awaited handoffs failed");
                         }
                         next_poll = now() + self.config.handoff_poll_interval;
                     }
                     () = tokio::time::sleep_until(next_heartbeat.into()) => {
                         let sent = now();
-                        next_heartbeat = match self.heartbeat(sent).await {
+                        let deadline = self.call_deadline(sent);
+                        next_heartbeat = match bounded(deadline, self.heartbeat(sent)).await {
                             Ok(()) => sent + self.config.heartbeat_interval,
                             Err(error) => {
                                 warn!(%error, "heartbeat failed");
@@ -549,7 +567,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     }
                     () = tokio::time::sleep_until(next_round.into()) => {
                         let started = now();
-                        if let Err(error) = self.assignment_round(started).await {
+                        let deadline = self.call_deadline(started);
+                        if let Err(error) = bounded(deadline, self.assignment_round(started)).await {
                             warn!(%error, "assignment round failed; retrying at the next one");
                         }
                         next_round = if draining {
@@ -566,6 +585,23 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// Runs `call` until `deadline`; a call still pending then is abandoned and
+/// reported as [`LeaseStoreError::Unavailable`].
+async fn bounded<T>(
+    deadline: Instant,
+    call: impl Future<Output = Result<T, LeaseStoreError>>,
+) -> Result<T, LeaseStoreError> {
+    match tokio::time::timeout_at(deadline.into(), call).await {
+        Ok(result) => result,
+        Err(_) => Err(LeaseStoreError::Unavailable {
+            operation: "lease coordinator call",
+            table: "lease table".to_owned(),
+            attempts: 1,
+            message: "no answer in time; abandoned".to_owned(),
+        }),
     }
 }
 
@@ -730,5 +766,123 @@ mod tests {
             failover >= S(5),
             "took {failover:?}: faster than a live worker allows"
         );
+    }
+
+    /// A client of the tables whose calls hang, unanswered, while `stalled`
+    /// is set: a network partition that drops packets.
+    struct StallingStore {
+        inner: InMemoryLeaseStore,
+        stalled: Arc<AtomicBool>,
+    }
+
+    impl StallingStore {
+        async fn gate(&self) {
+            if self.stalled.load(Ordering::SeqCst) {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl LeaseStore for StallingStore {
+        async fn ensure_tables(&self) -> Result<(), LeaseStoreError> {
+            self.gate().await;
+            self.inner.ensure_tables().await
+        }
+        async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+            self.gate().await;
+            self.inner.list_leases().await
+        }
+        async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
+            self.gate().await;
+            self.inner.get_lease(key).await
+        }
+        async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
+            self.gate().await;
+            self.inner.create_lease_if_absent(lease).await
+        }
+        async fn take_lease(&self, seen: &Lease, worker: &str) -> Result<Lease, LeaseStoreError> {
+            self.gate().await;
+            self.inner.take_lease(seen, worker).await
+        }
+        async fn request_handoff(&self, seen: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+            self.gate().await;
+            self.inner.request_handoff(seen, to).await
+        }
+        async fn checkpoint(
+            &self,
+            token: &LeaseToken,
+            update: &CheckpointUpdate,
+        ) -> Result<(), LeaseStoreError> {
+            self.gate().await;
+            self.inner.checkpoint(token, update).await
+        }
+        async fn record_child_shards(
+            &self,
+            token: &LeaseToken,
+            children: &BTreeSet<String>,
+        ) -> Result<(), LeaseStoreError> {
+            self.gate().await;
+            self.inner.record_child_shards(token, children).await
+        }
+        async fn release_lease(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
+            self.gate().await;
+            self.inner.release_lease(token).await
+        }
+        async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+            self.gate().await;
+            self.inner.delete_lease(key).await
+        }
+        async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
+            self.gate().await;
+            self.inner.heartbeat(heartbeat).await
+        }
+        async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
+            self.gate().await;
+            self.inner.list_heartbeats().await
+        }
+        async fn remove_heartbeat(&self, worker: &str) -> Result<(), LeaseStoreError> {
+            self.gate().await;
+            self.inner.remove_heartbeat(worker).await
+        }
+        fn request_counts(&self) -> crate::RequestCounts {
+            self.inner.request_counts()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_whose_table_calls_hang_stops_its_shards_within_the_failover_time() {
+        let store = table_with(4).await;
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stalling = StallingStore {
+            inner: store.client(),
+            stalled: Arc::clone(&stalled),
+        };
+        let (coordinator, handle) =
+            LeaseCoordinator::new(Arc::new(stalling), LeaseConfig::new("a")).unwrap();
+        let task = tokio::spawn(coordinator.run(std::future::pending()));
+        let mut held = handle.held();
+        while held.borrow_and_update().len() < 4 {
+            held.changed().await.unwrap();
+        }
+        let last_heartbeat = handle.last_heartbeat().unwrap();
+
+        // From now on every call hangs, unanswered: no error ever comes back.
+        stalled.store(true, Ordering::SeqCst);
+        let stopped = tokio::time::timeout(S(60), async {
+            while !held.borrow_and_update().is_empty() {
+                held.changed().await.unwrap();
+            }
+        })
+        .await;
+        assert!(stopped.is_ok(), "still processing a minute after the cut");
+        let since_heartbeat = tokio::time::Instant::now()
+            .into_std()
+            .duration_since(last_heartbeat);
+        assert!(
+            since_heartbeat <= S(10),
+            "stopped after {since_heartbeat:?}"
+        );
+        task.abort();
     }
 }

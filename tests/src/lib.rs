@@ -11,6 +11,7 @@
 //! Every test makes its own streams and tables with [`unique_name`], so the
 //! whole suite can run in parallel against one pair of emulators.
 
+pub mod fault_proxy;
 pub mod fleet_sim;
 pub mod lease_conformance;
 pub mod processes;

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::config::retry::RetryConfig;
+use aws_sdk_dynamodb::config::timeout::TimeoutConfig;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
@@ -45,6 +46,10 @@ const DRAINING: &str = "draining";
 /// How long [`LeaseStore::ensure_tables`] waits for a new table to become
 /// active.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long one request to DynamoDB may take before it is abandoned (and
+/// retried with backoff). Lease-table requests are small: a healthy table
+/// answers in milliseconds.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The lease and workers tables in DynamoDB.
 #[derive(Clone, Debug)]
@@ -68,6 +73,14 @@ impl DynamoDbLeaseStore {
             .config()
             .to_builder()
             .retry_config(RetryConfig::disabled())
+            // A request that hangs (a stalled connection, a partition) is
+            // abandoned and retried like any transient failure.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_millis(3100))
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            )
             .build();
         Self {
             client: Client::from_conf(config),

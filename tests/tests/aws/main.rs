@@ -4,6 +4,7 @@
 //! linked once.
 
 mod fanout;
+mod faults;
 mod fleet;
 mod kpl;
 mod lease_coordinator;
