@@ -56,6 +56,9 @@ pub struct LateRequest {
     pub operation: String,
     /// The table the request named, if any.
     pub table: Option<String>,
+    /// The request's `UpdateExpression`, if it had one (what a DynamoDB
+    /// write meant to change).
+    pub update_expression: Option<String>,
     /// The HTTP status of the answer.
     pub status: u16,
     /// The error type of the answer (`ConditionalCheckFailedException`, …),
@@ -239,7 +242,8 @@ impl Shared {
                 // Forwarded late in a task of its own, so it reaches the
                 // endpoint even if the client has given up by then.
                 let shared = self.clone();
-                let table = table_name(&body);
+                let table = body_field(&body, "TableName");
+                let update_expression = body_field(&body, "UpdateExpression");
                 let late = tokio::spawn(async move {
                     let mut fault = shared.fault.clone();
                     let _ = fault.wait_for(|f| *f != Fault::Stall).await;
@@ -253,6 +257,7 @@ impl Shared {
                     shared.lock().late.push(LateRequest {
                         operation,
                         table,
+                        update_expression,
                         status: parts.status.as_u16(),
                         error_type: error_type(&body),
                     });
@@ -320,9 +325,10 @@ fn error_response(status: StatusCode, error_type: &str, message: &str) -> Respon
         .expect("a valid response")
 }
 
-fn table_name(body: &[u8]) -> Option<String> {
+/// A string field of an AWS JSON request body.
+fn body_field(body: &[u8], field: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.get("TableName")?.as_str().map(str::to_owned)
+    value.get(field)?.as_str().map(str::to_owned)
 }
 
 /// The error type of an AWS JSON error answer (without any namespace).

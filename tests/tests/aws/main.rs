@@ -3,6 +3,7 @@
 //! All of them live in this one test binary, as modules, so the AWS SDK is
 //! linked once.
 
+mod bad_input;
 mod fanout;
 mod faults;
 mod fleet;

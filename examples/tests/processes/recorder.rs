@@ -14,7 +14,7 @@ use kcl_tests::stream::{
 };
 use kcl_tests::{LocalAws, unique_name};
 
-const RECORDER: &str = env!("CARGO_BIN_EXE_recorder");
+use super::RECORDER;
 
 /// Starts a recorder replica with a short failover time and fast rounds.
 fn start(aws: &LocalAws, stream: &str, app: &str, worker: &str, output: &Path) -> Child {

@@ -1,0 +1,568 @@
+//! The chaos test: three `recorder` replicas and a producer with per-key
+//! counters, while seeded random events hit the fleet:
+//! - SIGKILL and restart of a worker (same worker id, as a container
+//!   restart does), SIGTERM and restart (a new id, as a rolling deploy does);
+//! - a split and a merge of random shards;
+//! - faults between one worker and one AWS endpoint, injected by a fault
+//!   proxy per worker and service: added latency, dropped connections,
+//!   HTTP 500 and throttling answers, for a while;
+//! - one worker cut off from DynamoDB (requests held, unanswered) for
+//!   longer than the failover time, then let through late.
+//!
+//! At the end it checks: no record lost; per key, records first processed in
+//! the order produced; no checkpoint ever moved backwards (the lease table is
+//! sampled throughout); a cut-off worker stopped processing within the
+//! failover time, and every checkpoint it sent during the cut-off failed when
+//! it finally arrived. It reports how many records were processed twice
+//! (only crashes and cut-offs can cause that).
+//!
+//! The test suite runs a short variant (about a minute of events, seed 1).
+//! A longer run, with any seed:
+//!
+//! ```sh
+//! scripts/chaos.sh --seed 7 --seconds 600
+//! ```
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kcl_checkpoint::ExtendedSequenceNumber;
+use kcl_examples::recorder::{RecordLine, read_lines};
+use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
+use kcl_tests::fault_proxy::{Fault, FaultProxy};
+use kcl_tests::processes::{Processes, start_recorder, terminate};
+use kcl_tests::stream::{OrderedProducer, create_stream, merge, open_shards, split_in_half};
+use kcl_tests::{LocalAws, unique_name};
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use super::RECORDER;
+
+const REPLICAS: usize = 3;
+const SHARDS: i32 = 4;
+const FAILOVER: Duration = Duration::from_millis(3000);
+/// How long a cut-off lasts: long enough that the others take its leases.
+const CUT_OFF: Duration = Duration::from_millis(8000);
+/// Scheduling slack allowed on top of the failover time when checking that
+/// a cut-off worker stopped by itself.
+const STOP_SLACK_MS: u64 = 1000;
+
+/// How long and with which seed to run, from `KCL_CHAOS_SECONDS` (default
+/// 30: after the first round of every kind of event) and `KCL_CHAOS_SEED`
+/// (default 1).
+struct Settings {
+    seed: u64,
+    duration: Duration,
+}
+
+impl Settings {
+    fn from_env() -> Self {
+        let number = |name: &str, default: u64| match std::env::var(name) {
+            Ok(value) => value
+                .parse()
+                .unwrap_or_else(|_| panic!("{name} must be a whole number, not {value:?}")),
+            Err(_) => default,
+        };
+        Self {
+            seed: number("KCL_CHAOS_SEED", 1),
+            duration: Duration::from_secs(number("KCL_CHAOS_SECONDS", 30)),
+        }
+    }
+}
+
+/// Which endpoint a fault is injected in front of.
+#[derive(Clone, Copy, Debug)]
+enum Service {
+    Kinesis,
+    DynamoDb,
+}
+
+/// One chaos event. Worker events name a replica slot.
+#[derive(Clone, Debug)]
+enum Event {
+    Kill(usize),
+    Terminate(usize),
+    Split,
+    Merge,
+    Fault {
+        slot: usize,
+        service: Service,
+        fault: Fault,
+        lasting: Duration,
+    },
+    CutOff(usize),
+}
+
+impl Event {
+    /// One of each kind, in a seeded order: every run sees them all.
+    fn one_of_each(rng: &mut SmallRng) -> Vec<Event> {
+        let mut events = vec![
+            Event::Kill(rng.random_range(0..REPLICAS)),
+            Event::Terminate(rng.random_range(0..REPLICAS)),
+            Event::Split,
+            Event::Merge,
+            Event::CutOff(rng.random_range(0..REPLICAS)),
+        ];
+        for fault in [
+            Fault::Latency(Duration::from_millis(rng.random_range(100..800))),
+            Fault::DropConnections,
+            Fault::ServerError,
+            Fault::Throttle,
+        ] {
+            for service in [Service::Kinesis, Service::DynamoDb] {
+                events.push(Event::fault(rng, service, fault.clone()));
+            }
+        }
+        events.shuffle(rng);
+        events
+    }
+
+    /// A fault on one replica's path to `service`. Faults on DynamoDB last
+    /// less than the failover time minus a heartbeat interval, so the worker
+    /// rides them out; a longer one is a cut-off, an event of its own.
+    fn fault(rng: &mut SmallRng, service: Service, fault: Fault) -> Event {
+        let lasting = match service {
+            Service::Kinesis => Duration::from_millis(rng.random_range(1000..4000)),
+            Service::DynamoDb => Duration::from_millis(rng.random_range(500..1200)),
+        };
+        Event::Fault {
+            slot: rng.random_range(0..REPLICAS),
+            service,
+            fault,
+            lasting,
+        }
+    }
+
+    /// Any event, at random.
+    fn any(rng: &mut SmallRng) -> Event {
+        let mut one = Self::one_of_each(rng);
+        one.swap_remove(rng.random_range(0..one.len()))
+    }
+}
+
+/// One replica: its proxies (kept across restarts) and its current process.
+struct Slot {
+    kinesis: FaultProxy,
+    dynamodb: FaultProxy,
+    worker: String,
+    generation: u32,
+    output: PathBuf,
+}
+
+/// A cut-off as it happened, for the checks.
+struct CutOff {
+    output: PathBuf,
+    worker: String,
+    from_ms: u64,
+    until_ms: u64,
+}
+
+struct Fleet {
+    aws: LocalAws,
+    stream: String,
+    app: String,
+    dir: PathBuf,
+    slots: Vec<Slot>,
+    processes: Processes,
+    outputs: Vec<PathBuf>,
+}
+
+impl Fleet {
+    /// Starts (or restarts) the process of `slot`, behind its proxies.
+    fn start(&mut self, slot: usize) {
+        let entry = &mut self.slots[slot];
+        entry.generation += 1;
+        entry.output = self
+            .dir
+            .join(format!("{}-{}.jsonl", entry.worker, entry.generation));
+        let mut through = self.aws.clone();
+        through.kinesis_endpoint = entry.kinesis.endpoint();
+        through.dynamodb_endpoint = entry.dynamodb.endpoint();
+        let flags = [
+            "--failover-time-ms",
+            "3000",
+            "--assignment-interval-ms",
+            "500",
+            "--shard-sync-interval-ms",
+            "2000",
+            "--lease-cleanup-delay-ms",
+            "3000",
+            "--parent-poll-interval-ms",
+            "200",
+            "--shutdown-timeout-ms",
+            "8000",
+        ];
+        let child = start_recorder(
+            RECORDER,
+            &through,
+            &self.stream,
+            &self.app,
+            &entry.worker,
+            &entry.output,
+            &flags,
+        );
+        self.outputs.push(entry.output.clone());
+        match self.processes.0.get_mut(slot) {
+            Some(place) => *place = child,
+            None => self.processes.0.push(child),
+        }
+    }
+
+    fn child(&mut self, slot: usize) -> &mut Child {
+        &mut self.processes.0[slot]
+    }
+}
+
+fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for recorder") {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recorder {} still running after {within:?}",
+            child.id()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Samples every lease's checkpoint until told to stop; returns how many
+/// samples were taken and every backwards move seen.
+async fn sample_checkpoints(
+    store: DynamoDbLeaseStore,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> (usize, Vec<String>) {
+    let mut last: BTreeMap<String, ExtendedSequenceNumber> = BTreeMap::new();
+    let mut deleted: Vec<String> = Vec::new();
+    let mut violations = Vec::new();
+    let mut samples = 0;
+    while !*stop.borrow_and_update() {
+        if let Ok(leases) = store.list_leases().await {
+            samples += 1;
+            for lease in &leases {
+                if deleted.contains(&lease.key) {
+                    violations.push(format!("{} came back after it was deleted", lease.key));
+                }
+                let now = &lease.checkpoint;
+                if let Some(before) = last.get(&lease.key) {
+                    let positioned = matches!(
+                        before,
+                        ExtendedSequenceNumber::Record { .. } | ExtendedSequenceNumber::ShardEnd
+                    );
+                    if positioned && now < before {
+                        violations.push(format!(
+                            "{}: checkpoint moved back from {before} to {now}",
+                            lease.key
+                        ));
+                    }
+                }
+                last.insert(lease.key.clone(), now.clone());
+            }
+            let present: Vec<&String> = leases.iter().map(|l| &l.key).collect();
+            for key in last.keys() {
+                if !present.contains(&key) && !deleted.contains(key) {
+                    deleted.push(key.clone());
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    (samples, violations)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_faults() {
+    let settings = Settings::from_env();
+    let mut rng = SmallRng::seed_from_u64(settings.seed);
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let (stream, app) = (unique_name("chaos"), unique_name("chaos-app"));
+    create_stream(&kinesis, &stream, SHARDS).await;
+    let dir = std::env::temp_dir().join(unique_name("chaos-out"));
+    std::fs::create_dir_all(&dir).expect("output directory");
+    let mut slots = Vec::new();
+    for n in 0..REPLICAS {
+        slots.push(Slot {
+            kinesis: FaultProxy::start(&aws.kinesis_endpoint).await,
+            dynamodb: FaultProxy::start(&aws.dynamodb_endpoint).await,
+            worker: format!("w{n}"),
+            generation: 0,
+            output: PathBuf::new(),
+        });
+    }
+    let mut fleet = Fleet {
+        aws: aws.clone(),
+        stream: stream.clone(),
+        app: app.clone(),
+        dir: dir.clone(),
+        slots,
+        processes: Processes::default(),
+        outputs: Vec::new(),
+    };
+    for slot in 0..REPLICAS {
+        fleet.start(slot);
+    }
+    let (stop_sampling, stopped) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(sample_checkpoints(
+        DynamoDbLeaseStore::new(&aws.dynamodb(), &app),
+        stopped,
+    ));
+    let producer = OrderedProducer::start(kinesis.clone(), &stream, 16, Duration::from_millis(50));
+
+    println!(
+        "chaos: seed {}, {:?} of events, {REPLICAS} replicas, {SHARDS} shards",
+        settings.seed, settings.duration
+    );
+    let started = tokio::time::Instant::now();
+    let mut first_round = Event::one_of_each(&mut rng);
+    first_round.reverse();
+    let mut cut_offs: Vec<CutOff> = Vec::new();
+    let mut crashes = 0;
+    loop {
+        let event = match first_round.pop() {
+            Some(event) => event,
+            None if started.elapsed() < settings.duration => Event::any(&mut rng),
+            None => break,
+        };
+        let pause = Duration::from_millis(rng.random_range(500..2500));
+        tokio::time::sleep(pause).await;
+        println!(
+            "chaos +{:>5.1}s: {event:?}",
+            started.elapsed().as_secs_f64()
+        );
+        match event {
+            Event::Kill(slot) => {
+                let child = fleet.child(slot);
+                child.kill().expect("SIGKILL");
+                child.wait().expect("reap");
+                crashes += 1;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(200..2000))).await;
+                fleet.start(slot);
+            }
+            Event::Terminate(slot) => {
+                terminate(fleet.child(slot));
+                let status = wait_exit(fleet.child(slot), Duration::from_secs(15)).await;
+                assert!(status.success(), "SIGTERM: exited with {status}");
+                let entry = &mut fleet.slots[slot];
+                entry.worker = format!("w{slot}-{}", entry.generation);
+                fleet.start(slot);
+            }
+            Event::Split => {
+                let shards = open_shards(&kinesis, &stream).await;
+                let shard = &shards[rng.random_range(0..shards.len())].0;
+                split_in_half(&kinesis, &stream, shard).await;
+            }
+            Event::Merge => {
+                let shards = open_shards(&kinesis, &stream).await;
+                let pairs: Vec<(&String, &String)> = shards
+                    .windows(2)
+                    .filter(|pair| pair[0].2 + 1 == pair[1].1)
+                    .map(|pair| (&pair[0].0, &pair[1].0))
+                    .collect();
+                let (left, right) = pairs[rng.random_range(0..pairs.len())];
+                merge(&kinesis, &stream, left, right).await;
+            }
+            Event::Fault {
+                slot,
+                service,
+                fault,
+                lasting,
+            } => {
+                let proxy = match service {
+                    Service::Kinesis => &fleet.slots[slot].kinesis,
+                    Service::DynamoDb => &fleet.slots[slot].dynamodb,
+                };
+                proxy.set(fault);
+                tokio::time::sleep(lasting).await;
+                proxy.set(Fault::None);
+            }
+            Event::CutOff(slot) => {
+                let entry = &fleet.slots[slot];
+                let from_ms = epoch_ms();
+                entry.dynamodb.set(Fault::Stall);
+                tokio::time::sleep(CUT_OFF).await;
+                let until_ms = epoch_ms();
+                entry.dynamodb.set(Fault::None);
+                crashes += 1;
+                cut_offs.push(CutOff {
+                    output: entry.output.clone(),
+                    worker: entry.worker.clone(),
+                    from_ms,
+                    until_ms,
+                });
+            }
+        }
+    }
+    let written = producer.stop().await;
+    println!(
+        "chaos: events done after {:.1?}; {} records written; waiting for all to be processed",
+        started.elapsed(),
+        written.len()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let lines = all_lines(&fleet.outputs);
+        let seen = first_processing(&lines);
+        let missing = written
+            .iter()
+            .filter(|d| !seen.contains_key(d.as_str()))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{missing} of {} records never processed",
+            written.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for slot in 0..REPLICAS {
+        terminate(fleet.child(slot));
+    }
+    for slot in 0..REPLICAS {
+        let status = wait_exit(fleet.child(slot), Duration::from_secs(15)).await;
+        assert!(status.success(), "w{slot} exited with {status}");
+    }
+    stop_sampling.send_replace(true);
+    let (samples, backwards) = sampler.await.expect("sampler");
+
+    let lines = all_lines(&fleet.outputs);
+    check_order(&lines, &written);
+    let duplicates = duplicates(&lines);
+    println!(
+        "chaos: {} records, {} processings, {duplicates} processed more than once \
+         ({crashes} crashes and cut-offs); {samples} lease-table samples",
+        written.len(),
+        lines.len()
+    );
+    assert!(samples > 10, "the lease table was hardly sampled");
+    assert!(
+        backwards.is_empty(),
+        "checkpoints moved back: {backwards:#?}"
+    );
+    for cut in &cut_offs {
+        check_cut_off(cut);
+    }
+    for (slot, entry) in fleet.slots.iter().enumerate() {
+        check_late_writes(slot, &entry.dynamodb, &app);
+        println!(
+            "chaos: w{slot} kinesis proxy: {:?}",
+            entry.kinesis.requests()
+        );
+        println!(
+            "chaos: w{slot} dynamodb proxy: {:?}",
+            entry.dynamodb.requests()
+        );
+    }
+    std::fs::remove_dir_all(&dir).expect("remove outputs");
+}
+
+fn all_lines(outputs: &[PathBuf]) -> Vec<RecordLine> {
+    outputs
+        .iter()
+        .flat_map(|p| read_lines(p).unwrap_or_default())
+        .collect()
+}
+
+/// When each record (by its data) was first processed.
+fn first_processing(lines: &[RecordLine]) -> HashMap<&str, u64> {
+    let mut first: HashMap<&str, u64> = HashMap::new();
+    for line in lines {
+        let at = first.entry(&line.data).or_insert(line.processed_ms);
+        *at = (*at).min(line.processed_ms);
+    }
+    first
+}
+
+/// Per key, record n+1 is first processed no earlier than record n (lines
+/// of one batch share a processing time).
+fn check_order(lines: &[RecordLine], written: &[String]) {
+    let first = first_processing(lines);
+    for data in written {
+        let (key, n) = data.split_once(':').expect("key:counter");
+        let n: u64 = n.parse().expect("a counter");
+        if n == 0 {
+            continue;
+        }
+        let before = first[format!("{key}:{}", n - 1).as_str()];
+        assert!(
+            first[data.as_str()] >= before,
+            "{data} was first processed before {key}:{}",
+            n - 1
+        );
+    }
+}
+
+/// Records (by sequence and sub-sequence number) processed more than once.
+fn duplicates(lines: &[RecordLine]) -> usize {
+    let mut copies: HashMap<(&str, u64), usize> = HashMap::new();
+    for line in lines {
+        *copies.entry((&line.seq, line.subseq)).or_default() += 1;
+    }
+    copies.values().map(|n| n - 1).sum()
+}
+
+/// The cut-off worker processed nothing later than the failover time after
+/// the cut (plus scheduling slack) while it lasted.
+fn check_cut_off(cut: &CutOff) {
+    let lines = read_lines(&cut.output).unwrap_or_default();
+    let during: Vec<u64> = lines
+        .iter()
+        .map(|l| l.processed_ms)
+        .filter(|at| (cut.from_ms..cut.until_ms).contains(at))
+        .collect();
+    let last = during.iter().max().map(|at| at - cut.from_ms);
+    println!(
+        "chaos: {} cut off for {} ms: last processed {last:?} ms after the cut ({} lines during it)",
+        cut.worker,
+        cut.until_ms - cut.from_ms,
+        during.len()
+    );
+    let limit = FAILOVER.as_millis() as u64 + STOP_SLACK_MS;
+    assert!(
+        last.is_none_or(|after| after <= limit),
+        "{} kept processing {last:?} ms into its cut-off (limit {limit} ms)",
+        cut.worker
+    );
+}
+
+/// Every checkpoint held back by a cut-off and delivered late was refused.
+fn check_late_writes(slot: usize, proxy: &FaultProxy, app: &str) {
+    let late = proxy.late_requests();
+    let checkpoints: Vec<_> = late
+        .iter()
+        .filter(|r| r.table.as_deref() == Some(app))
+        .filter(|r| {
+            r.update_expression
+                .as_deref()
+                .is_some_and(|e| e.starts_with("SET checkpoint ="))
+        })
+        .collect();
+    println!(
+        "chaos: w{slot}: {} requests delivered late, {} of them checkpoints",
+        late.len(),
+        checkpoints.len()
+    );
+    for request in checkpoints {
+        assert_eq!(
+            request.error_type.as_deref(),
+            Some("ConditionalCheckFailedException"),
+            "a late checkpoint had an effect: {request:?}"
+        );
+    }
+}
