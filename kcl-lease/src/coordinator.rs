@@ -523,7 +523,11 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                 warn!(%error, "first heartbeat failed; retrying");
             }
             let mut next_heartbeat = now() + self.config.heartbeat_interval;
-            let mut next_round = now();
+            // The first round waits a moment, so that workers started
+            // together (a scale-out) see each other's heartbeats and split
+            // the leases once, instead of the first to start asking for a
+            // share it must pass on again a round later.
+            let mut next_round = now() + first_round_delay(self.config.assignment_interval);
             let mut next_poll = now();
             let mut announced_draining = false;
             loop {
@@ -586,6 +590,12 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         .instrument(span)
         .await
     }
+}
+
+/// How long a worker waits after its first heartbeat before its first
+/// assignment round: a tenth of the assignment interval, at most 1 s.
+fn first_round_delay(assignment_interval: std::time::Duration) -> std::time::Duration {
+    (assignment_interval / 10).min(std::time::Duration::from_secs(1))
 }
 
 /// Runs `call` until `deadline`; a call still pending then is abandoned and
