@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, the deployment files, unit and
+# The whole test suite, as CI runs it: formatting, lints, API docs, the deployment files, unit and
 # integration tests.
 #
 # Brings the local AWS stack up for the run (and down at exit, even on failure) unless it
@@ -25,6 +25,8 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all --check
 echo "test: cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test: cargo doc (broken links and private links fail)" >&2
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
 echo "test: deployment files" >&2
 scripts/validate-deploy.sh
 echo "test: cargo test" >&2

@@ -14,6 +14,7 @@
 //!
 //! This crate sits at the bottom of the workspace: `kcl-lease` stores these
 //! positions and `kcl-core` hands them to the application.
+#![warn(missing_docs)]
 
 mod checkpointer;
 mod sequence_number;

@@ -49,6 +49,7 @@
 //! # Ok(())
 //! # }
 //! ```
+#![warn(missing_docs)]
 
 pub mod consumer;
 pub mod kinesis;

@@ -19,6 +19,7 @@
 //!   rounds and publishes the leases its worker holds.
 //! - [`LeaseCheckpointWriter`]: checkpoints written to the lease, fenced.
 //! - [`backoff`]: the retry component every AWS call goes through.
+#![warn(missing_docs)]
 
 pub mod assignment;
 pub mod backoff;

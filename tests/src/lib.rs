@@ -10,6 +10,7 @@
 //!
 //! Every test makes its own streams and tables with [`unique_name`], so the
 //! whole suite can run in parallel against one pair of emulators.
+#![warn(missing_docs)]
 
 pub mod fault_proxy;
 pub mod fleet_sim;

@@ -3,7 +3,7 @@
 //! [`InMemoryKinesis`] (for unit tests and simulations).
 //!
 //! Implementations send each request once: retries with backoff are the
-//! caller's (see [`retry`](crate::kinesis::retry)), so throttling is handled
+//! caller's (see [`retry`]), so throttling is handled
 //! in one place and counted.
 
 mod error;

@@ -13,7 +13,7 @@
 //!   over). Kept apart so a Java KCL reader of the lease table never sees an item
 //!   that is not a lease.
 
-mod item;
+pub mod item;
 
 use std::collections::BTreeSet;
 use std::future::Future;
