@@ -43,6 +43,8 @@ use super::RECORDER;
 
 const REPLICAS: usize = 3;
 const SHARDS: i32 = 4;
+/// Splits stop at this many open shards (merges take over).
+const MAX_OPEN_SHARDS: usize = 8;
 const FAILOVER: Duration = Duration::from_millis(3000);
 /// How long a cut-off lasts: long enough that the others take its leases.
 const CUT_OFF: Duration = Duration::from_millis(8000);
@@ -361,20 +363,29 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
                 entry.worker = format!("w{slot}-{}", entry.generation);
                 fleet.start(slot);
             }
-            Event::Split => {
-                let shards = open_shards(&kinesis, &stream).await;
-                let shard = &shards[rng.random_range(0..shards.len())].0;
-                split_in_half(&kinesis, &stream, shard).await;
-            }
-            Event::Merge => {
+            Event::Split | Event::Merge => {
+                // A merge needs two adjacent open shards and splits stop at
+                // MAX_OPEN_SHARDS: a merge with no pair left becomes a split,
+                // a split with too many shards a merge.
                 let shards = open_shards(&kinesis, &stream).await;
                 let pairs: Vec<(&String, &String)> = shards
                     .windows(2)
                     .filter(|pair| pair[0].2 + 1 == pair[1].1)
                     .map(|pair| (&pair[0].0, &pair[1].0))
                     .collect();
-                let (left, right) = pairs[rng.random_range(0..pairs.len())];
-                merge(&kinesis, &stream, left, right).await;
+                let split = match event {
+                    Event::Split => shards.len() < MAX_OPEN_SHARDS || pairs.is_empty(),
+                    _ => pairs.is_empty(),
+                };
+                if split {
+                    let shard = &shards[rng.random_range(0..shards.len())].0;
+                    println!("chaos: splitting {shard} ({} open)", shards.len());
+                    split_in_half(&kinesis, &stream, shard).await;
+                } else {
+                    let (left, right) = pairs[rng.random_range(0..pairs.len())];
+                    println!("chaos: merging {left} and {right} ({} open)", shards.len());
+                    merge(&kinesis, &stream, left, right).await;
+                }
             }
             Event::Fault {
                 slot,
