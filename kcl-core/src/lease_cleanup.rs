@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use kcl_checkpoint::ExtendedSequenceNumber;
 use kcl_lease::{Lease, LeaseStore, LeaseStoreError};
 use tracing::info;
 
@@ -24,15 +23,6 @@ pub enum CleanupReason {
     ChildrenStarted,
     /// The shard no longer exists in the stream.
     ShardGone,
-}
-
-/// Whether a child lease has started: its checkpoint is a record (or it is
-/// finished itself).
-fn started(checkpoint: &ExtendedSequenceNumber) -> bool {
-    matches!(
-        checkpoint,
-        ExtendedSequenceNumber::Record { .. } | ExtendedSequenceNumber::ShardEnd
-    )
 }
 
 /// The leases that may be deleted, given every lease and the stream's
@@ -63,7 +53,7 @@ pub fn cleanable(leases: &[Lease], shards: &[ShardDescription]) -> Vec<(String, 
             continue;
         };
         let all_started = kids.iter().all(|kid| match by_key.get(kid) {
-            Some(child) => started(&child.checkpoint),
+            Some(child) => child.has_started(),
             // A child without a lease counts only if it is gone as well.
             None => !in_stream.is_empty() && !in_stream.contains(kid),
         });
@@ -118,6 +108,7 @@ impl LeaseCleaner {
 
 #[cfg(test)]
 mod tests {
+    use kcl_checkpoint::ExtendedSequenceNumber;
     use kcl_lease::{HashKeyRange, InMemoryLeaseStore};
 
     use super::*;

@@ -2,20 +2,26 @@
 //! shard that needs one. Creating a lease is conditional (only if absent),
 //! so several workers may discover at once.
 //!
-//! Which leases to create is a pure decision ([`leases_to_create`]):
-//! - a shard whose parent already has a lease starts at `TRIM_HORIZON`, so
-//!   nothing between the parent's end and the child's start is skipped (it
-//!   waits for its parents before it is read);
-//! - on an empty table, every shard starts at the configured initial
-//!   position, parents before children, except that closed shards are left
-//!   out when starting at `LATEST` (they hold no record written from now
-//!   on). With `TRIM_HORIZON`, closed shards still in the stream are read
-//!   first, so a new application reads everything the stream retains;
-//! - on a table with leases, an open shard with no leased parent starts at
-//!   the initial position, and a closed one gets no lease: its lease was
-//!   deleted after its children started, and must not come back.
+//! Which leases to create is a pure decision ([`leases_to_create`]). For a
+//! shard without a lease, in this order:
+//! 1. if a descendant shard's lease has started, nothing: a child starts
+//!    only after its parents are finished, so this shard was read to its
+//!    end and its lease cleaned up, and must not come back;
+//! 2. if a parent has a lease, or a child's lease waits at `TRIM_HORIZON`
+//!    for this shard, `TRIM_HORIZON`, so nothing between the parent's end
+//!    and the child's start is skipped (the child waits for its parents
+//!    before it is read);
+//! 3. if a parent's lease is created in the same pass, where that parent
+//!    starts (parents come first);
+//! 4. if the shard is open, or the table is empty and the initial position
+//!    is not `LATEST`, the initial position: a new application with
+//!    `TRIM_HORIZON` or `AT_TIMESTAMP` reads the closed shards still in the
+//!    stream first, while one with `LATEST` leaves them out (they hold no
+//!    record written from now on);
+//! 5. otherwise nothing: a closed shard with no leased relative on a table
+//!    in use was finished and cleaned up long ago.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kcl_checkpoint::ExtendedSequenceNumber;
 use kcl_lease::{Lease, LeaseStore, LeaseStoreError};
@@ -50,36 +56,68 @@ pub enum ShardSyncError {
     LeaseTable(#[from] LeaseStoreError),
 }
 
-/// The leases to create for `shards`, given the keys of the leases that
-/// exist and the initial position for shards without a known parent.
+/// The leases to create for `shards`, given the leases that exist and the
+/// initial position of a new application (see the module docs for the
+/// rules).
 pub fn leases_to_create(
     shards: &[ShardDescription],
-    existing: &BTreeSet<String>,
+    existing: &[Lease],
     initial: &ExtendedSequenceNumber,
 ) -> Vec<Lease> {
+    let leases: BTreeMap<&str, &Lease> = existing.iter().map(|l| (l.key.as_str(), l)).collect();
     let mut sorted: Vec<&ShardDescription> = shards.iter().collect();
     // Shard ids grow with creation, so parents come before children.
     sorted.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    let mut new: BTreeSet<&str> = BTreeSet::new();
+    let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for shard in &sorted {
+        for parent in shard.parents() {
+            children.entry(parent).or_default().push(&shard.shard_id);
+        }
+    }
+    // Children before parents, so each shard sees its children's answers.
+    let mut started_below: BTreeSet<&str> = BTreeSet::new();
+    for shard in sorted.iter().rev() {
+        let id = shard.shard_id.as_str();
+        let below = children.get(id).into_iter().flatten().any(|kid| {
+            started_below.contains(kid) || leases.get(kid).is_some_and(|l| l.has_started())
+        });
+        if below {
+            started_below.insert(id);
+        }
+    }
+    let mut new: BTreeMap<&str, ExtendedSequenceNumber> = BTreeMap::new();
     let mut created = Vec::new();
     for shard in sorted {
-        if existing.contains(&shard.shard_id) {
+        let id = shard.shard_id.as_str();
+        if leases.contains_key(id) || started_below.contains(id) {
             continue;
         }
-        let start = if shard.parents().any(|p| existing.contains(p)) {
+        let parent_leased = shard.parents().any(|p| leases.contains_key(p));
+        let awaited = children.get(id).into_iter().flatten().any(|kid| {
+            leases
+                .get(kid)
+                .is_some_and(|l| l.checkpoint == ExtendedSequenceNumber::TrimHorizon)
+        });
+        let new_parents: Vec<&ExtendedSequenceNumber> =
+            shard.parents().filter_map(|p| new.get(p)).collect();
+        let start = if parent_leased
+            || awaited
+            || new_parents.contains(&&ExtendedSequenceNumber::TrimHorizon)
+        {
             ExtendedSequenceNumber::TrimHorizon
+        } else if let Some(start) = new_parents.first() {
+            (*start).clone()
         } else if shard.is_open()
-            || shard.parents().any(|p| new.contains(p))
             || (existing.is_empty() && *initial != ExtendedSequenceNumber::Latest)
         {
             initial.clone()
         } else {
             continue;
         };
-        let mut lease = Lease::new(shard.shard_id.clone(), start);
+        let mut lease = Lease::new(shard.shard_id.clone(), start.clone());
         lease.parent_shard_ids = shard.parents().map(str::to_owned).collect();
         lease.hash_key_range = Some(shard.hash_key_range);
-        new.insert(&shard.shard_id);
+        new.insert(id, start);
         created.push(lease);
     }
     created
@@ -102,8 +140,7 @@ pub async fn sync_shards(
                 source,
             })?;
     let leases = store.list_leases().await?;
-    let existing: BTreeSet<String> = leases.iter().map(|lease| lease.key.clone()).collect();
-    let to_create = leases_to_create(&shards, &existing, initial);
+    let to_create = leases_to_create(&shards, &leases, initial);
     let mut report = SyncReport {
         shards,
         leases,
@@ -135,6 +172,18 @@ mod tests {
         }
     }
 
+    /// Leases for `(key, checkpoint)` pairs.
+    fn leased(entries: &[(&str, ExtendedSequenceNumber)]) -> Vec<Lease> {
+        entries
+            .iter()
+            .map(|(key, checkpoint)| Lease::new(*key, checkpoint.clone()))
+            .collect()
+    }
+
+    fn at(seq: &str) -> ExtendedSequenceNumber {
+        ExtendedSequenceNumber::record(seq, 0).unwrap()
+    }
+
     fn keys(leases: &[Lease]) -> Vec<(&str, String)> {
         leases
             .iter()
@@ -145,7 +194,7 @@ mod tests {
     #[test]
     fn an_empty_table_gets_leases_for_open_shards_at_the_initial_position() {
         let shards = [shard("s-0", &[], true), shard("s-1", &[], true)];
-        let created = leases_to_create(&shards, &BTreeSet::new(), &ExtendedSequenceNumber::Latest);
+        let created = leases_to_create(&shards, &[], &ExtendedSequenceNumber::Latest);
         assert_eq!(
             keys(&created),
             [("s-0", "LATEST".into()), ("s-1", "LATEST".into())]
@@ -163,7 +212,7 @@ mod tests {
             shard("s-1", &[], false),
             shard("s-2", &["s-0", "s-1"], true),
         ];
-        let existing = BTreeSet::from(["s-0".to_owned(), "s-1".to_owned()]);
+        let existing = leased(&[("s-0", ExtendedSequenceNumber::ShardEnd), ("s-1", at("5"))]);
         let created = leases_to_create(&shards, &existing, &ExtendedSequenceNumber::Latest);
         assert_eq!(keys(&created), [("s-2", "TRIM_HORIZON".into())]);
         assert_eq!(
@@ -175,11 +224,7 @@ mod tests {
     #[test]
     fn at_timestamp_reads_closed_shards_from_the_timestamp() {
         let shards = [shard("s-0", &[], false), shard("s-1", &["s-0"], true)];
-        let created = leases_to_create(
-            &shards,
-            &BTreeSet::new(),
-            &ExtendedSequenceNumber::AtTimestamp,
-        );
+        let created = leases_to_create(&shards, &[], &ExtendedSequenceNumber::AtTimestamp);
         assert_eq!(
             keys(&created),
             [
@@ -192,13 +237,9 @@ mod tests {
     #[test]
     fn closed_shards_are_left_out_when_starting_at_latest() {
         let shards = [shard("s-0", &[], false), shard("s-1", &["s-0"], true)];
-        let latest = leases_to_create(&shards, &BTreeSet::new(), &ExtendedSequenceNumber::Latest);
+        let latest = leases_to_create(&shards, &[], &ExtendedSequenceNumber::Latest);
         assert_eq!(keys(&latest), [("s-1", "LATEST".into())]);
-        let trim = leases_to_create(
-            &shards,
-            &BTreeSet::new(),
-            &ExtendedSequenceNumber::TrimHorizon,
-        );
+        let trim = leases_to_create(&shards, &[], &ExtendedSequenceNumber::TrimHorizon);
         assert_eq!(
             keys(&trim),
             [
@@ -210,13 +251,14 @@ mod tests {
 
     #[test]
     fn a_closed_shard_whose_lease_was_cleaned_up_gets_none_again() {
-        // s-0 was split into s-1 and s-2, both started, and s-0's lease deleted.
+        // s-0 was split into s-1 and s-2, both started, and s-0's lease
+        // deleted.
         let shards = [
             shard("s-0", &[], false),
             shard("s-1", &["s-0"], true),
             shard("s-2", &["s-0"], true),
         ];
-        let existing = BTreeSet::from(["s-1".to_owned(), "s-2".to_owned()]);
+        let existing = leased(&[("s-1", at("7")), ("s-2", at("8"))]);
         let trim = ExtendedSequenceNumber::TrimHorizon;
         assert!(leases_to_create(&shards, &existing, &trim).is_empty());
     }
@@ -224,7 +266,79 @@ mod tests {
     #[test]
     fn shards_with_leases_are_left_alone() {
         let shards = [shard("s-0", &[], true)];
-        let existing = BTreeSet::from(["s-0".to_owned()]);
+        let existing = leased(&[("s-0", ExtendedSequenceNumber::TrimHorizon)]);
         assert!(leases_to_create(&shards, &existing, &ExtendedSequenceNumber::Latest).is_empty());
+    }
+
+    #[test]
+    fn a_finished_merge_parent_stays_gone_while_its_own_parent_waits() {
+        // s-0 split into s-1 and s-2; s-2 and s-3 merged into s-4. s-2 was
+        // read to its end and its lease deleted once s-4 started, while
+        // s-0's lease waits for s-1 to start. s-2 must not come back.
+        let shards = [
+            shard("s-0", &[], false),
+            shard("s-1", &["s-0"], true),
+            shard("s-2", &["s-0"], false),
+            shard("s-3", &[], false),
+            shard("s-4", &["s-2", "s-3"], true),
+        ];
+        let existing = leased(&[
+            ("s-0", ExtendedSequenceNumber::ShardEnd),
+            ("s-1", ExtendedSequenceNumber::TrimHorizon),
+            ("s-3", ExtendedSequenceNumber::ShardEnd),
+            ("s-4", at("40")),
+        ]);
+        let trim = ExtendedSequenceNumber::TrimHorizon;
+        assert!(leases_to_create(&shards, &existing, &trim).is_empty());
+    }
+
+    #[test]
+    fn a_grandchild_that_started_keeps_finished_ancestors_gone() {
+        let shards = [
+            shard("s-0", &[], false),
+            shard("s-1", &["s-0"], false),
+            shard("s-2", &["s-1"], true),
+        ];
+        let existing = leased(&[("s-2", at("9"))]);
+        let trim = ExtendedSequenceNumber::TrimHorizon;
+        assert!(leases_to_create(&shards, &existing, &trim).is_empty());
+    }
+
+    #[test]
+    fn a_merge_child_waiting_for_an_unleased_parent_gets_that_parent_created() {
+        // s-3 ended and created the lease of s-4 (its merge with s-2)
+        // before s-2 had a lease: s-2 is read from TRIM_HORIZON, and s-4
+        // waits for it.
+        let shards = [
+            shard("s-2", &[], false),
+            shard("s-3", &[], false),
+            shard("s-4", &["s-2", "s-3"], true),
+        ];
+        let existing = leased(&[
+            ("s-3", ExtendedSequenceNumber::ShardEnd),
+            ("s-4", ExtendedSequenceNumber::TrimHorizon),
+        ]);
+        let created = leases_to_create(&shards, &existing, &ExtendedSequenceNumber::Latest);
+        assert_eq!(keys(&created), [("s-2", "TRIM_HORIZON".into())]);
+    }
+
+    #[test]
+    fn a_child_of_a_lease_created_in_the_same_pass_starts_where_its_parent_does() {
+        // s-0 is held; s-1 (its child) and s-2 (s-1's child) have no lease:
+        // both are read from TRIM_HORIZON whatever the initial position.
+        let shards = [
+            shard("s-0", &[], false),
+            shard("s-1", &["s-0"], false),
+            shard("s-2", &["s-1"], true),
+        ];
+        let existing = leased(&[("s-0", at("3"))]);
+        let created = leases_to_create(&shards, &existing, &ExtendedSequenceNumber::Latest);
+        assert_eq!(
+            keys(&created),
+            [
+                ("s-1", "TRIM_HORIZON".into()),
+                ("s-2", "TRIM_HORIZON".into())
+            ]
+        );
     }
 }

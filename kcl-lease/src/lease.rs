@@ -76,6 +76,17 @@ impl Lease {
         self.checkpoint == ExtendedSequenceNumber::ShardEnd
     }
 
+    /// Whether processing of the shard has begun: the checkpoint is a record
+    /// or `SHARD_END`. A child shard only begins once its parents are
+    /// finished, so a started lease proves that every ancestor was read to
+    /// its end.
+    pub fn has_started(&self) -> bool {
+        matches!(
+            self.checkpoint,
+            ExtendedSequenceNumber::Record { .. } | ExtendedSequenceNumber::ShardEnd
+        )
+    }
+
     /// The fencing token a worker that processes this lease writes with.
     pub fn token(&self) -> Option<LeaseToken> {
         Some(LeaseToken {

@@ -4,8 +4,8 @@
 //! requested.
 //!
 //! - A child shard's consumer waits until every parent lease is
-//!   checkpointed at `SHARD_END` (or gone), so per-key order holds across
-//!   splits and merges.
+//!   checkpointed at `SHARD_END` (or its shard is gone from the stream), so
+//!   per-key order holds across splits and merges.
 //! - At shard end the consumer creates the child shards' leases (with all
 //!   their parents) and records them on the finished lease before the
 //!   processor checkpoints `SHARD_END`.
@@ -120,6 +120,22 @@ pub struct ShardStart {
     pub hash_key_range: Option<kcl_lease::HashKeyRange>,
 }
 
+/// Which of `shards` the stream still has; all of them when the shards
+/// cannot be listed (the caller checks again later).
+async fn still_in_stream<'a>(context: &ConsumerContext, shards: &[&'a str]) -> Vec<&'a str> {
+    match context.kinesis.list_shards(&context.stream).await {
+        Ok(listed) => shards
+            .iter()
+            .copied()
+            .filter(|id| listed.iter().any(|s| s.shard_id == *id))
+            .collect(),
+        Err(error) => {
+            warn!(%error, "could not list the shards to look for unleased parents; checking again");
+            shards.to_vec()
+        }
+    }
+}
+
 /// Aborts the fetcher task when dropped, so no fetcher outlives its
 /// consumer.
 struct FetcherTask {
@@ -227,6 +243,14 @@ impl ShardConsumer {
 
     /// Waits until every parent lease is finished or gone. A lease that has
     /// a record checkpoint already started once, so its parents were done.
+    ///
+    /// A parent without a lease is done only if the shard is gone from the
+    /// stream (past retention): while a child waits at `TRIM_HORIZON`, a
+    /// parent's lease is never cleaned up, so a missing one is one that
+    /// discovery has yet to create (one parent of a merge can end and create
+    /// the child before the other parent has a lease). A child at another
+    /// position starts a lineage of its own and does not wait for parents
+    /// that were never leased.
     async fn wait_for_parents(&mut self) -> ConsumerEvent {
         if self.start.parent_shard_ids.is_empty() || !self.start.checkpoint.is_sentinel() {
             return ConsumerEvent::ParentsDone;
@@ -239,9 +263,10 @@ impl ShardConsumer {
                 ConsumerSignal::Run => {}
             }
             let mut unfinished = Vec::new();
+            let mut unleased = Vec::new();
             for parent in &self.start.parent_shard_ids {
                 match self.context.store.get_lease(parent).await {
-                    Ok(None) => {}
+                    Ok(None) => unleased.push(parent.as_str()),
                     Ok(Some(lease)) if lease.is_finished() => {}
                     Ok(Some(_)) => unfinished.push(parent.as_str()),
                     Err(error) => {
@@ -249,6 +274,10 @@ impl ShardConsumer {
                         unfinished.push(parent.as_str());
                     }
                 }
+            }
+            if !unleased.is_empty() && self.start.checkpoint == ExtendedSequenceNumber::TrimHorizon
+            {
+                unfinished.extend(still_in_stream(&self.context, &unleased).await);
             }
             if unfinished.is_empty() {
                 if logged {

@@ -462,6 +462,82 @@ async fn a_child_whose_parent_lease_is_gone_does_not_wait() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_merged_child_waits_for_a_parent_that_has_no_lease_yet() {
+    let fixture = Fixture::new(0).await;
+    let halves = fixture
+        .kinesis
+        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
+    let merged = fixture.kinesis.merge_shards(STREAM, &halves[0], &halves[1]);
+    fixture
+        .kinesis
+        .put_record_to_shard(STREAM, &merged, "key", b"after-merge");
+    // halves[0] ended and created the child's lease; halves[1] has no
+    // lease yet (discovery has not run), though it is in the stream.
+    let first = Lease::new(halves[0].clone(), ExtendedSequenceNumber::TrimHorizon);
+    fixture.store.create_lease_if_absent(&first).await.unwrap();
+    let first = fixture.store.take_lease(&first, "worker-b").await.unwrap();
+    let end = kcl_lease::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
+    fixture
+        .store
+        .checkpoint(&first.token().unwrap(), &end)
+        .await
+        .unwrap();
+    let mut child = Lease::new(merged.clone(), ExtendedSequenceNumber::TrimHorizon);
+    child.parent_shard_ids = halves.iter().cloned().collect();
+    fixture.store.create_lease_if_absent(&child).await.unwrap();
+    let child = fixture.store.take_lease(&child, "worker-a").await.unwrap();
+
+    let (consumer, signal, _) = fixture.consumer_for(&child);
+    let task = tokio::spawn(consumer.run());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        fixture.calls().is_empty(),
+        "started before an unleased parent was read"
+    );
+    let second = Lease::new(halves[1].clone(), ExtendedSequenceNumber::TrimHorizon);
+    fixture.store.create_lease_if_absent(&second).await.unwrap();
+    let second = fixture.store.take_lease(&second, "worker-b").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        fixture.calls().is_empty(),
+        "started before the parent ended"
+    );
+    fixture
+        .store
+        .checkpoint(&second.token().unwrap(), &end)
+        .await
+        .unwrap();
+    while fixture.processed().is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fixture.processed(), ["after-merge"]);
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_child_at_latest_does_not_wait_for_parents_that_were_never_leased() {
+    let fixture = Fixture::new(0).await;
+    let halves = fixture
+        .kinesis
+        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
+    // A new application at LATEST leased only the open halves.
+    let mut child = Lease::new(halves[0].clone(), ExtendedSequenceNumber::Latest);
+    child.parent_shard_ids = [fixture.shard.clone()].into();
+    fixture.store.delete_lease(&fixture.shard).await.unwrap();
+    fixture.store.create_lease_if_absent(&child).await.unwrap();
+    let child = fixture.store.take_lease(&child, "worker-a").await.unwrap();
+    let (consumer, signal, _) = fixture.consumer_for(&child);
+    let task = tokio::spawn(consumer.run());
+    while fixture.calls().is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fixture.calls()[0], "init LATEST");
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_checkpoint_inside_an_aggregate_resumes_at_the_next_user_record() {
     use crate::retrieval::aggregation::aggregate;
     let fixture = Fixture::new(0).await;
