@@ -281,9 +281,19 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
 
     /// Reads the tables, judges liveness, carries out this worker's part of
     /// the plan and publishes the leases it processes.
-    pub async fn assignment_round(&mut self, now: Instant) -> Result<RoundReport, LeaseStoreError> {
+    ///
+    /// `clock` tells the time. It is read once the tables have been read, so
+    /// what was seen is stamped no earlier than it was seen: a read that
+    /// hung for seconds (a stall, a partition that healed) must not make a
+    /// heartbeat look older than it is, or a live owner would be judged
+    /// expired too soon. It is read again before the leases are published.
+    pub async fn assignment_round(
+        &mut self,
+        clock: impl Fn() -> Instant,
+    ) -> Result<RoundReport, LeaseStoreError> {
         let mut leases = self.store.list_leases().await?;
         let heartbeats = self.store.list_heartbeats().await?;
+        let now = clock();
         self.tracker.observe(now, &heartbeats, &leases);
         let mut report = RoundReport::default();
         if !self.is_alive(now) {
@@ -420,6 +430,13 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                 ))
             })
             .collect();
+        // The takes and handoff requests above may have been slow: publish
+        // only while this worker is still alive.
+        let published_at = clock();
+        if !self.is_alive(published_at) {
+            self.enforce_liveness(published_at);
+            return Ok(report);
+        }
         report.lost = self
             .shared
             .held
@@ -445,11 +462,16 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
     /// Checks the handoffs this worker is waiting for and publishes the
     /// leases whose old owner has released them, so their consumers start
     /// at once instead of at the next round.
-    pub async fn poll_awaited_handoffs(&mut self, now: Instant) -> Result<(), LeaseStoreError> {
+    /// `clock` tells the time, read after each lease is read.
+    pub async fn poll_awaited_handoffs(
+        &mut self,
+        clock: impl Fn() -> Instant,
+    ) -> Result<(), LeaseStoreError> {
         let me = self.config.worker_id.clone();
         let keys: Vec<String> = self.awaiting.keys().cloned().collect();
         for key in keys {
             let lease = self.store.get_lease(&key).await?;
+            let now = clock();
             match lease {
                 Some(lease)
                     if lease.owner.as_deref() == Some(me.as_str())
@@ -549,7 +571,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     () = shared.wake.notified() => {}
                     () = tokio::time::sleep_until(next_poll.into()), if !self.awaiting.is_empty() => {
                         let deadline = self.call_deadline(now());
-                        if let Err(error) = bounded(deadline, self.poll_awaited_handoffs(now())).await {
+                        if let Err(error) = bounded(deadline, self.poll_awaited_handoffs(now)).await {
                             debug!(%error, "checking awaited handoffs failed");
                         }
                         next_poll = now() + self.config.handoff_poll_interval;
@@ -572,7 +594,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     () = tokio::time::sleep_until(next_round.into()) => {
                         let started = now();
                         let deadline = self.call_deadline(started);
-                        if let Err(error) = bounded(deadline, self.assignment_round(started)).await {
+                        if let Err(error) = bounded(deadline, self.assignment_round(now)).await {
                             warn!(%error, "assignment round failed; retrying at the next one");
                         }
                         next_round = if draining {
@@ -654,7 +676,7 @@ mod tests {
         let (mut a, handle) = coordinator(&store, "a");
         let t0 = Instant::now();
         a.heartbeat(t0).await.unwrap();
-        let report = a.assignment_round(t0).await.unwrap();
+        let report = a.assignment_round(|| t0).await.unwrap();
         assert_eq!(report.taken.len(), 3);
         let before = handle.held().borrow().clone();
         assert_eq!(before.len(), 3);
@@ -665,12 +687,12 @@ mod tests {
         assert!(a.enforce_liveness(t0 + S(10)));
         assert!(handle.held().borrow().is_empty());
         // Rounds while cut off publish nothing.
-        a.assignment_round(t0 + S(11)).await.unwrap();
+        a.assignment_round(|| t0 + S(11)).await.unwrap();
         assert!(handle.held().borrow().is_empty());
 
         // Back: its leases are taken anew, so the old tokens are fenced.
         a.heartbeat(t0 + S(12)).await.unwrap();
-        a.assignment_round(t0 + S(12)).await.unwrap();
+        a.assignment_round(|| t0 + S(12)).await.unwrap();
         let after = handle.held().borrow().clone();
         assert_eq!(after.len(), 3);
         for (key, held) in &after {
@@ -692,18 +714,18 @@ mod tests {
         let (mut b, b_handle) = coordinator(&store, "b");
         let t0 = Instant::now();
         a.heartbeat(t0).await.unwrap();
-        a.assignment_round(t0).await.unwrap();
+        a.assignment_round(|| t0).await.unwrap();
         // b starts and balances by asking a for handoffs; a is silent from now.
         b.heartbeat(t0).await.unwrap();
-        let report = b.assignment_round(t0).await.unwrap();
+        let report = b.assignment_round(|| t0).await.unwrap();
         assert_eq!(report.handoffs_requested.len(), 2);
         for t in [5, 9] {
             b.heartbeat(t0 + S(t)).await.unwrap();
-            let report = b.assignment_round(t0 + S(t)).await.unwrap();
+            let report = b.assignment_round(|| t0 + S(t)).await.unwrap();
             assert!(report.taken.is_empty(), "taken at {t}s: {report:?}");
         }
         // a's heartbeat has not changed for 10 s (b saw it first at t0).
-        let report = b.assignment_round(t0 + S(10)).await.unwrap();
+        let report = b.assignment_round(|| t0 + S(10)).await.unwrap();
         assert_eq!(report.taken.len(), 4, "{report:?}");
         assert_eq!(b_handle.held().borrow().len(), 4);
         assert_eq!(report.live_workers, 1);
@@ -716,21 +738,21 @@ mod tests {
         let (mut b, b_handle) = coordinator(&store, "b");
         let t0 = Instant::now();
         a.heartbeat(t0).await.unwrap();
-        a.assignment_round(t0).await.unwrap();
+        a.assignment_round(|| t0).await.unwrap();
         b.heartbeat(t0).await.unwrap();
-        b.assignment_round(t0).await.unwrap();
+        b.assignment_round(|| t0).await.unwrap();
         assert!(
             b_handle.held().borrow().is_empty(),
             "not b's until a releases"
         );
 
-        a.assignment_round(t0 + S(1)).await.unwrap();
+        a.assignment_round(|| t0 + S(1)).await.unwrap();
         let requested = a_handle.handoffs_requested();
         assert_eq!(requested.len(), 1);
         a_handle.release(&requested[0]).await.unwrap();
         assert_eq!(a_handle.held().borrow().len(), 1);
 
-        b.assignment_round(t0 + S(2)).await.unwrap();
+        b.assignment_round(|| t0 + S(2)).await.unwrap();
         let b_held = b_handle.held().borrow().clone();
         assert_eq!(b_held.keys().collect::<Vec<_>>(), [&requested[0].key]);
         assert!(!b_held.values().any(|h| h.handoff_requested));
@@ -778,11 +800,54 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_slow_read_does_not_make_a_live_owner_look_expired() {
+        let store = table_with(2).await;
+        let (mut a, _) = coordinator(&store, "a");
+        let t0 = Instant::now();
+        let clock = Arc::new(std::sync::Mutex::new(t0));
+        let slow = StallingStore {
+            inner: store.client(),
+            stalled: Arc::new(AtomicBool::new(false)),
+            slow_scan: Some((Arc::clone(&clock), S(4))),
+        };
+        let (mut b, _) = LeaseCoordinator::new(Arc::new(slow), LeaseConfig::new("b")).unwrap();
+        let b_clock = || *clock.lock().unwrap();
+        a.heartbeat(t0).await.unwrap();
+        a.assignment_round(|| t0).await.unwrap();
+        b.heartbeat(b_clock()).await.unwrap();
+        b.assignment_round(b_clock).await.unwrap();
+
+        // b's next round begins at t0+5, and its reads take 4 s. a heartbeats
+        // at t0+8 while they are under way; b sees that at t0+9.
+        *clock.lock().unwrap() = t0 + S(5);
+        a.heartbeat(t0 + S(8)).await.unwrap();
+        b.heartbeat(b_clock()).await.unwrap();
+        b.assignment_round(b_clock).await.unwrap();
+
+        // a stays alive until t0+18 by its own reckoning; at t0+16 b
+        // (alive, its reads now quick) must still count it live.
+        *clock.lock().unwrap() = t0 + S(16);
+        b.heartbeat(b_clock()).await.unwrap();
+        let b_quick = || t0 + S(16);
+        let report = b.assignment_round(b_quick).await.unwrap();
+        assert!(
+            report.taken.is_empty(),
+            "took from a live owner: {report:?}"
+        );
+        // Past a's own failover it may.
+        b.heartbeat(t0 + S(19)).await.unwrap();
+        let report = b.assignment_round(|| t0 + S(19)).await.unwrap();
+        assert_eq!(report.taken.len(), 2, "{report:?}");
+    }
+
     /// A client of the tables whose calls hang, unanswered, while `stalled`
-    /// is set: a network partition that drops packets.
+    /// is set: a network partition that drops packets. With `slow_scan`,
+    /// listing the leases moves a test clock on, as a slow read would.
     struct StallingStore {
         inner: InMemoryLeaseStore,
         stalled: Arc<AtomicBool>,
+        slow_scan: Option<(Arc<std::sync::Mutex<Instant>>, std::time::Duration)>,
     }
 
     impl StallingStore {
@@ -801,6 +866,9 @@ mod tests {
         }
         async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
             self.gate().await;
+            if let Some((clock, takes)) = &self.slow_scan {
+                *clock.lock().unwrap() += *takes;
+            }
             self.inner.list_leases().await
         }
         async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
@@ -867,6 +935,7 @@ mod tests {
         let stalling = StallingStore {
             inner: store.client(),
             stalled: Arc::clone(&stalled),
+            slow_scan: None,
         };
         let (coordinator, handle) =
             LeaseCoordinator::new(Arc::new(stalling), LeaseConfig::new("a")).unwrap();

@@ -12,8 +12,10 @@
 //! Java KCL changes on every renewal.
 //!
 //! This is safe against taking a lease from a live owner: an observer sees a
-//! heartbeat only after it was sent, so it declares the owner expired no
-//! earlier than the failover time after the owner's last successful
+//! heartbeat only after it was sent, and stamps what it saw with the time its
+//! read returned (never the time the read began, which a slow or stalled read
+//! could put before the heartbeat was sent). So it declares the owner expired
+//! no earlier than the failover time after the owner's last successful
 //! heartbeat was sent, and by then the owner has stopped processing by itself
 //! (see the coordinator).
 

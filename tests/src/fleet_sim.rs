@@ -187,7 +187,7 @@ impl FleetSim {
             let now = self.base + self.now;
             let report = worker
                 .coordinator
-                .assignment_round(now)
+                .assignment_round(|| now)
                 .await
                 .expect("in-memory round");
             tracing::debug!(now = ?self.now, worker = %worker.id, ?report, "simulated round");
