@@ -56,10 +56,12 @@ const STOP_SLACK_MS: u64 = 1000;
 
 /// How long and with which seed to run, from `KCL_CHAOS_SECONDS` (default
 /// 30: after the first round of every kind of event) and `KCL_CHAOS_SEED`
-/// (default 1).
+/// (default 1), and how the workers read, from `KCL_CHAOS_RETRIEVAL`
+/// (`polling`, the default, or `fanout`).
 struct Settings {
     seed: u64,
     duration: Duration,
+    retrieval: String,
 }
 
 impl Settings {
@@ -70,9 +72,15 @@ impl Settings {
                 .unwrap_or_else(|_| panic!("{name} must be a whole number, not {value:?}")),
             Err(_) => default,
         };
+        let retrieval = std::env::var("KCL_CHAOS_RETRIEVAL").unwrap_or_else(|_| "polling".into());
+        assert!(
+            ["polling", "fanout"].contains(&retrieval.as_str()),
+            "KCL_CHAOS_RETRIEVAL must be polling or fanout, not {retrieval:?}"
+        );
         Self {
             seed: number("KCL_CHAOS_SEED", 1),
             duration: Duration::from_secs(number("KCL_CHAOS_SECONDS", 30)),
+            retrieval,
         }
     }
 }
@@ -187,6 +195,7 @@ struct CutOff {
 
 struct Fleet {
     aws: LocalAws,
+    retrieval: String,
     stream: String,
     app: String,
     dir: PathBuf,
@@ -219,6 +228,8 @@ impl Fleet {
             "200",
             "--shutdown-timeout-ms",
             "8000",
+            "--retrieval",
+            &self.retrieval,
         ];
         let child = start_recorder(
             RECORDER,
@@ -331,6 +342,7 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
     }
     let mut fleet = Fleet {
         aws: aws.clone(),
+        retrieval: settings.retrieval.clone(),
         stream: stream.clone(),
         app: app.clone(),
         dir: dir.clone(),
@@ -349,8 +361,8 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
     let producer = OrderedProducer::start(kinesis.clone(), &stream, 16, Duration::from_millis(50));
 
     println!(
-        "chaos: seed {}, {:?} of events, {REPLICAS} replicas, {SHARDS} shards",
-        settings.seed, settings.duration
+        "chaos: seed {}, {:?} of events, {REPLICAS} replicas, {SHARDS} shards, {} retrieval",
+        settings.seed, settings.duration, settings.retrieval
     );
     let started = tokio::time::Instant::now();
     let mut first_round = Event::one_of_each(&mut rng);

@@ -15,21 +15,50 @@
 //!   has sent nothing for `fanout_shard_end_check` is also checked with one
 //!   `GetShardIterator` and `GetRecords` after the last record read.
 //! - Failures are retried with jittered backoff by subscribing again.
+//! - Registering the stream consumer ([`register_consumer`]) retries
+//!   throttling and transient failures too: a worker that starts while the
+//!   network hiccups, or with a hundred others, waits instead of exiting.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use kcl_checkpoint::SequenceNumber;
 use kcl_lease::HashKeyRange;
-use kcl_lease::backoff::BackoffConfig;
+use kcl_lease::backoff::{Backoff, BackoffConfig, retry_with_backoff};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
     FetchRetry, FetchStart, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch,
 };
-use crate::kinesis::{Kinesis, StartingPosition};
+use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
 use crate::stats::WorkerStats;
+
+/// Registers (or finds) the stream consumer `name` on `stream` and returns
+/// its ARN once it is active. Throttling and transient failures are retried
+/// with `backoff` for as long as it allows (with no attempt limit, until it
+/// succeeds), each retry logged; any other error (no such stream, access
+/// denied) is returned at once.
+pub async fn register_consumer(
+    kinesis: &dyn Kinesis,
+    stream: &str,
+    name: &str,
+    backoff: &BackoffConfig,
+) -> Result<String, KinesisError> {
+    retry_with_backoff("RegisterStreamConsumer", Backoff::new(backoff.clone()), || async {
+        match kinesis.register_consumer(stream, name).await {
+            Ok(arn) => ControlFlow::Break(Ok(arn)),
+            Err(error) if error.is_retryable() => {
+                warn!(%error, consumer = name, "registering the fan-out consumer failed; retrying");
+                ControlFlow::Continue(error)
+            }
+            Err(error) => ControlFlow::Break(Err(error)),
+        }
+    })
+    .await
+    .map_err(|exhausted| exhausted.error)
+}
 
 /// Reads one shard through enhanced fan-out into a channel.
 pub struct FanoutFetcher {
@@ -157,5 +186,49 @@ impl FanoutFetcher {
             .ok()?;
         let page = self.kinesis.get_records(&iterator, 1).await.ok()?;
         (page.records.is_empty() && page.next_iterator.is_none()).then_some(page.child_shards)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kinesis::InMemoryKinesis;
+
+    fn unlimited() -> BackoffConfig {
+        BackoffConfig {
+            max_attempts: None,
+            ..BackoffConfig::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registration_rides_out_transient_failures_and_throttling() {
+        let kinesis = InMemoryKinesis::new();
+        kinesis.create_stream("orders", 1);
+        let transient = KinesisError::Transient {
+            operation: "RegisterStreamConsumer",
+            message: "connection closed before message completed".into(),
+        };
+        let throttled = KinesisError::Throttled {
+            operation: "RegisterStreamConsumer",
+            message: "LimitExceededException".into(),
+        };
+        kinesis.fail_next("RegisterStreamConsumer", transient, 3);
+        kinesis.fail_next("RegisterStreamConsumer", throttled, 2);
+        let arn = register_consumer(&kinesis, "orders", "app", &unlimited())
+            .await
+            .unwrap();
+        assert!(arn.contains("app"), "{arn}");
+        assert_eq!(kinesis.calls("RegisterStreamConsumer"), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registration_on_a_missing_stream_fails_at_once() {
+        let kinesis = InMemoryKinesis::new();
+        let error = register_consumer(&kinesis, "missing", "app", &unlimited())
+            .await
+            .unwrap_err();
+        assert!(!error.is_retryable(), "{error}");
+        assert_eq!(kinesis.calls("RegisterStreamConsumer"), 1);
     }
 }

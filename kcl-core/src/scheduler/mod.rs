@@ -222,14 +222,25 @@ impl Scheduler {
 
         if let RetrievalMode::FanOut { consumer_name } = &config.retrieval_mode {
             let name = consumer_name.as_deref().unwrap_or(&config.application_name);
-            let arn = context
-                .kinesis
-                .register_consumer(&config.stream_name, name)
-                .await
-                .map_err(|source| SchedulerError::Stream {
+            let backoff = kcl_lease::backoff::BackoffConfig {
+                max_attempts: None,
+                ..context.kinesis_backoff.clone()
+            };
+            let registering = crate::retrieval::fanout::register_consumer(
+                &*context.kinesis,
+                &config.stream_name,
+                name,
+                &backoff,
+            );
+            let mut stop = shutdown.subscribe();
+            let arn = tokio::select! {
+                // Stopped while registering: nothing is held yet.
+                () = stopped(&mut stop) => return Ok(()),
+                registered = registering => registered.map_err(|source| SchedulerError::Stream {
                     stream: config.stream_name.clone(),
                     source,
-                })?;
+                })?,
+            };
             info!(consumer = %name, %arn, "reading through enhanced fan-out");
             let _ = context.fanout_consumer.set(arn);
         }
