@@ -22,7 +22,7 @@
 //! A longer run, with any seed:
 //!
 //! ```sh
-//! scripts/chaos.sh --seed 7 --seconds 600
+//! scripts/chaos.sh --seed 7 --seconds 600 [--retrieval fanout]
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
