@@ -106,6 +106,11 @@ pub struct WorkerArgs {
     /// How records are read.
     #[arg(long, env = "KCL_RETRIEVAL", value_enum, default_value = "polling")]
     pub retrieval: Retrieval,
+    /// With fan-out, how long a shard may send nothing before one polling
+    /// call checks whether it ended (for endpoints that do not report the
+    /// child shards in the subscription).
+    #[arg(long, env = "KCL_FANOUT_SHARD_END_CHECK_MS", default_value_t = 30_000)]
+    pub fanout_shard_end_check_ms: u64,
     /// The enhanced fan-out consumer's name (default: the application name).
     #[arg(long, env = "KCL_CONSUMER_NAME")]
     pub consumer_name: Option<String>,
@@ -151,6 +156,7 @@ impl WorkerArgs {
             .retrieval(RetrievalConfig {
                 max_records_per_call: self.max_records_per_call,
                 idle_time_between_calls: ms(self.idle_time_between_calls_ms),
+                fanout_shard_end_check: ms(self.fanout_shard_end_check_ms),
                 ..RetrievalConfig::default()
             })
             .sdk_config(&aws);

@@ -230,6 +230,11 @@ impl Fleet {
             "8000",
             "--retrieval",
             &self.retrieval,
+            // kinesis-mock does not report a shard's end in its
+            // subscriptions: find it quickly, or every generation of a
+            // reshard waits 30 s.
+            "--fanout-shard-end-check-ms",
+            "2000",
         ];
         let child = start_recorder(
             RECORDER,

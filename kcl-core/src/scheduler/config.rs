@@ -318,6 +318,12 @@ impl SchedulerBuilder {
                 });
             }
         }
+        if retrieval.fanout_shard_end_check.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "fanout_shard_end_check",
+                reason: "must be more than zero".into(),
+            });
+        }
         let shard_sync_interval = self.shard_sync_interval.unwrap_or(Duration::from_secs(60));
         let shutdown_timeout = self.shutdown_timeout.unwrap_or(Duration::from_secs(20));
         let parent_poll_interval = self.parent_poll_interval.unwrap_or(Duration::from_secs(1));
@@ -477,6 +483,13 @@ mod tests {
                     ..RetrievalConfig::default()
                 }),
                 "max_prefetch_bytes",
+            ),
+            (
+                builder().retrieval(RetrievalConfig {
+                    fanout_shard_end_check: Duration::ZERO,
+                    ..RetrievalConfig::default()
+                }),
+                "fanout_shard_end_check",
             ),
             (
                 builder().shard_sync_interval(Duration::ZERO),
