@@ -64,6 +64,34 @@ impl Fixture {
         }
     }
 
+    /// Splits the fixture's shard and merges the halves back, with one
+    /// record ("after-merge") in the merged shard: the halves and the
+    /// merged shard.
+    fn split_and_merge(&self) -> (Vec<String>, String) {
+        let halves = self.kinesis.split_shard(STREAM, &self.shard, u128::MAX / 2);
+        let merged = self.kinesis.merge_shards(STREAM, &halves[0], &halves[1]);
+        self.kinesis
+            .put_record_to_shard(STREAM, &merged, "key", b"after-merge");
+        (halves.to_vec(), merged)
+    }
+
+    /// A lease on `shard` at TRIM_HORIZON with `parents`, taken by `worker`.
+    async fn held(&self, shard: &str, parents: &[String], worker: &str) -> Lease {
+        let mut lease = Lease::new(shard, ExtendedSequenceNumber::TrimHorizon);
+        lease.parent_shard_ids = parents.iter().cloned().collect();
+        self.store.create_lease_if_absent(&lease).await.unwrap();
+        self.store.take_lease(&lease, worker).await.unwrap()
+    }
+
+    /// Checkpoints `lease` at SHARD_END.
+    async fn finish(&self, lease: &Lease) {
+        let end = kcl_lease::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
+        self.store
+            .checkpoint(&lease.token().unwrap(), &end)
+            .await
+            .unwrap();
+    }
+
     async fn lease(&self) -> Lease {
         self.store.get_lease(&self.shard).await.unwrap().unwrap()
     }
@@ -402,42 +430,24 @@ async fn a_split_parent_creates_both_child_leases_and_records_them() {
 async fn a_merged_child_waits_for_both_parents() {
     let fixture = Fixture::new(0).await;
     // Two parents: split the fixture's shard, then merge the halves back.
-    let halves = fixture
-        .kinesis
-        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
-    let merged = fixture.kinesis.merge_shards(STREAM, &halves[0], &halves[1]);
-    fixture
-        .kinesis
-        .put_record_to_shard(STREAM, &merged, "key", b"after-merge");
-    let mut child = Lease::new(merged.clone(), ExtendedSequenceNumber::TrimHorizon);
-    child.parent_shard_ids = halves.iter().cloned().collect();
-    fixture.store.create_lease_if_absent(&child).await.unwrap();
-    let child = fixture.store.take_lease(&child, "worker-a").await.unwrap();
+    let (halves, merged) = fixture.split_and_merge();
+    let child = fixture.held(&merged, &halves, "worker-a").await;
     let mut parents = Vec::new();
     for half in &halves {
-        let lease = Lease::new(half.clone(), ExtendedSequenceNumber::TrimHorizon);
-        fixture.store.create_lease_if_absent(&lease).await.unwrap();
-        parents.push(fixture.store.take_lease(&lease, "worker-b").await.unwrap());
+        parents.push(fixture.held(half, &[], "worker-b").await);
     }
-    let finish = |parent: &Lease| {
-        let (store, token) = (fixture.store.clone(), parent.token().unwrap());
-        async move {
-            let end = kcl_lease::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
-            store.checkpoint(&token, &end).await.unwrap();
-        }
-    };
 
     let (consumer, signal, _) = fixture.consumer_for(&child);
     let task = tokio::spawn(consumer.run());
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(fixture.calls().is_empty(), "started before its parents");
-    finish(&parents[0]).await;
+    fixture.finish(&parents[0]).await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(
         fixture.calls().is_empty(),
         "started with one parent unfinished"
     );
-    finish(&parents[1]).await;
+    fixture.finish(&parents[1]).await;
     while fixture.processed().is_empty() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -464,28 +474,12 @@ async fn a_child_whose_parent_lease_is_gone_does_not_wait() {
 #[tokio::test(start_paused = true)]
 async fn a_merged_child_waits_for_a_parent_that_has_no_lease_yet() {
     let fixture = Fixture::new(0).await;
-    let halves = fixture
-        .kinesis
-        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
-    let merged = fixture.kinesis.merge_shards(STREAM, &halves[0], &halves[1]);
-    fixture
-        .kinesis
-        .put_record_to_shard(STREAM, &merged, "key", b"after-merge");
+    let (halves, merged) = fixture.split_and_merge();
     // halves[0] ended and created the child's lease; halves[1] has no
     // lease yet (discovery has not run), though it is in the stream.
-    let first = Lease::new(halves[0].clone(), ExtendedSequenceNumber::TrimHorizon);
-    fixture.store.create_lease_if_absent(&first).await.unwrap();
-    let first = fixture.store.take_lease(&first, "worker-b").await.unwrap();
-    let end = kcl_lease::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
-    fixture
-        .store
-        .checkpoint(&first.token().unwrap(), &end)
-        .await
-        .unwrap();
-    let mut child = Lease::new(merged.clone(), ExtendedSequenceNumber::TrimHorizon);
-    child.parent_shard_ids = halves.iter().cloned().collect();
-    fixture.store.create_lease_if_absent(&child).await.unwrap();
-    let child = fixture.store.take_lease(&child, "worker-a").await.unwrap();
+    let first = fixture.held(&halves[0], &[], "worker-b").await;
+    fixture.finish(&first).await;
+    let child = fixture.held(&merged, &halves, "worker-a").await;
 
     let (consumer, signal, _) = fixture.consumer_for(&child);
     let task = tokio::spawn(consumer.run());
@@ -494,19 +488,13 @@ async fn a_merged_child_waits_for_a_parent_that_has_no_lease_yet() {
         fixture.calls().is_empty(),
         "started before an unleased parent was read"
     );
-    let second = Lease::new(halves[1].clone(), ExtendedSequenceNumber::TrimHorizon);
-    fixture.store.create_lease_if_absent(&second).await.unwrap();
-    let second = fixture.store.take_lease(&second, "worker-b").await.unwrap();
+    let second = fixture.held(&halves[1], &[], "worker-b").await;
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(
         fixture.calls().is_empty(),
         "started before the parent ended"
     );
-    fixture
-        .store
-        .checkpoint(&second.token().unwrap(), &end)
-        .await
-        .unwrap();
+    fixture.finish(&second).await;
     while fixture.processed().is_empty() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

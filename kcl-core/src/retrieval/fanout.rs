@@ -37,8 +37,8 @@ use crate::stats::WorkerStats;
 
 /// Registers (or finds) the stream consumer `name` on `stream` and returns
 /// its ARN once it is active. Throttling and transient failures are retried
-/// with `backoff` for as long as it allows (with no attempt limit, until it
-/// succeeds), each retry logged; any other error (no such stream, access
+/// with `backoff`'s delays until it succeeds (its attempt limit does not
+/// apply), each retry logged; any other error (no such stream, access
 /// denied) is returned at once.
 pub async fn register_consumer(
     kinesis: &dyn Kinesis,
@@ -46,7 +46,11 @@ pub async fn register_consumer(
     name: &str,
     backoff: &BackoffConfig,
 ) -> Result<String, KinesisError> {
-    retry_with_backoff("RegisterStreamConsumer", Backoff::new(backoff.clone()), || async {
+    let unlimited = Backoff::new(BackoffConfig {
+        max_attempts: None,
+        ..backoff.clone()
+    });
+    retry_with_backoff("RegisterStreamConsumer", unlimited, || async {
         match kinesis.register_consumer(stream, name).await {
             Ok(arn) => ControlFlow::Break(Ok(arn)),
             Err(error) if error.is_retryable() => {
@@ -194,13 +198,6 @@ mod tests {
     use super::*;
     use crate::kinesis::InMemoryKinesis;
 
-    fn unlimited() -> BackoffConfig {
-        BackoffConfig {
-            max_attempts: None,
-            ..BackoffConfig::default()
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn registration_rides_out_transient_failures_and_throttling() {
         let kinesis = InMemoryKinesis::new();
@@ -215,7 +212,7 @@ mod tests {
         };
         kinesis.fail_next("RegisterStreamConsumer", transient, 3);
         kinesis.fail_next("RegisterStreamConsumer", throttled, 2);
-        let arn = register_consumer(&kinesis, "orders", "app", &unlimited())
+        let arn = register_consumer(&kinesis, "orders", "app", &BackoffConfig::default())
             .await
             .unwrap();
         assert!(arn.contains("app"), "{arn}");
@@ -225,7 +222,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn registration_on_a_missing_stream_fails_at_once() {
         let kinesis = InMemoryKinesis::new();
-        let error = register_consumer(&kinesis, "missing", "app", &unlimited())
+        let error = register_consumer(&kinesis, "missing", "app", &BackoffConfig::default())
             .await
             .unwrap_err();
         assert!(!error.is_retryable(), "{error}");

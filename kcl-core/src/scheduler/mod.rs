@@ -222,15 +222,11 @@ impl Scheduler {
 
         if let RetrievalMode::FanOut { consumer_name } = &config.retrieval_mode {
             let name = consumer_name.as_deref().unwrap_or(&config.application_name);
-            let backoff = kcl_lease::backoff::BackoffConfig {
-                max_attempts: None,
-                ..context.kinesis_backoff.clone()
-            };
             let registering = crate::retrieval::fanout::register_consumer(
                 &*context.kinesis,
                 &config.stream_name,
                 name,
-                &backoff,
+                &context.kinesis_backoff,
             );
             let mut stop = shutdown.subscribe();
             let arn = tokio::select! {
