@@ -5,27 +5,40 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use kcl_checkpoint::{CheckpointUpdate, CheckpointWriteError, CheckpointWriter};
 
-use crate::{LeaseStore, LeaseStoreError, LeaseToken};
+use crate::{LeaseStore, LeaseStoreError, LeaseToken, ProcessingDeadline};
 
 /// Writes a shard's checkpoints to its lease, conditional on `token`: once
 /// the lease has moved to another worker, writes fail with
-/// [`CheckpointWriteError::LeaseLost`] and change nothing. Throttling is
-/// retried with backoff by the store before an error is returned.
+/// [`CheckpointWriteError::LeaseLost`] and change nothing. Once the
+/// worker's [processing deadline](crate::deadline) has passed, nothing is
+/// sent at all (the same error). Throttling is retried with backoff by the
+/// store before an error is returned.
 pub struct LeaseCheckpointWriter<S: ?Sized> {
     store: Arc<S>,
     token: LeaseToken,
+    deadline: ProcessingDeadline,
 }
 
 impl<S: LeaseStore + ?Sized> LeaseCheckpointWriter<S> {
-    /// Checkpoints of the lease `token` holds, written to `store`.
-    pub fn new(store: Arc<S>, token: LeaseToken) -> Self {
-        Self { store, token }
+    /// Checkpoints of the lease `token` holds, written to `store` while
+    /// `deadline` is open.
+    pub fn new(store: Arc<S>, token: LeaseToken, deadline: ProcessingDeadline) -> Self {
+        Self {
+            store,
+            token,
+            deadline,
+        }
     }
 }
 
 #[async_trait]
 impl<S: LeaseStore + ?Sized> CheckpointWriter for LeaseCheckpointWriter<S> {
     async fn write(&self, update: &CheckpointUpdate) -> Result<(), CheckpointWriteError> {
+        if !self.deadline.is_open() {
+            metrics::counter!(crate::metrics::CHECKPOINT_WRITES, "outcome" => "deadline_passed")
+                .increment(1);
+            return Err(CheckpointWriteError::LeaseLost);
+        }
         let (outcome, result) = match self.store.checkpoint(&self.token, update).await {
             Ok(()) => ("ok", Ok(())),
             Err(LeaseStoreError::LeaseLost { .. } | LeaseStoreError::NotFound { .. }) => {
@@ -54,7 +67,11 @@ mod tests {
         let lease = Lease::new("shardId-1", ExtendedSequenceNumber::TrimHorizon);
         store.create_lease_if_absent(&lease).await.unwrap();
         let mine = store.take_lease(&lease, "worker-a").await.unwrap();
-        let writer = LeaseCheckpointWriter::new(store.clone(), mine.token().unwrap());
+        let writer = LeaseCheckpointWriter::new(
+            store.clone(),
+            mine.token().unwrap(),
+            ProcessingDeadline::unlimited(),
+        );
         let tracker =
             CheckpointTracker::new("shardId-1", Arc::new(writer), mine.checkpoint.clone(), None);
         let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();

@@ -15,6 +15,14 @@ pub struct LeaseConfig {
     /// time, so one lost heartbeat never expires a live worker. Default: half
     /// the failover time.
     pub heartbeat_interval: Duration,
+    /// How long before its deadline a worker stops processing: a worker
+    /// processes a shard only until its last confirmed heartbeat was sent
+    /// plus the failover time minus this margin, so its consumers have
+    /// stopped before any other worker may judge it expired. Must be less
+    /// than the failover time minus the heartbeat interval (or a healthy
+    /// worker would stop between two heartbeats). Default: a fifth of the
+    /// failover time.
+    pub safety_margin: Duration,
     /// How often the worker reads the tables and takes or asks for leases.
     /// Failover after a crash takes at most the failover time plus this.
     /// Default 10 s.
@@ -47,29 +55,45 @@ pub enum LeaseConfigError {
         /// The failover time given.
         failover: Duration,
     },
+    /// The safety margin leaves no time between two heartbeats.
+    #[error(
+        "safety_margin ({margin:?}) must be less than failover_time ({failover:?}) minus \
+         heartbeat_interval ({heartbeat:?}), or a healthy worker would stop between two heartbeats"
+    )]
+    MarginTooLarge {
+        /// The safety margin given.
+        margin: Duration,
+        /// The failover time given.
+        failover: Duration,
+        /// The heartbeat interval given.
+        heartbeat: Duration,
+    },
     /// `max_leases_per_worker` is zero.
     #[error("max_leases_per_worker must be at least 1 (or unset for no limit)")]
     ZeroMaxLeases,
 }
 
 impl LeaseConfig {
-    /// The defaults for `worker_id`: 10 s failover, 5 s heartbeats, 10 s
-    /// assignment rounds, no lease limit.
+    /// The defaults for `worker_id`: 10 s failover, 5 s heartbeats, a 2 s
+    /// safety margin, 10 s assignment rounds, no lease limit.
     pub fn new(worker_id: impl Into<String>) -> Self {
         Self {
             worker_id: worker_id.into(),
             failover_time: Duration::from_secs(10),
             heartbeat_interval: Duration::from_secs(5),
+            safety_margin: Duration::from_secs(2),
             assignment_interval: Duration::from_secs(10),
             max_leases_per_worker: None,
             handoff_poll_interval: Duration::from_millis(200),
         }
     }
 
-    /// Sets the failover time and the heartbeat interval to half of it.
+    /// Sets the failover time, the heartbeat interval to half of it and the
+    /// safety margin to a fifth of it.
     pub fn with_failover_time(mut self, failover_time: Duration) -> Self {
         self.failover_time = failover_time;
         self.heartbeat_interval = failover_time / 2;
+        self.safety_margin = failover_time / 5;
         self
     }
 
@@ -81,6 +105,7 @@ impl LeaseConfig {
         for (name, value) in [
             ("failover_time", self.failover_time),
             ("heartbeat_interval", self.heartbeat_interval),
+            ("safety_margin", self.safety_margin),
             ("assignment_interval", self.assignment_interval),
             ("handoff_poll_interval", self.handoff_poll_interval),
         ] {
@@ -92,6 +117,13 @@ impl LeaseConfig {
             return Err(LeaseConfigError::HeartbeatTooSlow {
                 heartbeat: self.heartbeat_interval,
                 failover: self.failover_time,
+            });
+        }
+        if self.safety_margin + self.heartbeat_interval >= self.failover_time {
+            return Err(LeaseConfigError::MarginTooLarge {
+                margin: self.safety_margin,
+                failover: self.failover_time,
+                heartbeat: self.heartbeat_interval,
             });
         }
         if self.max_leases_per_worker == Some(0) {
@@ -131,6 +163,19 @@ mod tests {
         assert_eq!(no_leases.validate(), Err(LeaseConfigError::ZeroMaxLeases));
         let fast = LeaseConfig::new("w").with_failover_time(Duration::from_secs(2));
         assert_eq!(fast.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(fast.safety_margin, Duration::from_millis(400));
         assert_eq!(fast.validate(), Ok(()));
+        let mut wide = LeaseConfig::new("w");
+        wide.safety_margin = Duration::from_secs(5);
+        assert!(matches!(
+            wide.validate(),
+            Err(LeaseConfigError::MarginTooLarge { .. })
+        ));
+        let mut none = LeaseConfig::new("w");
+        none.safety_margin = Duration::ZERO;
+        assert_eq!(
+            none.validate(),
+            Err(LeaseConfigError::Zero("safety_margin"))
+        );
     }
 }

@@ -19,6 +19,20 @@ pub enum LeaseStoreError {
         /// The lease (shard id).
         lease_key: String,
     },
+    /// A heartbeat was not written because the stored one is already
+    /// further: a write of this worker id that took effect late, or another
+    /// process running with the same worker id. The next heartbeat must go
+    /// above `stored`.
+    #[error(
+        "heartbeat of worker {worker} not written: the table already holds {stored}, a later \
+         value (another process may run with the same worker id)"
+    )]
+    HeartbeatSuperseded {
+        /// The worker id.
+        worker: String,
+        /// The value stored.
+        stored: u64,
+    },
     /// An item in the lease table is not a valid lease.
     #[error("lease table item {lease_key:?} is malformed: {reason}")]
     InvalidItem {

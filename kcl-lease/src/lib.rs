@@ -13,12 +13,16 @@
 //!   instead of renewing every lease; a lease expires when its owner's
 //!   heartbeat has not changed for the failover time, judged by the
 //!   observer's own monotonic clock.
+//! - [`deadline`]: how long a worker may process its shards after its last
+//!   confirmed heartbeat, checked by each consumer itself.
 //! - [`assignment`]: a pure function from a table snapshot to a plan: which
 //!   free leases to take and which leases to ask others to hand over.
 //! - [`LeaseCoordinator`]: the task that runs heartbeats and assignment
 //!   rounds and publishes the leases its worker holds.
 //! - [`LeaseCheckpointWriter`]: checkpoints written to the lease, fenced.
 //! - [`backoff`]: the retry component every AWS call goes through.
+//! - [`faults`]: a store wrapper that injects stalls, lost writes and writes
+//!   that take effect but report failure, for tests and simulations.
 #![warn(missing_docs)]
 
 pub mod assignment;
@@ -26,8 +30,10 @@ pub mod backoff;
 mod checkpoint_writer;
 mod config;
 mod coordinator;
+pub mod deadline;
 pub mod dynamodb;
 mod error;
+pub mod faults;
 mod lease;
 pub mod liveness;
 mod memory;
@@ -36,7 +42,8 @@ mod store;
 
 pub use checkpoint_writer::LeaseCheckpointWriter;
 pub use config::{LeaseConfig, LeaseConfigError};
-pub use coordinator::{CoordinatorHandle, HeldLease, LeaseCoordinator, RoundReport};
+pub use coordinator::{CoordinatorHandle, HeldLease, HeldLeases, LeaseCoordinator, RoundReport};
+pub use deadline::{Liveness, ProcessingDeadline};
 pub use dynamodb::DynamoDbLeaseStore;
 pub use error::LeaseStoreError;
 pub use lease::{HashKeyRange, Lease, LeaseToken};

@@ -22,7 +22,7 @@ pub struct InMemoryLeaseStore {
 #[derive(Debug, Default)]
 struct Tables {
     leases: BTreeMap<String, Lease>,
-    heartbeats: BTreeMap<String, (u64, bool)>,
+    heartbeats: BTreeMap<String, WorkerHeartbeat>,
 }
 
 impl InMemoryLeaseStore {
@@ -182,29 +182,41 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
-        self.tables("PutItem").heartbeats.insert(
-            heartbeat.worker.clone(),
-            (heartbeat.beat, heartbeat.draining),
-        );
-        Ok(())
+        let mut tables = self.tables("PutItem");
+        match tables.heartbeats.get(&heartbeat.worker) {
+            Some(stored) if stored.beat >= heartbeat.beat => {
+                Err(LeaseStoreError::HeartbeatSuperseded {
+                    worker: heartbeat.worker.clone(),
+                    stored: stored.beat,
+                })
+            }
+            _ => {
+                tables
+                    .heartbeats
+                    .insert(heartbeat.worker.clone(), heartbeat.clone());
+                Ok(())
+            }
+        }
     }
 
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
-        Ok(self
-            .tables("Scan")
-            .heartbeats
-            .iter()
-            .map(|(worker, (beat, draining))| WorkerHeartbeat {
-                worker: worker.clone(),
-                beat: *beat,
-                draining: *draining,
-            })
-            .collect())
+        Ok(self.tables("Scan").heartbeats.values().cloned().collect())
     }
 
-    async fn remove_heartbeat(&self, worker: &str) -> Result<(), LeaseStoreError> {
-        self.tables("DeleteItem").heartbeats.remove(worker);
-        Ok(())
+    async fn remove_heartbeat(
+        &self,
+        worker: &str,
+        beat: Option<u64>,
+    ) -> Result<bool, LeaseStoreError> {
+        let mut tables = self.tables("DeleteItem");
+        let matches = tables
+            .heartbeats
+            .get(worker)
+            .is_some_and(|stored| beat.is_none_or(|beat| stored.beat == beat));
+        if matches {
+            tables.heartbeats.remove(worker);
+        }
+        Ok(matches)
     }
 
     fn request_counts(&self) -> RequestCounts {

@@ -1,5 +1,7 @@
 //! The metrics the lease layer records (through the `metrics` facade; the
 //! application chooses the exporter). Names follow Prometheus conventions.
+//! Requests are counted for every AWS service the worker calls (DynamoDB
+//! here, Kinesis in `kcl-core`) under one name.
 
 /// DynamoDB requests sent, each attempt counted: labels `service`
 /// (`dynamodb`), `operation` and `outcome` (`ok`, `condition_failed`,
@@ -14,7 +16,11 @@ pub const LEASE_HANDOFFS: &str = "kcl_lease_handoffs_total";
 pub const LEASE_LOSSES: &str = "kcl_lease_losses_total";
 /// Leases this worker processes now.
 pub const LEASES_HELD: &str = "kcl_leases_held";
-/// Checkpoint writes: label `outcome` (`ok`, `lease_lost`, `failed`).
+/// Times this worker lost its liveness: its processing deadline passed
+/// without a confirmed heartbeat, so every consumer stopped by itself.
+pub const LIVENESS_LOSSES: &str = "kcl_liveness_losses_total";
+/// Checkpoint writes: label `outcome` (`ok`, `lease_lost`,
+/// `deadline_passed`, `failed`).
 pub const CHECKPOINT_WRITES: &str = "kcl_checkpoint_writes_total";
 
 /// Describes the lease layer's metrics to the installed recorder.
@@ -27,5 +33,9 @@ pub fn describe() {
     metrics::describe_counter!(LEASE_HANDOFFS, "Graceful handoffs requested and received");
     metrics::describe_counter!(LEASE_LOSSES, "Leases lost to another worker");
     metrics::describe_gauge!(LEASES_HELD, "Leases this worker processes");
+    metrics::describe_counter!(
+        LIVENESS_LOSSES,
+        "Times the processing deadline passed without a confirmed heartbeat"
+    );
     metrics::describe_counter!(CHECKPOINT_WRITES, "Checkpoint writes, by outcome");
 }

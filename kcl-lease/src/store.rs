@@ -2,24 +2,29 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 pub use kcl_checkpoint::CheckpointUpdate;
 
 use crate::{Lease, LeaseStoreError, LeaseToken};
 
-/// A worker's liveness signal as stored in the workers table: a number the
-/// worker increases on every heartbeat. Other workers judge it alive while
-/// the number keeps changing, by their own clocks.
+/// A worker's liveness signal as stored in the workers table. Other workers
+/// judge it alive while its value keeps changing, by their own clocks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerHeartbeat {
     /// The worker's id.
     pub worker: String,
-    /// Increases on every heartbeat.
+    /// A value no earlier heartbeat write of this worker id carried, by any
+    /// process: a store only ever moves it forward (see
+    /// [`LeaseStore::heartbeat`]).
     pub beat: u64,
     /// The worker is stopping: it takes no leases and hands its leases to
     /// whoever asks (the assignment plans to move all of them).
     pub draining: bool,
+    /// The failover time the worker runs with; others judge it by the
+    /// larger of theirs and this. `None` when the item does not say.
+    pub failover_time: Option<Duration>,
 }
 
 /// The lease table and the workers table, with the semantics every
@@ -87,15 +92,30 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Deletes a lease (a finished shard's, during cleanup).
     async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError>;
 
-    /// Records a heartbeat of `worker`.
+    /// Records a heartbeat, if its value is larger than the one stored (or
+    /// none is). Values never move back, so no two writes that take effect
+    /// leave the same value, even when one is retried after it took effect
+    /// but reported an error, or arrives late. When the stored value is not
+    /// lower (a later write, another process with this worker id, or an
+    /// earlier attempt of this very write whose answer was lost), nothing
+    /// is written and the call fails with
+    /// [`LeaseStoreError::HeartbeatSuperseded`], naming the stored value:
+    /// the next heartbeat goes above it.
     async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError>;
 
     /// Every worker's last heartbeat.
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError>;
 
-    /// Removes a worker's heartbeat (when it stops cleanly), so the others
-    /// stop counting it at once.
-    async fn remove_heartbeat(&self, worker: &str) -> Result<(), LeaseStoreError>;
+    /// Removes a worker's heartbeat, so the others stop counting it at once:
+    /// when `beat` is given, only if the stored value is still that one (an
+    /// observer removing a worker it judged dead must not remove the
+    /// heartbeat of a worker that came back). Returns whether an item was
+    /// removed.
+    async fn remove_heartbeat(
+        &self,
+        worker: &str,
+        beat: Option<u64>,
+    ) -> Result<bool, LeaseStoreError>;
 
     /// How many requests this store has sent, by operation.
     fn request_counts(&self) -> RequestCounts;

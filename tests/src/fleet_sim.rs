@@ -121,10 +121,11 @@ impl FleetSim {
         let mut config = self.config.clone();
         config.worker_id = id.clone();
         let store = Arc::new(self.table.client());
-        let (mut coordinator, handle) =
+        let (coordinator, handle) =
             LeaseCoordinator::new(Arc::clone(&store), config).expect("valid config");
+        let now = self.base + self.now;
         coordinator
-            .heartbeat(self.base + self.now)
+            .heartbeat(|| now)
             .await
             .expect("in-memory heartbeat");
         let round_phase = self.rng.random_range(0.0..1.0);
@@ -152,7 +153,7 @@ impl FleetSim {
             }
             worker
                 .store
-                .remove_heartbeat(&worker.id)
+                .remove_heartbeat(&worker.id, None)
                 .await
                 .expect("in-memory remove");
         }
@@ -198,9 +199,10 @@ impl FleetSim {
             worker.next_round += self.config.assignment_interval;
         } else {
             self.now = worker.next_heartbeat;
+            let now = self.base + self.now;
             worker
                 .coordinator
-                .heartbeat(self.base + self.now)
+                .heartbeat(|| now)
                 .await
                 .expect("in-memory heartbeat");
             worker.next_heartbeat += self.config.heartbeat_interval;

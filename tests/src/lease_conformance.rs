@@ -28,6 +28,7 @@ macro_rules! lease_store_conformance {
             pending_checkpoints_and_state_round_trip,
             a_deleted_lease_cannot_be_written,
             heartbeats_are_kept_per_worker,
+            heartbeats_only_move_forward,
             ensuring_tables_twice_is_harmless,
             child_shards_are_recorded_by_the_owner_only
         );
@@ -373,12 +374,13 @@ pub async fn a_deleted_lease_cannot_be_written(a: impl LeaseStore, b: impl Lease
 }
 
 /// One heartbeat per worker, overwritten by the next, removed on request;
-/// the draining flag is kept with it.
+/// the draining flag and the failover time are kept with it.
 pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseStore) {
     let beat = |worker: &str, beat| WorkerHeartbeat {
         worker: worker.into(),
         beat,
         draining: false,
+        failover_time: Some(std::time::Duration::from_millis(7_500)),
     };
     a.heartbeat(&beat("worker-a", 1)).await.unwrap();
     b.heartbeat(&beat("worker-b", 1)).await.unwrap();
@@ -388,15 +390,46 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
     assert_eq!(seen, [beat("worker-a", 2), beat("worker-b", 1)]);
     let draining = WorkerHeartbeat {
         draining: true,
+        failover_time: None,
         ..beat("worker-a", 3)
     };
     a.heartbeat(&draining).await.unwrap();
     let mut seen = b.list_heartbeats().await.unwrap();
     seen.sort_by(|x, y| x.worker.cmp(&y.worker));
     assert_eq!(seen, [draining, beat("worker-b", 1)]);
-    a.remove_heartbeat("worker-a").await.unwrap();
-    a.remove_heartbeat("worker-a").await.unwrap();
+    assert!(a.remove_heartbeat("worker-a", None).await.unwrap());
+    assert!(!a.remove_heartbeat("worker-a", None).await.unwrap());
     assert_eq!(b.list_heartbeats().await.unwrap(), [beat("worker-b", 1)]);
+}
+
+/// A stored heartbeat only moves forward: a write of a value that is not
+/// larger (a late or repeated write, another process) changes nothing and
+/// names the stored value. A removal conditional on a value removes only
+/// that value.
+pub async fn heartbeats_only_move_forward(a: impl LeaseStore, b: impl LeaseStore) {
+    let beat = |beat| WorkerHeartbeat {
+        worker: "worker-a".into(),
+        beat,
+        draining: false,
+        failover_time: None,
+    };
+    a.heartbeat(&beat(10)).await.unwrap();
+    for stale in [10, 4] {
+        match b.heartbeat(&beat(stale)).await {
+            Err(LeaseStoreError::HeartbeatSuperseded { stored: 10, worker }) => {
+                assert_eq!(worker, "worker-a");
+            }
+            other => panic!("a write of {stale} over 10 must be refused: {other:?}"),
+        }
+    }
+    assert_eq!(b.list_heartbeats().await.unwrap(), [beat(10)]);
+    b.heartbeat(&beat(11)).await.unwrap();
+    assert!(!a.remove_heartbeat("worker-a", Some(10)).await.unwrap());
+    assert_eq!(a.list_heartbeats().await.unwrap(), [beat(11)]);
+    assert!(a.remove_heartbeat("worker-a", Some(11)).await.unwrap());
+    assert!(b.list_heartbeats().await.unwrap().is_empty());
+    // Gone, a worker starts over with any value.
+    b.heartbeat(&beat(1)).await.unwrap();
 }
 
 /// Ensuring the tables again (as every worker does at start) changes nothing.

@@ -9,8 +9,8 @@
 //! - At shard end the consumer creates the child shards' leases (with all
 //!   their parents) and records them on the finished lease before the
 //!   processor checkpoints `SHARD_END`.
-//! - Records come from a [`PollingFetcher`] task running ahead within the
-//!   prefetch budget.
+//! - Records come from a fetcher task (polling or enhanced fan-out) running
+//!   ahead within the prefetch budget.
 //! - A batch the processor fails on is delivered again after a backoff, as
 //!   the [`ProcessorRetryPolicy`] says; while it is being retried, a
 //!   checkpoint cannot cover it.
@@ -19,6 +19,11 @@
 //! - The scheduler steers the consumer through a [`ConsumerSignal`]: a
 //!   requested shutdown lets the batch in flight finish, a lost lease
 //!   interrupts it (nothing it does can be checkpointed any more).
+//! - The consumer holds the worker's [`ProcessingDeadline`] for its lease
+//!   and checks it itself, before every delivery and every checkpoint, and
+//!   while the processor works on a batch: once it passes, the batch in
+//!   flight is dropped and the consumer stops as if the lease were lost,
+//!   whatever the rest of the worker is waiting on.
 
 mod retry_policy;
 pub mod state;
@@ -32,7 +37,7 @@ use std::time::{Duration, SystemTime};
 use futures::FutureExt;
 use kcl_checkpoint::{CheckpointTracker, ExtendedSequenceNumber};
 use kcl_lease::backoff::{Backoff, BackoffConfig};
-use kcl_lease::{Lease, LeaseCheckpointWriter, LeaseStore, LeaseToken};
+use kcl_lease::{Lease, LeaseCheckpointWriter, LeaseStore, LeaseToken, ProcessingDeadline};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -102,7 +107,7 @@ pub struct ConsumerOutcome {
 }
 
 /// Where a shard's processing starts.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct ShardStart {
     /// The shard.
     pub shard_id: String,
@@ -118,6 +123,8 @@ pub struct ShardStart {
     pub parent_shard_ids: BTreeSet<String>,
     /// The shard's hash key range, when the lease records it.
     pub hash_key_range: Option<kcl_lease::HashKeyRange>,
+    /// Until when the shard may be processed.
+    pub deadline: ProcessingDeadline,
 }
 
 /// Which of `shards` the stream still has; all of them when the shards
@@ -170,7 +177,11 @@ impl ShardConsumer {
         start: ShardStart,
         signals: watch::Receiver<ConsumerSignal>,
     ) -> Self {
-        let writer = LeaseCheckpointWriter::new(Arc::clone(&context.store), start.token.clone());
+        let writer = LeaseCheckpointWriter::new(
+            Arc::clone(&context.store),
+            start.token.clone(),
+            start.deadline.clone(),
+        );
         let tracker = CheckpointTracker::new(
             start.shard_id.clone(),
             Arc::new(writer),
@@ -236,9 +247,18 @@ impl ShardConsumer {
         }
     }
 
-    /// The signal now, marked as seen.
+    /// The signal now, marked as seen; `LeaseLost` once the processing
+    /// deadline has passed.
     fn current_signal(&mut self) -> ConsumerSignal {
+        if !self.start.deadline.is_open() {
+            self.deadline_passed();
+            return ConsumerSignal::LeaseLost;
+        }
         *self.signals.borrow_and_update()
+    }
+
+    fn deadline_passed(&self) {
+        warn!("processing deadline passed (no confirmed heartbeat in time); stopping the shard");
     }
 
     /// Waits until every parent lease is finished or gone. A lease that has
@@ -399,6 +419,11 @@ impl ShardConsumer {
             return None;
         };
         let event = tokio::select! {
+            biased;
+            () = self.start.deadline.passed() => {
+                self.deadline_passed();
+                return Some(ConsumerEvent::LeaseLost);
+            }
             changed = self.signals.changed() => {
                 if changed.is_err() {
                     // The scheduler is gone: nothing can steer this shard.
@@ -449,9 +474,13 @@ impl ShardConsumer {
                 checkpointer: self.tracker.checkpointer(),
             };
             let began = tokio::time::Instant::now();
+            if !self.start.deadline.is_open() {
+                self.deadline_passed();
+                return ConsumerEvent::LeaseLost;
+            }
             let outcome = tokio::select! {
                 biased;
-                () = lease_lost(&mut self.signals) => return ConsumerEvent::LeaseLost,
+                () = must_stop(&mut self.signals, &self.start.deadline) => return ConsumerEvent::LeaseLost,
                 outcome = guarded(processor.process_records(input)) => outcome,
             };
             self.context.stats.record_batch_time(
@@ -533,7 +562,7 @@ impl ShardConsumer {
                 if let Some(processor) = self.processor.as_mut() {
                     let outcome = tokio::select! {
                         biased;
-                        () = lease_lost(&mut self.signals) => return ConsumerEvent::LeaseLost,
+                        () = must_stop(&mut self.signals, &self.start.deadline) => return ConsumerEvent::LeaseLost,
                         outcome = guarded(processor.shutdown_requested(checkpointer)) => outcome,
                     };
                     match outcome {
@@ -632,7 +661,7 @@ impl ShardConsumer {
             };
             let outcome = tokio::select! {
                 biased;
-                () = lease_lost(&mut self.signals) => return ConsumerEvent::LeaseLost,
+                () = must_stop(&mut self.signals, &self.start.deadline) => return ConsumerEvent::LeaseLost,
                 outcome = guarded(processor.shard_ended(checkpointer)) => outcome,
             };
             let progress = self.tracker.progress();
@@ -678,11 +707,14 @@ impl ShardConsumer {
         self.pause(delay).await
     }
 
-    /// Sleeps `delay`, unless the lease is lost or a shutdown requested first.
+    /// Sleeps `delay`, unless the lease is lost, the deadline passes or a
+    /// shutdown is requested first.
     async fn pause(&mut self, delay: Duration) -> Option<ConsumerEvent> {
         tokio::select! {
-            () = tokio::time::sleep(delay) => None,
+            biased;
+            () = self.start.deadline.passed() => Some(ConsumerEvent::LeaseLost),
             event = stop_signal(&mut self.signals) => Some(event),
+            () = tokio::time::sleep(delay) => None,
         }
     }
 }
@@ -710,9 +742,17 @@ fn unlimited(config: &BackoffConfig) -> Backoff {
     })
 }
 
-/// Resolves once the lease is lost (or the scheduler is gone).
-async fn lease_lost(signals: &mut watch::Receiver<ConsumerSignal>) {
-    let _ = signals.wait_for(|s| *s == ConsumerSignal::LeaseLost).await;
+/// Resolves once the processor must be stopped at once: the processing
+/// deadline has passed (checked first, against the clock, on every poll),
+/// or the lease is lost (or the scheduler is gone).
+async fn must_stop(signals: &mut watch::Receiver<ConsumerSignal>, deadline: &ProcessingDeadline) {
+    tokio::select! {
+        biased;
+        () = deadline.passed() => warn!(
+            "processing deadline passed (no confirmed heartbeat in time); dropping the call in flight"
+        ),
+        _ = signals.wait_for(|s| *s == ConsumerSignal::LeaseLost) => {}
+    }
 }
 
 /// Resolves with the event once the consumer is told to stop: the lease is

@@ -31,6 +31,8 @@ struct Fixture {
     policy: ProcessorRetryPolicy,
     /// Read through enhanced fan-out instead of polling.
     fanout: bool,
+    /// The worker's processing deadline (unlimited unless a test sets it).
+    deadline: kcl_lease::ProcessingDeadline,
 }
 
 impl Fixture {
@@ -61,6 +63,7 @@ impl Fixture {
             },
             policy: ProcessorRetryPolicy::default(),
             fanout: false,
+            deadline: kcl_lease::ProcessingDeadline::unlimited(),
         }
     }
 
@@ -134,6 +137,7 @@ impl Fixture {
             pending_checkpoint_state: None,
             parent_shard_ids: lease.parent_shard_ids.clone(),
             hash_key_range: lease.hash_key_range,
+            deadline: self.deadline.clone(),
         };
         let (signal, signals) = watch::channel(ConsumerSignal::Run);
         (

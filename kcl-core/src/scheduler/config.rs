@@ -119,6 +119,7 @@ pub struct SchedulerBuilder {
     initial_position: Option<InitialPosition>,
     failover_time: Option<Duration>,
     heartbeat_interval: Option<Duration>,
+    safety_margin: Option<Duration>,
     assignment_interval: Option<Duration>,
     handoff_poll_interval: Option<Duration>,
     max_leases_per_worker: Option<usize>,
@@ -168,6 +169,16 @@ impl SchedulerBuilder {
     /// How often the worker heartbeats. Default: half the failover time.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = Some(interval);
+        self
+    }
+
+    /// How long before the failover time after its last confirmed
+    /// heartbeat a worker stops processing, so it has stopped before
+    /// another worker may take its shards. Default: a fifth of the failover
+    /// time (2 s); must be less than the failover time minus the heartbeat
+    /// interval.
+    pub fn safety_margin(mut self, margin: Duration) -> Self {
+        self.safety_margin = Some(margin);
         self
     }
 
@@ -285,6 +296,9 @@ impl SchedulerBuilder {
         }
         if let Some(interval) = self.heartbeat_interval {
             lease.heartbeat_interval = interval;
+        }
+        if let Some(margin) = self.safety_margin {
+            lease.safety_margin = margin;
         }
         if let Some(interval) = self.assignment_interval {
             lease.assignment_interval = interval;

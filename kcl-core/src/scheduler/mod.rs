@@ -14,8 +14,15 @@
 //! leases, every consumer finishes its batch and checkpoints, the leases are
 //! released, and the worker's heartbeat is removed, all within the
 //! configured shutdown timeout.
+//!
+//! Nothing in the scheduler's loop waits on the lease table: shard
+//! discovery and lease cleanup run on a [task of their own](maintenance),
+//! releases run as tasks, and each consumer checks the worker's processing
+//! deadline itself. A table that stalls delays those tasks, never the
+//! moment a consumer stops.
 
 mod config;
+mod maintenance;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +30,7 @@ use std::time::Duration;
 
 use kcl_lease::{
     CoordinatorHandle, HeldLease, LeaseConfigError, LeaseCoordinator, LeaseStore, LeaseStoreError,
-    LeaseToken,
+    LeaseToken, ProcessingDeadline,
 };
 use tokio::sync::watch;
 use tokio::task::{Id, JoinError, JoinSet};
@@ -36,7 +43,6 @@ use crate::consumer::{
     ConsumerContext, ConsumerOutcome, ConsumerSignal, ShardConsumer, ShardStart, ShutdownReason,
 };
 use crate::kinesis::{Kinesis, KinesisError};
-use crate::lease_cleanup::LeaseCleaner;
 use crate::shard_sync::{ShardSyncError, sync_shards};
 use crate::stats::WorkerStats;
 use crate::telemetry::Health;
@@ -85,7 +91,9 @@ pub struct Scheduler {
 
 /// A running consumer, as the scheduler tracks it.
 struct Running {
+    /// The lease it processes.
     token: LeaseToken,
+    /// How the scheduler steers it.
     signal: watch::Sender<ConsumerSignal>,
 }
 
@@ -246,9 +254,12 @@ impl Scheduler {
             context: Arc::clone(&context),
             handle: handle.clone(),
             consumers: JoinSet::new(),
+            releases: JoinSet::new(),
             running: HashMap::new(),
             task_keys: HashMap::new(),
             finished: HashSet::new(),
+            lost: HashSet::new(),
+            releasing: HashSet::new(),
         };
         // Aborted if this future is dropped, like everything else the worker
         // runs: a dropped worker must look crashed to the fleet, not stopped.
@@ -260,15 +271,22 @@ impl Scheduler {
                 })
                 .in_current_span(),
         ));
-        let mut cleaner = LeaseCleaner::new(config.lease_cleanup_delay);
+        let maintenance_task = AbortOnDrop(tokio::spawn(
+            maintenance::run(
+                Arc::clone(&context),
+                initial.clone(),
+                config.shard_sync_interval,
+                config.lease_cleanup_delay,
+            )
+            .in_current_span(),
+        ));
         health.started(std::time::Instant::now());
         let mut ticks = tokio::time::interval(HEALTH_TICK);
         let mut held = handle.held();
         let mut shutdown_requested = shutdown.subscribe();
-        let mut next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
         let result = loop {
             let snapshot = held.borrow_and_update().clone();
-            tasks.reconcile(&snapshot).await;
+            tasks.reconcile(&snapshot);
             tokio::select! {
                 () = stopped(&mut shutdown_requested) => break Ok(()),
                 _ = ticks.tick() => {
@@ -282,19 +300,8 @@ impl Scheduler {
                         break Err(SchedulerError::Coordinator("stopped publishing leases".into()));
                     }
                 }
-                Some(joined) = tasks.consumers.join_next_with_id() => tasks.finished(joined).await,
-                () = tokio::time::sleep_until(next_sync) => {
-                    match sync_shards(&*context.kinesis, &*context.store, &config.stream_name, &initial).await {
-                        Ok(report) => {
-                            let now = tokio::time::Instant::now().into_std();
-                            if let Err(error) = cleaner.run(&*context.store, &report.leases, &report.shards, now).await {
-                                warn!(%error, "lease cleanup failed; retrying at the next interval");
-                            }
-                        }
-                        Err(error) => warn!(%error, "shard discovery failed; retrying at the next interval"),
-                    }
-                    next_sync = tokio::time::Instant::now() + config.shard_sync_interval;
-                }
+                Some(joined) = tasks.consumers.join_next_with_id() => tasks.finished(joined),
+                Some(released) = tasks.releases.join_next() => tasks.released(released),
                 ended = &mut coordinator_task.0 => {
                     let why = match ended {
                         Ok(Ok(())) => "ended".to_owned(),
@@ -307,6 +314,7 @@ impl Scheduler {
         };
 
         info!("worker stopping: handing over its shards");
+        drop(maintenance_task);
         health.stopping();
         handle.stop_taking();
         tasks.drain(&mut held, config.shutdown_timeout).await;
@@ -334,24 +342,39 @@ impl<T> Drop for AbortOnDrop<T> {
 
 /// The consumer tasks of a worker and what is known about them.
 struct WorkerTasks {
+    /// What every consumer shares.
     context: Arc<ConsumerContext>,
+    /// The coordinator's handle: held leases, deadlines, releases.
     handle: CoordinatorHandle<dyn LeaseStore>,
+    /// One task per running consumer; each returns its lease and outcome.
     consumers: JoinSet<Finished>,
-    /// By lease key.
+    /// Releases under way; each returns the lease it released.
+    releases: JoinSet<LeaseToken>,
+    /// The running consumers, by lease key.
     running: HashMap<String, Running>,
+    /// Which lease each consumer task works on.
     task_keys: HashMap<Id, String>,
     /// Leases this worker read to their end and checkpointed at `SHARD_END`.
     finished: HashSet<LeaseToken>,
+    /// Leases whose consumer stopped because the lease was lost (or the
+    /// deadline passed): not started again until the coordinator publishes
+    /// them with another token, so a stale snapshot never starts a consumer
+    /// that can only find its lease gone.
+    lost: HashSet<LeaseToken>,
+    /// Leases with a release under way.
+    releasing: HashSet<LeaseToken>,
 }
 
 impl WorkerTasks {
-    /// Starts, stops and signals consumers so they match `held`.
-    async fn reconcile(&mut self, held: &BTreeMap<String, HeldLease>) {
+    /// Starts, stops and signals consumers so they match `held`, and
+    /// releases what must be released. Never waits on the lease table.
+    fn reconcile(&mut self, held: &BTreeMap<String, HeldLease>) {
         let active = held.values().filter(|h| !h.lease.is_finished()).count();
         metrics::gauge!(crate::telemetry::metrics::LEASES_HELD).set(active as f64);
-        // Forget finished leases once they are gone (cleaned up).
-        self.finished
-            .retain(|token| held.get(&token.key).is_some_and(|h| h.token == *token));
+        // Forget leases once they are gone (cleaned up, lost, released).
+        let still = |token: &LeaseToken| held.get(&token.key).is_some_and(|h| h.token == *token);
+        self.finished.retain(still);
+        self.lost.retain(still);
         for (key, running) in &self.running {
             let still_held = held.get(key).is_some_and(|h| h.token == running.token);
             if !still_held {
@@ -367,32 +390,34 @@ impl WorkerTasks {
                 });
             }
         }
-        if self.handle.is_draining() {
-            return;
-        }
+        let draining = self.handle.is_draining();
         for (key, lease) in held {
             if self.running.contains_key(key)
                 || lease.lease.is_finished()
                 || self.finished.contains(&lease.token)
+                || self.lost.contains(&lease.token)
+                || self.releasing.contains(&lease.token)
             {
                 continue;
             }
-            if lease.handoff_requested {
+            if lease.handoff_requested || draining {
                 // Nothing processed here since the last checkpoint: give it
                 // up straight away.
-                self.release(&lease.token).await;
+                self.release(lease.token.clone());
                 continue;
             }
-            self.start(lease.token.clone());
+            self.start(lease);
         }
     }
 
-    fn start(&mut self, token: LeaseToken) {
+    fn start(&mut self, held: &HeldLease) {
         let (signal, signals) = watch::channel(ConsumerSignal::Run);
         let context = Arc::clone(&self.context);
+        let token = held.token.clone();
+        let deadline = self.handle.deadline(held.epoch);
         let task_token = token.clone();
         let task = async move {
-            let outcome = start_consumer(context, task_token.clone(), signals).await;
+            let outcome = start_consumer(context, task_token.clone(), deadline, signals).await;
             (task_token, outcome)
         };
         let abort = self.consumers.spawn(task.in_current_span());
@@ -402,7 +427,7 @@ impl WorkerTasks {
     }
 
     /// Handles a consumer that ended.
-    async fn finished(&mut self, joined: Result<(Id, Finished), JoinError>) {
+    fn finished(&mut self, joined: Result<(Id, Finished), JoinError>) {
         let id = match &joined {
             Ok((id, _)) => *id,
             Err(error) => error.id(),
@@ -419,10 +444,10 @@ impl WorkerTasks {
                     info!(lease = %key, "shard finished");
                     self.finished.insert(token);
                 }
-                ShutdownReason::ShardEnd | ShutdownReason::Requested => {
-                    self.release(&token).await;
+                ShutdownReason::ShardEnd | ShutdownReason::Requested => self.release(token),
+                ShutdownReason::LeaseLost => {
+                    self.lost.insert(token);
                 }
-                ShutdownReason::LeaseLost => {}
             },
             Err(error) => {
                 error!(lease = %key, %error, "shard consumer task failed; it restarts if the lease is still held");
@@ -430,15 +455,39 @@ impl WorkerTasks {
         }
     }
 
-    async fn release(&self, token: &LeaseToken) {
-        match self.handle.release(token).await {
-            Ok(()) => {
-                self.context.stats.count_lease_released();
-                info!(lease = %token.key, "lease released");
+    /// Starts releasing `token`'s lease on a task of its own.
+    fn release(&mut self, token: LeaseToken) {
+        if !self.releasing.insert(token.clone()) {
+            return;
+        }
+        let handle = self.handle.clone();
+        let stats = Arc::clone(&self.context.stats);
+        let task = async move {
+            match handle.release(&token).await {
+                Ok(()) => {
+                    stats.count_lease_released();
+                    info!(lease = %token.key, "lease released");
+                }
+                Err(error) if error.is_lease_lost() => {}
+                Err(error) => {
+                    warn!(lease = %token.key, %error, "could not release the lease; it expires after the failover time unless released later")
+                }
             }
-            Err(error) if error.is_lease_lost() => {}
+            token
+        };
+        self.releases.spawn(task.in_current_span());
+    }
+
+    /// Handles a release that ended (done or not: a lease still held after
+    /// a failed release is processed or released again by `reconcile`).
+    fn released(&mut self, joined: Result<LeaseToken, JoinError>) {
+        match joined {
+            Ok(token) => {
+                self.releasing.remove(&token);
+            }
             Err(error) => {
-                warn!(lease = %token.key, %error, "could not release the lease; it expires after the failover time")
+                error!(%error, "a lease release task failed");
+                self.releasing.clear();
             }
         }
     }
@@ -465,8 +514,8 @@ impl WorkerTasks {
         let mut releasing_all = false;
         loop {
             let snapshot = held.borrow_and_update().clone();
-            self.reconcile(&snapshot).await;
-            if self.consumers.is_empty() {
+            self.reconcile(&snapshot);
+            if self.consumers.is_empty() && self.releases.is_empty() {
                 return;
             }
             let no_receivers = self.handle.receivers() == 0;
@@ -492,7 +541,8 @@ impl WorkerTasks {
                         releasing_all = true;
                     }
                 }
-                Some(joined) = self.consumers.join_next_with_id() => self.finished(joined).await,
+                Some(joined) = self.consumers.join_next_with_id() => self.finished(joined),
+                Some(released) = self.releases.join_next() => self.released(released),
                 () = tokio::time::sleep_until(release_deadline), if !releasing_all => {}
                 // Receivers may go away (stopping too) without anything
                 // else changing here: look again.
@@ -500,6 +550,7 @@ impl WorkerTasks {
                 () = tokio::time::sleep_until(hard_deadline) => {
                     warn!(
                         remaining = self.consumers.len(),
+                        releases = self.releases.len(),
                         "shutdown timeout reached; stopping the remaining shards without checkpointing"
                     );
                     for running in self.running.values() {
@@ -510,14 +561,16 @@ impl WorkerTasks {
                     loop {
                         tokio::select! {
                             joined = self.consumers.join_next_with_id() => match joined {
-                                Some(joined) => self.finished(joined).await,
-                                None => return,
+                                Some(joined) => self.finished(joined),
+                                None => break,
                             },
                             () = &mut grace => break,
                         }
                     }
                     self.consumers.abort_all();
+                    self.releases.abort_all();
                     while self.consumers.join_next().await.is_some() {}
+                    while self.releases.join_next().await.is_some() {}
                     return;
                 }
             }
@@ -548,25 +601,42 @@ async fn stopped(flag: &mut watch::Receiver<bool>) {
 }
 
 /// Reads the lease fresh (the held snapshot may predate checkpoints written
-/// since) and runs its consumer, unless the lease has moved on.
+/// since) and runs its consumer, unless the lease has moved on, the
+/// processing deadline passes, or the consumer is told to stop first.
 async fn start_consumer(
     context: Arc<ConsumerContext>,
     token: LeaseToken,
-    signals: watch::Receiver<ConsumerSignal>,
+    deadline: ProcessingDeadline,
+    mut signals: watch::Receiver<ConsumerSignal>,
 ) -> ConsumerOutcome {
+    let stopped = |reason| ConsumerOutcome {
+        reason,
+        checkpoint: kcl_checkpoint::ExtendedSequenceNumber::TrimHorizon,
+        child_shards: Vec::new(),
+    };
     let lease = loop {
-        match context.store.get_lease(&token.key).await {
+        let read = tokio::select! {
+            biased;
+            () = deadline.passed() => return stopped(ShutdownReason::LeaseLost),
+            read = context.store.get_lease(&token.key) => read,
+        };
+        match read {
             Ok(Some(lease)) if lease.token().as_ref() == Some(&token) => break lease,
-            Ok(_) => {
-                return ConsumerOutcome {
-                    reason: ShutdownReason::LeaseLost,
-                    checkpoint: kcl_checkpoint::ExtendedSequenceNumber::TrimHorizon,
-                    child_shards: Vec::new(),
-                };
-            }
+            Ok(_) => return stopped(ShutdownReason::LeaseLost),
             Err(error) => {
                 warn!(lease = %token.key, %error, "reading the lease failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                tokio::select! {
+                    biased;
+                    () = deadline.passed() => return stopped(ShutdownReason::LeaseLost),
+                    signal = signals.wait_for(|s| *s != ConsumerSignal::Run) => {
+                        let reason = match signal.as_deref() {
+                            Ok(ConsumerSignal::ShutdownRequested) => ShutdownReason::Requested,
+                            _ => ShutdownReason::LeaseLost,
+                        };
+                        return stopped(reason);
+                    }
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     };
@@ -578,6 +648,7 @@ async fn start_consumer(
         pending_checkpoint_state: lease.pending_checkpoint_state.clone(),
         parent_shard_ids: lease.parent_shard_ids.clone(),
         hash_key_range: lease.hash_key_range,
+        deadline,
     };
     ShardConsumer::new(context, start, signals).run().await
 }

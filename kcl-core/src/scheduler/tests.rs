@@ -341,3 +341,91 @@ async fn a_stopping_worker_hands_its_shards_over_with_short_gaps_and_no_duplicat
         );
     }
 }
+
+/// A worker of `fleet` on its own journal and lease store client.
+fn worker_on(
+    fleet: &Fleet,
+    id: &str,
+    store: Arc<dyn LeaseStore>,
+    journal: Arc<Mutex<Journal>>,
+) -> Scheduler {
+    Scheduler::builder()
+        .application_name("orders-app")
+        .stream_name(STREAM)
+        .worker_id(id)
+        .failover_time(Duration::from_secs(2))
+        .assignment_interval(fleet.assignment_interval)
+        .shutdown_timeout(Duration::from_secs(5))
+        .shard_sync_interval(Duration::from_secs(1))
+        .lease_cleanup_delay(Duration::from_secs(2))
+        .backends(Arc::new(fleet.kinesis.clone()), store)
+        .build(move |_: &str| Scripted(Arc::clone(&journal)))
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_cut_from_its_table_processes_nothing_after_another_took_its_shards() {
+    let fleet = Fleet::new(4, 0);
+    let journal = |_: &str| {
+        Arc::new(Mutex::new(Journal {
+            checkpoint_batches: false,
+            ..Journal::default()
+        }))
+    };
+    let (a_journal, b_journal) = (journal("a"), journal("b"));
+    let kinesis = fleet.kinesis.clone();
+    let producer = tokio::spawn(async move {
+        for n in 0.. {
+            kinesis.put_record(STREAM, &format!("k{n}"), format!("r{n}").as_bytes());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let (faulty, faults) = kcl_lease::faults::FaultyStore::new(Arc::new(fleet.store.client()));
+    let a = worker_on(&fleet, "worker-a", Arc::new(faulty), Arc::clone(&a_journal));
+    let a_held = a.held_leases();
+    let _a_task = tokio::spawn(a.run());
+    wait_until(|| a_held.borrow().len() == 4).await;
+    let b = worker_on(
+        &fleet,
+        "worker-b",
+        Arc::new(fleet.store.client()),
+        Arc::clone(&b_journal),
+    );
+    let b_held = b.held_leases();
+    let _b_task = tokio::spawn(b.run());
+    wait_until(|| a_held.borrow().len() == 2 && b_held.borrow().len() == 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // a's table stops answering; its Kinesis goes on.
+    faults.stall();
+    let stalled_at = tokio::time::Instant::now();
+    wait_until(|| b_held.borrow().len() == 4).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    producer.abort();
+
+    let first_b: std::collections::BTreeMap<String, tokio::time::Instant> = {
+        let mut first = std::collections::BTreeMap::new();
+        for (shard, at) in &b_journal.lock().unwrap().batch_times {
+            if *at >= stalled_at {
+                first.entry(shard.clone()).or_insert(*at);
+            }
+        }
+        first
+    };
+    assert_eq!(first_b.len(), 4, "b processes every shard");
+    let overlapping: Vec<(String, Duration)> = a_journal
+        .lock()
+        .unwrap()
+        .batch_times
+        .iter()
+        .filter(|(shard, at)| first_b.get(shard).is_some_and(|b| at >= b))
+        .map(|(shard, at)| (shard.clone(), *at - stalled_at))
+        .collect();
+    assert!(
+        overlapping.is_empty(),
+        "a processed {} batches after b started on the same shard (first: {:?}, last: {:?})",
+        overlapping.len(),
+        overlapping.first(),
+        overlapping.last()
+    );
+}

@@ -7,11 +7,13 @@
 //!   (see [`item`]);
 //! - the workers table (hash key `workerId`, by default the lease table's
 //!   name with `-Workers` appended), one heartbeat item per worker:
-//!   `heartbeat` (N, grows with every beat) and `heartbeatEpochMillis` (N,
-//!   the writer's wall clock, for operators only: no worker compares it),
-//!   and `draining` (BOOL, set while the worker stops and hands its leases
-//!   over). Kept apart so a Java KCL reader of the lease table never sees an item
-//!   that is not a lease.
+//!   `heartbeat` (N, grows with every write: each write is conditional on
+//!   the stored value being lower), `heartbeatEpochMillis` (N, the writer's
+//!   wall clock, for operators only: no worker compares it), `failoverMillis`
+//!   (N, the failover time the worker runs with, by which the others judge
+//!   it) and `draining` (BOOL, set while the worker stops and hands its
+//!   leases over). Kept apart so a Java KCL reader of the lease table never
+//!   sees an item that is not a lease.
 
 pub mod item;
 
@@ -42,6 +44,7 @@ const WORKER_ID: &str = "workerId";
 const HEARTBEAT: &str = "heartbeat";
 const HEARTBEAT_EPOCH_MILLIS: &str = "heartbeatEpochMillis";
 const DRAINING: &str = "draining";
+const FAILOVER_MILLIS: &str = "failoverMillis";
 
 /// How long [`LeaseStore::ensure_tables`] waits for a new table to become
 /// active.
@@ -594,54 +597,112 @@ impl LeaseStore for DynamoDbLeaseStore {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let put = self
+        let mut put = self
             .client
             .put_item()
             .table_name(&self.workers_table)
             .item(WORKER_ID, s(&heartbeat.worker))
             .item(HEARTBEAT, n(heartbeat.beat))
             .item(HEARTBEAT_EPOCH_MILLIS, n(now_ms))
-            .item(DRAINING, AttributeValue::Bool(heartbeat.draining));
-        self.send("PutItem", &self.workers_table, || put.clone().send())
+            .item(DRAINING, AttributeValue::Bool(heartbeat.draining))
+            .condition_expression(format!(
+                "attribute_not_exists({HEARTBEAT}) OR {HEARTBEAT} < :beat"
+            ))
+            .expression_attribute_values(":beat", n(heartbeat.beat));
+        if let Some(failover) = heartbeat.failover_time {
+            put = put.item(FAILOVER_MILLIS, n(failover.as_millis() as u64));
+        }
+        let written = self
+            .send("PutItem", &self.workers_table, || put.clone().send())
+            .await?;
+        if written.is_ok() {
+            return Ok(());
+        }
+        // The stored value is not lower: a later value is there, or an
+        // earlier attempt of this very write took effect and its answer was
+        // lost. Either way the next heartbeat goes above it; an attempt
+        // whose answer was lost never counts as confirmed.
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.workers_table)
+            .key(WORKER_ID, s(&heartbeat.worker))
+            .consistent_read(true);
+        let stored = self
+            .send("GetItem", &self.workers_table, || get.clone().send())
             .await?
-            .map_err(|ConditionFailed| unreachable_condition("PutItem"))
-            .map(drop)
+            .map_err(|ConditionFailed| unreachable_condition("GetItem"))?
+            .item
+            .and_then(|item| heartbeat_from_item(&item))
+            .map(|stored| stored.beat);
+        match stored {
+            Some(stored) => Err(LeaseStoreError::HeartbeatSuperseded {
+                worker: heartbeat.worker.clone(),
+                stored,
+            }),
+            None => Err(LeaseStoreError::Unavailable {
+                operation: "PutItem",
+                table: self.workers_table.clone(),
+                attempts: 1,
+                message: "the heartbeat's condition failed, then the item was gone".into(),
+            }),
+        }
     }
 
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
         let items = self.scan_all(&self.workers_table).await?;
         // An item that is not a heartbeat is skipped, not fatal: the workers
         // table is ours, but a stray item must not stop a fleet.
-        Ok(items
-            .iter()
-            .filter_map(|item| match (item.get(WORKER_ID), item.get(HEARTBEAT)) {
-                (Some(AttributeValue::S(worker)), Some(AttributeValue::N(beat))) => {
-                    Some(WorkerHeartbeat {
-                        worker: worker.clone(),
-                        beat: beat.parse().ok()?,
-                        draining: matches!(item.get(DRAINING), Some(AttributeValue::Bool(true))),
-                    })
-                }
-                _ => None,
-            })
-            .collect())
+        Ok(items.iter().filter_map(heartbeat_from_item).collect())
     }
 
-    async fn remove_heartbeat(&self, worker: &str) -> Result<(), LeaseStoreError> {
-        let delete = self
+    async fn remove_heartbeat(
+        &self,
+        worker: &str,
+        beat: Option<u64>,
+    ) -> Result<bool, LeaseStoreError> {
+        let mut delete = self
             .client
             .delete_item()
             .table_name(&self.workers_table)
-            .key(WORKER_ID, s(worker));
-        self.send("DeleteItem", &self.workers_table, || delete.clone().send())
+            .key(WORKER_ID, s(worker))
+            .return_values(ReturnValue::AllOld);
+        if let Some(beat) = beat {
+            delete = delete
+                .condition_expression(format!("{HEARTBEAT} = :beat"))
+                .expression_attribute_values(":beat", n(beat));
+        }
+        match self
+            .send("DeleteItem", &self.workers_table, || delete.clone().send())
             .await?
-            .map_err(|ConditionFailed| unreachable_condition("DeleteItem"))
-            .map(drop)
+        {
+            Ok(output) => Ok(output.attributes.is_some_and(|old| !old.is_empty())),
+            Err(ConditionFailed) => Ok(false),
+        }
     }
 
     fn request_counts(&self) -> RequestCounts {
         self.requests.snapshot()
     }
+}
+
+/// Reads a heartbeat item; `None` for an item that is not one.
+fn heartbeat_from_item(item: &Item) -> Option<WorkerHeartbeat> {
+    let (Some(AttributeValue::S(worker)), Some(AttributeValue::N(beat))) =
+        (item.get(WORKER_ID), item.get(HEARTBEAT))
+    else {
+        return None;
+    };
+    let failover_time = match item.get(FAILOVER_MILLIS) {
+        Some(AttributeValue::N(millis)) => millis.parse().ok().map(Duration::from_millis),
+        _ => None,
+    };
+    Some(WorkerHeartbeat {
+        worker: worker.clone(),
+        beat: beat.parse().ok()?,
+        draining: matches!(item.get(DRAINING), Some(AttributeValue::Bool(true))),
+        failover_time,
+    })
 }
 
 /// A request without a condition expression reported a failed condition:

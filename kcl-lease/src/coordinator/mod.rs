@@ -1,0 +1,677 @@
+//! The lease coordinator: the task of each worker that keeps it alive in the
+//! fleet's eyes, takes and asks for leases, and tells the scheduler which
+//! shards to process and until when.
+//!
+//! It runs two loops side by side, so that a slow assignment round never
+//! delays a heartbeat:
+//! - [heartbeats](heartbeat), every `heartbeat_interval`: one write to the
+//!   workers table, each with a value no earlier write had. Each confirmed
+//!   heartbeat moves the worker's [deadline](crate::deadline) to the moment
+//!   it was sent plus the failover time minus the safety margin; the
+//!   worker's consumers check that deadline themselves before every
+//!   delivery and every checkpoint. If the deadline passes, the worker has
+//!   lost its liveness: it stops publishing its leases, and once it can
+//!   heartbeat again it takes them anew (bumping their counters) before
+//!   processing them, which fences anything left over from before. A worker
+//!   also takes its own leases anew when it starts, since a previous process
+//!   with its id may have left them.
+//! - assignment rounds, every `assignment_interval`, and also at the moment
+//!   an owner would expire: read both tables, judge liveness, compute the
+//!   [plan](crate::assignment), take free leases and ask for handoffs, then
+//!   publish the leases this worker processes.
+//!
+//! The held leases are published on a `watch` channel, each with the epoch
+//! of liveness it was published in; the scheduler starts a shard consumer
+//! for each, stops the consumers of leases that disappear, and answers
+//! handoff requests by checkpointing and calling
+//! [`CoordinatorHandle::release`].
+
+mod heartbeat;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::assignment::{self, Holder, LeaseView};
+use crate::deadline::{Liveness, ProcessingDeadline};
+use crate::liveness::{LivenessTracker, ReadWindow};
+use crate::{Lease, LeaseConfig, LeaseConfigError, LeaseStore, LeaseStoreError, LeaseToken};
+
+use heartbeat::Heart;
+
+/// A lease this worker processes, as last read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldLease {
+    /// The lease as of the last round (or as written by this worker's take).
+    pub lease: Lease,
+    /// What checkpoints and the release are written with.
+    pub token: LeaseToken,
+    /// Another worker asked for the lease: checkpoint at a batch boundary,
+    /// then [release](CoordinatorHandle::release) it.
+    pub handoff_requested: bool,
+    /// The epoch of liveness the lease was published in: it may be
+    /// processed only while the worker's liveness stays in this epoch (see
+    /// [`CoordinatorHandle::deadline`]).
+    pub epoch: u64,
+}
+
+/// The leases this worker processes, by lease key.
+pub type HeldLeases = BTreeMap<String, HeldLease>;
+
+/// What one assignment round did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Free or expired leases this worker took.
+    pub taken: Vec<String>,
+    /// Leases this worker asked their owners to hand over.
+    pub handoffs_requested: Vec<String>,
+    /// Takes and handoff requests another worker won first.
+    pub contended: usize,
+    /// Leases processed before this round and no longer.
+    pub lost: Vec<String>,
+    /// Leases processed after this round.
+    pub held: usize,
+    /// Live workers seen, this one included.
+    pub live_workers: usize,
+    /// Heartbeats of expired workers this round removed.
+    pub removed_heartbeats: Vec<String>,
+}
+
+/// Runs heartbeats and assignment rounds for one worker.
+pub struct LeaseCoordinator<S: ?Sized> {
+    /// The tables.
+    store: Arc<S>,
+    /// The validated settings.
+    config: LeaseConfig,
+    /// When this worker last saw each other worker's heartbeat change, by
+    /// its own clock.
+    tracker: LivenessTracker,
+    /// What the loops and the handles share.
+    shared: Arc<Shared>,
+    /// Handoffs this worker asked for and is waiting to complete: the moment
+    /// it stops watching each (the regular rounds take over then), and the
+    /// epoch it asked in (a lease received in a later epoch is taken anew
+    /// by a round before it is processed).
+    awaiting: BTreeMap<String, (Instant, u64)>,
+}
+
+/// What the coordinator's loops and its handles share.
+struct Shared {
+    /// This worker's heartbeats and the deadline they earn.
+    heart: Heart,
+    /// The leases this worker processes.
+    held: watch::Sender<HeldLeases>,
+    /// Set when the worker is stopping: it takes no more leases, announces
+    /// it in its heartbeat, and others ask for its leases.
+    draining: watch::Sender<bool>,
+    /// Live workers other than this one that are not draining, as of the
+    /// last round: who could receive this worker's leases.
+    receivers: AtomicUsize,
+}
+
+impl Shared {
+    /// Stops publishing every lease if the deadline has passed at `now`.
+    /// Returns whether it had.
+    fn lapse_if_due(&self, now: Instant) -> bool {
+        if !self.heart.lapse(now) {
+            return false;
+        }
+        warn!(
+            "no heartbeat confirmed in time: every shard stops (each consumer stopped at the \
+             deadline by itself); leases are taken anew once heartbeats get through"
+        );
+        self.held.send_replace(HeldLeases::new());
+        true
+    }
+}
+
+/// What the rest of the worker uses to follow and act on the held leases.
+pub struct CoordinatorHandle<S: ?Sized> {
+    store: Arc<S>,
+    shared: Arc<Shared>,
+}
+
+impl<S: ?Sized> Clone for CoordinatorHandle<S> {
+    fn clone(&self) -> Self {
+        Self {
+            store: Arc::clone(&self.store),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
+    /// Starts draining (the worker is stopping): takes and asks for no more
+    /// leases, announces it in a heartbeat at once so that other workers
+    /// ask for this worker's leases, and runs rounds every
+    /// `handoff_poll_interval` to see their requests quickly. The leases
+    /// already held stay published until released.
+    pub fn stop_taking(&self) {
+        self.shared.draining.send_replace(true);
+    }
+
+    /// Whether [`stop_taking`](Self::stop_taking) was called.
+    pub fn is_draining(&self) -> bool {
+        *self.shared.draining.borrow()
+    }
+
+    /// When the last heartbeat that was confirmed had been sent (the lease
+    /// tables were reachable then).
+    pub fn last_heartbeat(&self) -> Option<Instant> {
+        self.shared.heart.last_confirmed()
+    }
+
+    /// How many other live workers could receive this worker's leases (not
+    /// draining themselves), as of the last assignment round.
+    pub fn receivers(&self) -> usize {
+        self.shared.receivers.load(Ordering::SeqCst)
+    }
+
+    /// The leases this worker processes; changes whenever a round or a
+    /// release changes them.
+    pub fn held(&self) -> watch::Receiver<HeldLeases> {
+        self.shared.held.subscribe()
+    }
+
+    /// This worker's liveness as the coordinator publishes it.
+    pub fn liveness(&self) -> watch::Receiver<Liveness> {
+        self.shared.heart.subscribe()
+    }
+
+    /// How long a lease published in `epoch` may be processed.
+    pub fn deadline(&self, epoch: u64) -> ProcessingDeadline {
+        ProcessingDeadline::new(epoch, self.shared.heart.subscribe())
+    }
+
+    /// The leases another worker has asked for: checkpoint each at a batch
+    /// boundary, then [release](Self::release) it.
+    pub fn handoffs_requested(&self) -> Vec<LeaseToken> {
+        self.shared
+            .held
+            .borrow()
+            .values()
+            .filter(|h| h.handoff_requested)
+            .map(|h| h.token.clone())
+            .collect()
+    }
+
+    /// Gives a lease up (after a handoff request, or on shutdown): completes
+    /// the handoff if one was requested, otherwise leaves the lease unowned
+    /// for another worker to take. The lease stops being published at once.
+    pub async fn release(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
+        let result = self.store.release_lease(token).await;
+        if result.is_ok() || result.as_ref().is_err_and(LeaseStoreError::is_lease_lost) {
+            self.shared.held.send_if_modified(|held| {
+                let ours = held.get(&token.key).is_some_and(|h| h.token == *token);
+                if ours {
+                    held.remove(&token.key);
+                }
+                ours
+            });
+        }
+        result
+    }
+
+    /// The store the coordinator works on (for checkpoints).
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+}
+
+impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
+    /// A coordinator for the worker `config.worker_id`, once the settings are
+    /// validated.
+    pub fn new(
+        store: Arc<S>,
+        config: LeaseConfig,
+    ) -> Result<(Self, CoordinatorHandle<S>), LeaseConfigError> {
+        config.validate()?;
+        let shared = Arc::new(Shared {
+            heart: Heart::new(&config),
+            held: watch::channel(HeldLeases::new()).0,
+            draining: watch::channel(false).0,
+            receivers: AtomicUsize::new(0),
+        });
+        let handle = CoordinatorHandle {
+            store: Arc::clone(&store),
+            shared: Arc::clone(&shared),
+        };
+        let coordinator = Self {
+            tracker: LivenessTracker::new(config.failover_time),
+            store,
+            config,
+            shared,
+            awaiting: BTreeMap::new(),
+        };
+        Ok((coordinator, handle))
+    }
+
+    /// The worker's id.
+    pub fn worker_id(&self) -> &str {
+        &self.config.worker_id
+    }
+
+    /// Writes one heartbeat. `clock` is read when it is sent and when it is
+    /// confirmed: a heartbeat confirmed after the deadline it would have
+    /// extended does not extend it (the worker lost its liveness meanwhile).
+    pub async fn heartbeat(&self, clock: impl Fn() -> Instant) -> Result<(), LeaseStoreError> {
+        self.shared.beat(&*self.store, clock).await
+    }
+
+    /// Whether this worker may process shards at `now`.
+    pub fn is_alive(&self, now: Instant) -> bool {
+        self.shared.heart.live_epoch(now).is_some()
+    }
+
+    /// Stops publishing any lease if the deadline has passed at `now`.
+    /// Returns whether it had. (Consumers stop at the deadline by
+    /// themselves; this is the coordinator catching up.)
+    pub fn enforce_liveness(&mut self, now: Instant) -> bool {
+        self.shared.lapse_if_due(now)
+    }
+
+    /// Reads the tables, judges liveness, carries out this worker's part of
+    /// the plan and publishes the leases it processes.
+    ///
+    /// `clock` tells the time. It is read before the tables are read and
+    /// after, and the liveness of others is judged from that window (see
+    /// [`liveness`](crate::liveness)); it is read again before the leases
+    /// are published, which happens only if this worker stayed alive, in
+    /// one epoch, throughout.
+    pub async fn assignment_round(
+        &mut self,
+        clock: impl Fn() -> Instant,
+    ) -> Result<RoundReport, LeaseStoreError> {
+        let began = clock();
+        let mut leases = self.store.list_leases().await?;
+        let heartbeats = self.store.list_heartbeats().await?;
+        let ended = clock();
+        self.tracker
+            .observe(ReadWindow { began, ended }, &heartbeats, &leases);
+        let mut report = RoundReport::default();
+        let Some(epoch) = self.shared.heart.live_epoch(ended) else {
+            self.shared.lapse_if_due(ended);
+            return Ok(report);
+        };
+        let me = self.config.worker_id.clone();
+
+        self.remove_dead_heartbeats(&heartbeats, &mut report)
+            .await?;
+        self.retake_own(&mut leases, epoch, &mut report).await?;
+
+        let draining = *self.shared.draining.borrow();
+        let mut workers: BTreeSet<String> = self.tracker.live_workers().into_iter().collect();
+        workers.insert(me.clone());
+        report.live_workers = workers.len();
+        // Draining workers (this one too, when stopping) receive nothing;
+        // their leases are planned to move to the others.
+        let mut stopping: BTreeSet<String> = heartbeats
+            .iter()
+            .filter(|h| h.draining && h.worker != me && workers.contains(&h.worker))
+            .map(|h| h.worker.clone())
+            .collect();
+        if draining {
+            stopping.insert(me.clone());
+        }
+        workers.retain(|w| !stopping.contains(w));
+        self.shared.receivers.store(
+            workers.iter().filter(|w| **w != me).count(),
+            Ordering::SeqCst,
+        );
+        let views: Vec<LeaseView> = leases
+            .iter()
+            .filter(|lease| !lease.is_finished())
+            .map(|lease| LeaseView {
+                key: lease.key.clone(),
+                holder: match self.holder(lease, &workers) {
+                    Holder::Pinned
+                        if lease
+                            .processing_owner()
+                            .is_some_and(|owner| stopping.contains(owner)) =>
+                    {
+                        Holder::Draining(lease.processing_owner().unwrap_or_default().to_owned())
+                    }
+                    Holder::Held(owner) if stopping.contains(&owner) => Holder::Draining(owner),
+                    holder => holder,
+                },
+                moving: lease.handoff_in_progress(),
+            })
+            .collect();
+        let plan = assignment::plan(&views, &workers, self.config.max_leases_per_worker);
+
+        let by_key: BTreeMap<&str, usize> = leases
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.key.as_str(), i))
+            .collect();
+        let (takes, moves) = plan.for_worker(&me);
+        let takes: Vec<usize> = takes
+            .filter(|_| !draining)
+            .filter_map(|key| by_key.get(key).copied())
+            .collect();
+        let moves: Vec<usize> = moves
+            .filter(|_| !draining)
+            .filter_map(|(key, _)| by_key.get(key).copied())
+            .collect();
+        for index in takes {
+            match self.store.take_lease(&leases[index], &me).await {
+                Ok(taken) => {
+                    info!(lease = %taken.key, previous_owner = ?leases[index].processing_owner(), "took lease");
+                    metrics::counter!(crate::metrics::LEASE_TAKES).increment(1);
+                    report.taken.push(taken.key.clone());
+                    leases[index] = taken;
+                }
+                Err(LeaseStoreError::LeaseLost { .. }) => report.contended += 1,
+                Err(error) => return Err(error),
+            }
+        }
+        for index in moves {
+            match self.store.request_handoff(&leases[index], &me).await {
+                Ok(moving) => {
+                    info!(lease = %moving.key, from = ?moving.checkpoint_owner, "asked for a handoff");
+                    report.handoffs_requested.push(moving.key.clone());
+                    metrics::counter!(crate::metrics::LEASE_HANDOFFS, "event" => "requested")
+                        .increment(1);
+                    // Watch it closely: the new owner should start as soon
+                    // as the old one releases.
+                    self.awaiting.insert(
+                        moving.key.clone(),
+                        (ended + self.config.failover_time, epoch),
+                    );
+                    leases[index] = moving;
+                }
+                Err(LeaseStoreError::LeaseLost { .. }) => report.contended += 1,
+                Err(error) => return Err(error),
+            }
+        }
+
+        let held: HeldLeases = leases
+            .into_iter()
+            .filter(|lease| lease.processing_owner() == Some(me.as_str()))
+            .filter_map(|lease| {
+                let token = lease.token()?;
+                let handoff_requested = lease.owner.as_deref() != Some(me.as_str());
+                Some((
+                    lease.key.clone(),
+                    HeldLease {
+                        lease,
+                        token,
+                        handoff_requested,
+                        epoch,
+                    },
+                ))
+            })
+            .collect();
+        // The takes and handoff requests above may have been slow: publish
+        // only while this worker is still alive in the same epoch.
+        let published_at = clock();
+        if self.shared.heart.live_epoch(published_at) != Some(epoch) {
+            self.shared.lapse_if_due(published_at);
+            return Ok(report);
+        }
+        report.lost = self
+            .shared
+            .held
+            .borrow()
+            .iter()
+            .filter(|(key, before)| held.get(*key).is_none_or(|now| now.token != before.token))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &report.lost {
+            warn!(lease = %key, "lease lost to another worker");
+            metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
+        }
+        report.held = held.len();
+        self.shared.held.send_if_modified(|published| {
+            let changed = *published != held;
+            *published = held;
+            changed
+        });
+        debug!(?report, "assignment round");
+        Ok(report)
+    }
+
+    /// Removes the heartbeats of workers judged dead, so a worker that
+    /// starts later does not count them as live for a failover time (it has
+    /// never seen their heartbeat change, so only time could tell it). Each
+    /// removal is conditional on the value judged: a worker that came back
+    /// meanwhile keeps its heartbeat.
+    async fn remove_dead_heartbeats(
+        &self,
+        heartbeats: &[crate::WorkerHeartbeat],
+        report: &mut RoundReport,
+    ) -> Result<(), LeaseStoreError> {
+        for heartbeat in heartbeats {
+            if heartbeat.worker == self.config.worker_id
+                || self.tracker.is_worker_live(&heartbeat.worker)
+            {
+                continue;
+            }
+            let removed = self
+                .store
+                .remove_heartbeat(&heartbeat.worker, Some(heartbeat.beat))
+                .await?;
+            if removed {
+                info!(worker = %heartbeat.worker, beat = heartbeat.beat, "removed the heartbeat of an expired worker");
+                report.removed_heartbeats.push(heartbeat.worker.clone());
+            } else {
+                info!(worker = %heartbeat.worker, "an expired worker's heartbeat changed before it was removed; kept");
+            }
+        }
+        Ok(())
+    }
+
+    /// After a loss of liveness (and at start), takes this worker's own
+    /// leases anew, so that nothing written under the old counters can land
+    /// and no take another worker sent while judging this one expired can
+    /// succeed afterwards.
+    async fn retake_own(
+        &self,
+        leases: &mut [Lease],
+        epoch: u64,
+        report: &mut RoundReport,
+    ) -> Result<(), LeaseStoreError> {
+        if !self.shared.heart.retake_pending() {
+            return Ok(());
+        }
+        let me = self.config.worker_id.as_str();
+        for lease in leases
+            .iter_mut()
+            .filter(|l| l.processing_owner() == Some(me))
+        {
+            match self.store.take_lease(lease, me).await {
+                Ok(taken) => {
+                    debug!(lease = %taken.key, counter = taken.counter, "took own lease anew");
+                    *lease = taken;
+                }
+                Err(LeaseStoreError::LeaseLost { .. }) => report.contended += 1,
+                Err(error) => return Err(error),
+            }
+        }
+        self.shared.heart.retake_done(epoch);
+        Ok(())
+    }
+
+    /// Checks the handoffs this worker is waiting for and publishes the
+    /// leases whose old owner has released them, so their consumers start
+    /// at once instead of at the next round.
+    /// `clock` tells the time, read after each lease is read.
+    pub async fn poll_awaited_handoffs(
+        &mut self,
+        clock: impl Fn() -> Instant,
+    ) -> Result<(), LeaseStoreError> {
+        let me = self.config.worker_id.clone();
+        let keys: Vec<String> = self.awaiting.keys().cloned().collect();
+        for key in keys {
+            let lease = self.store.get_lease(&key).await?;
+            let now = clock();
+            let Some(&(until, asked_in)) = self.awaiting.get(&key) else {
+                continue;
+            };
+            match lease {
+                Some(lease)
+                    if lease.owner.as_deref() == Some(me.as_str())
+                        && !lease.handoff_in_progress() =>
+                {
+                    self.awaiting.remove(&key);
+                    // A lease received after a loss of liveness waits for
+                    // the next round, which takes it anew first.
+                    if let Some(token) = lease.token()
+                        && self.shared.heart.live_epoch(now) == Some(asked_in)
+                    {
+                        debug!(lease = %key, "handoff completed");
+                        metrics::counter!(crate::metrics::LEASE_HANDOFFS, "event" => "received")
+                            .increment(1);
+                        let held = HeldLease {
+                            lease,
+                            token,
+                            handoff_requested: false,
+                            epoch: asked_in,
+                        };
+                        self.shared.held.send_modify(|published| {
+                            published.insert(key.clone(), held);
+                        });
+                    }
+                }
+                Some(lease) if lease.owner.as_deref() == Some(me.as_str()) => {
+                    if until <= now {
+                        self.awaiting.remove(&key);
+                    }
+                }
+                _ => {
+                    self.awaiting.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn holder(&self, lease: &Lease, workers: &BTreeSet<String>) -> Holder {
+        let me = self.config.worker_id.as_str();
+        match &lease.owner {
+            None => Holder::Free,
+            Some(_) if lease.processing_owner() == Some(me) => Holder::Held(me.to_owned()),
+            Some(_) if self.tracker.is_lease_expired(lease) => Holder::Free,
+            Some(owner) if workers.contains(owner) => Holder::Held(owner.clone()),
+            Some(_) => Holder::Pinned,
+        }
+    }
+
+    /// The next moment a round is due: the regular interval after `last`, or
+    /// earlier when an owner would expire.
+    fn next_round(&self, last: Instant) -> Instant {
+        let regular = last + self.config.assignment_interval;
+        match self.tracker.next_expiry(last) {
+            Some(expiry) if expiry < regular => expiry,
+            _ => regular,
+        }
+    }
+
+    /// Runs heartbeats and rounds until `shutdown` completes, then removes
+    /// this worker's heartbeat so the others stop counting it at once.
+    /// Creates the tables first if they do not exist.
+    ///
+    /// Leases are not released here: the scheduler hands them over first
+    /// (through [`CoordinatorHandle::release`]) and then shuts this down.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), LeaseStoreError> {
+        let span = info_span!("lease_coordinator", worker_id = %self.config.worker_id);
+        async move {
+            self.store.ensure_tables().await?;
+            let heartbeats = heartbeat::run_heartbeats(
+                Arc::clone(&self.store),
+                Arc::clone(&self.shared),
+                self.config.clone(),
+            );
+            let deadline = heartbeat::watch_deadline(Arc::clone(&self.shared));
+            let worker_id = self.config.worker_id.clone();
+            let store = Arc::clone(&self.store);
+            tokio::select! {
+                () = shutdown => {}
+                () = heartbeats => {}
+                () = deadline => {}
+                () = self.run_rounds() => {}
+            }
+            info!("lease coordinator stopping; removing heartbeat");
+            store.remove_heartbeat(&worker_id, None).await.map(drop)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The assignment loop: rounds on schedule (often while draining), and
+    /// close watch over handoffs this worker asked for.
+    async fn run_rounds(mut self) {
+        let now = heartbeat::now;
+        let mut draining_changes = self.shared.draining.subscribe();
+        // The first round waits a moment, so that workers started together
+        // (a scale-out) see each other's heartbeats and split the leases
+        // once, instead of the first to start asking for a share it must
+        // pass on again a round later.
+        let mut next_round = now() + first_round_delay(self.config.assignment_interval);
+        let mut next_poll = now();
+        loop {
+            let draining = *draining_changes.borrow_and_update();
+            tokio::select! {
+                changed = draining_changes.changed() => {
+                    if changed.is_ok() && *draining_changes.borrow() {
+                        // Look for the fleet's handoff requests often while
+                        // the leases are handed over.
+                        info!("draining: handing leases over on request");
+                        next_round = now();
+                    }
+                }
+                () = tokio::time::sleep_until(next_poll.into()), if !self.awaiting.is_empty() => {
+                    let limit = now() + self.config.failover_time;
+                    if let Err(error) = bounded(limit, self.poll_awaited_handoffs(now)).await {
+                        debug!(%error, "checking awaited handoffs failed");
+                    }
+                    next_poll = now() + self.config.handoff_poll_interval;
+                }
+                () = tokio::time::sleep_until(next_round.into()) => {
+                    let started = now();
+                    let limit = started + self.config.failover_time;
+                    if let Err(error) = bounded(limit, self.assignment_round(now)).await {
+                        warn!(%error, "assignment round failed; retrying at the next one");
+                    }
+                    next_round = if draining {
+                        now() + self.config.handoff_poll_interval
+                    } else {
+                        self.next_round(started).max(now())
+                    };
+                    next_poll = now() + self.config.handoff_poll_interval;
+                }
+            }
+        }
+    }
+}
+
+/// How long a worker waits after its first heartbeat before its first
+/// assignment round: a tenth of the assignment interval, at most 1 s.
+fn first_round_delay(assignment_interval: Duration) -> Duration {
+    (assignment_interval / 10).min(Duration::from_secs(1))
+}
+
+/// Runs `call` until `deadline`; a call still pending then is abandoned and
+/// reported as [`LeaseStoreError::Unavailable`].
+async fn bounded<T>(
+    deadline: Instant,
+    call: impl Future<Output = Result<T, LeaseStoreError>>,
+) -> Result<T, LeaseStoreError> {
+    match tokio::time::timeout_at(deadline.into(), call).await {
+        Ok(result) => result,
+        Err(_) => Err(LeaseStoreError::Unavailable {
+            operation: "lease coordinator call",
+            table: "lease table".to_owned(),
+            attempts: 1,
+            message: "no answer in time; abandoned".to_owned(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,369 @@
+//! Coordinators on the in-memory store, driven step by step on a clock the
+//! test sets (or on tokio's paused clock for `run`).
+
+use std::time::Duration;
+
+use kcl_checkpoint::ExtendedSequenceNumber;
+
+use super::*;
+use crate::faults::{Call, FaultyStore};
+use crate::{CheckpointUpdate, InMemoryLeaseStore};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+async fn table_with(leases: usize) -> InMemoryLeaseStore {
+    let store = InMemoryLeaseStore::new();
+    for n in 0..leases {
+        let lease = Lease::new(
+            format!("shardId-{n:012}"),
+            ExtendedSequenceNumber::TrimHorizon,
+        );
+        store.create_lease_if_absent(&lease).await.unwrap();
+    }
+    store
+}
+
+type Pair<S> = (LeaseCoordinator<S>, CoordinatorHandle<S>);
+
+fn coordinator(store: &InMemoryLeaseStore, worker: &str) -> Pair<InMemoryLeaseStore> {
+    LeaseCoordinator::new(Arc::new(store.client()), LeaseConfig::new(worker)).unwrap()
+}
+
+fn at(t: Instant) -> impl Fn() -> Instant {
+    move || t
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_heartbeat_stops_a_margin_before_others_may_take_over() {
+    let store = table_with(3).await;
+    let (mut a, handle) = coordinator(&store, "a");
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    let report = a.assignment_round(at(t0)).await.unwrap();
+    assert_eq!(report.taken.len(), 3);
+    let before = handle.held().borrow().clone();
+    assert_eq!(before.len(), 3);
+    let deadline = handle.deadline(before.values().next().unwrap().epoch);
+
+    // No heartbeat gets through: processing ends at 10 s - 2 s after the
+    // last one was sent, while no one may take over before 10 s.
+    assert!(deadline.is_open_at(t0 + Duration::from_millis(7_999)));
+    assert!(!deadline.is_open_at(t0 + S(8)));
+    assert!(!a.enforce_liveness(t0 + Duration::from_millis(7_999)));
+    assert!(a.enforce_liveness(t0 + S(8)));
+    assert!(handle.held().borrow().is_empty());
+    // Rounds while cut off publish nothing.
+    a.assignment_round(at(t0 + S(11))).await.unwrap();
+    assert!(handle.held().borrow().is_empty());
+
+    // Back: its leases are taken anew, so the old tokens are fenced, and
+    // the old deadline stays passed.
+    a.heartbeat(at(t0 + S(12))).await.unwrap();
+    a.assignment_round(at(t0 + S(12))).await.unwrap();
+    let after = handle.held().borrow().clone();
+    assert_eq!(after.len(), 3);
+    assert!(!deadline.is_open_at(t0 + S(12)));
+    for (key, held) in &after {
+        assert_eq!(held.token.counter, before[key].token.counter + 1);
+        assert!(handle.deadline(held.epoch).is_open_at(t0 + S(12)));
+        let stale = store
+            .checkpoint(
+                &before[key].token,
+                &CheckpointUpdate::at(ExtendedSequenceNumber::Latest),
+            )
+            .await;
+        assert!(stale.unwrap_err().is_lease_lost());
+    }
+}
+
+#[tokio::test]
+async fn a_heartbeat_confirmed_after_the_deadline_does_not_extend_it() {
+    let store = table_with(1).await;
+    let (mut a, handle) = coordinator(&store, "a");
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    let epoch = handle.held().borrow().values().next().unwrap().epoch;
+
+    // Sent at 5 s, answered at 9 s: past the deadline of 8 s.
+    let clock = std::sync::Mutex::new(vec![t0 + S(9), t0 + S(5)]);
+    a.heartbeat(|| clock.lock().unwrap().pop().unwrap())
+        .await
+        .unwrap();
+    assert!(!handle.deadline(epoch).is_open_at(t0 + S(9)));
+    assert!(handle.held().borrow().is_empty());
+    // Alive again (until 5 + 8 s), in a new epoch: the next round retakes.
+    assert!(a.is_alive(t0 + S(12)));
+    a.assignment_round(at(t0 + S(10))).await.unwrap();
+    let held = handle.held().borrow().values().next().unwrap().clone();
+    assert_eq!(held.epoch, epoch + 1);
+    assert_eq!(held.token.counter, 2, "taken, then taken anew");
+}
+
+#[tokio::test]
+async fn a_worker_takes_its_own_leases_anew_when_it_starts() {
+    // A previous process under the same id left leases behind.
+    let store = table_with(2).await;
+    let (mut first, _) = coordinator(&store, "a");
+    let t0 = Instant::now();
+    first.heartbeat(at(t0)).await.unwrap();
+    first.assignment_round(at(t0)).await.unwrap();
+    let (mut second, handle) = coordinator(&store, "a");
+    second.heartbeat(at(t0 + S(3))).await.unwrap();
+    second.assignment_round(at(t0 + S(3))).await.unwrap();
+    let held = handle.held().borrow().clone();
+    assert_eq!(held.len(), 2);
+    assert!(held.values().all(|h| h.token.counter == 2), "{held:?}");
+}
+
+#[tokio::test]
+async fn leases_of_a_silent_worker_are_taken_only_after_the_failover_time() {
+    let store = table_with(4).await;
+    let (mut a, _) = coordinator(&store, "a");
+    let (mut b, b_handle) = coordinator(&store, "b");
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    // b starts and balances by asking a for handoffs; a is silent from now.
+    b.heartbeat(at(t0)).await.unwrap();
+    let report = b.assignment_round(at(t0)).await.unwrap();
+    assert_eq!(report.handoffs_requested.len(), 2);
+    for t in [5, 9] {
+        b.heartbeat(at(t0 + S(t))).await.unwrap();
+        let report = b.assignment_round(at(t0 + S(t))).await.unwrap();
+        assert!(report.taken.is_empty(), "taken at {t}s: {report:?}");
+    }
+    // a's heartbeat has not changed for 10 s (b saw it first at t0).
+    let report = b.assignment_round(at(t0 + S(10))).await.unwrap();
+    assert_eq!(report.taken.len(), 4, "{report:?}");
+    assert_eq!(b_handle.held().borrow().len(), 4);
+    assert_eq!(report.live_workers, 1);
+    assert_eq!(report.removed_heartbeats, ["a"]);
+}
+
+#[tokio::test]
+async fn a_handoff_request_is_published_and_release_completes_it() {
+    let store = table_with(2).await;
+    let (mut a, a_handle) = coordinator(&store, "a");
+    let (mut b, b_handle) = coordinator(&store, "b");
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    b.heartbeat(at(t0)).await.unwrap();
+    b.assignment_round(at(t0)).await.unwrap();
+    assert!(
+        b_handle.held().borrow().is_empty(),
+        "not b's until a releases"
+    );
+
+    a.assignment_round(at(t0 + S(1))).await.unwrap();
+    let requested = a_handle.handoffs_requested();
+    assert_eq!(requested.len(), 1);
+    a_handle.release(&requested[0]).await.unwrap();
+    assert_eq!(a_handle.held().borrow().len(), 1);
+
+    b.poll_awaited_handoffs(at(t0 + S(2))).await.unwrap();
+    let b_held = b_handle.held().borrow().clone();
+    assert_eq!(b_held.keys().collect::<Vec<_>>(), [&requested[0].key]);
+    assert!(!b_held.values().any(|h| h.handoff_requested));
+}
+
+/// b observes a, which holds every lease, every second; returns the first
+/// moment b took a lease while a was still allowed to process it.
+async fn overlap(
+    a: &LeaseCoordinator<impl LeaseStore + ?Sized>,
+    a_handle: &CoordinatorHandle<impl LeaseStore + ?Sized>,
+    b: &mut LeaseCoordinator<InMemoryLeaseStore>,
+    t0: Instant,
+    seconds: std::ops::Range<u64>,
+    mut a_beats: impl FnMut(u64) -> bool,
+) -> Option<u64> {
+    for t in seconds {
+        let now = t0 + S(t);
+        if a_beats(t) {
+            let _ = a.heartbeat(at(now)).await;
+        }
+        b.heartbeat(at(now)).await.unwrap();
+        let report = b.assignment_round(at(now)).await.unwrap();
+        let a_may_process = a_handle
+            .held()
+            .borrow()
+            .values()
+            .any(|h| a_handle.deadline(h.epoch).is_open_at(now));
+        if !report.taken.is_empty() && a_may_process {
+            return Some(t);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_heartbeat_that_took_effect_but_reported_failure_never_looks_like_silence() {
+    let table = table_with(2).await;
+    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
+    let (mut a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
+    let (mut b, _) = coordinator(&table, "b");
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    faults.only(&[Call::Heartbeat]);
+    // a's heartbeat at 5 s takes effect but reports an error; the one at
+    // 7 s is confirmed (a processes until 15 s); then a is cut off.
+    faults.apply_then_fail(1);
+    let beats = |t: u64| t == 5 || t == 7;
+    let took = overlap(&a, &a_handle, &mut b, t0, 0..30, beats).await;
+    assert_eq!(faults.applied_and_failed(), [Call::Heartbeat]);
+    assert_eq!(took, None, "b took a lease a could still process");
+}
+
+#[tokio::test]
+async fn a_restarted_process_under_the_same_worker_id_never_repeats_a_heartbeat() {
+    let table = table_with(2).await;
+    let (first, _) = coordinator(&table, "a");
+    let t0 = Instant::now();
+    first.heartbeat(at(t0)).await.unwrap();
+    let written = table.list_heartbeats().await.unwrap()[0].beat;
+    // The process restarts; its clock-based start is pushed below what the
+    // first one wrote, as a clock that went back would.
+    let (second, _) = coordinator(&table, "a");
+    second.shared.heart.set_next_beat(written);
+    let repeat = second.heartbeat(at(t0 + S(1))).await;
+    assert!(
+        matches!(repeat, Err(LeaseStoreError::HeartbeatSuperseded { stored, .. }) if stored == written),
+        "{repeat:?}"
+    );
+    second.heartbeat(at(t0 + S(2))).await.unwrap();
+    let now_written = table.list_heartbeats().await.unwrap()[0].beat;
+    assert!(now_written > written);
+}
+
+#[tokio::test]
+async fn a_dead_worker_that_comes_back_keeps_its_heartbeat() {
+    let table = table_with(0).await;
+    let (a, _) = coordinator(&table, "a");
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    let judged = table.list_heartbeats().await.unwrap()[0].beat;
+    // a beats again after b judged it dead with the old value.
+    a.heartbeat(at(t0 + S(11))).await.unwrap();
+    assert!(!table.remove_heartbeat("a", Some(judged)).await.unwrap());
+    assert_eq!(table.list_heartbeats().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_observer_with_a_shorter_failover_time_waits_for_the_longer_one() {
+    let table = table_with(2).await;
+    let (mut a, a_handle) = coordinator(&table, "a");
+    let short = LeaseConfig::new("b").with_failover_time(S(4));
+    let (mut b, _) = LeaseCoordinator::new(Arc::new(table.client()), short).unwrap();
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    // a (10 s) falls silent after 2 s; b (4 s) must wait 10 s.
+    let took = overlap(&a, &a_handle, &mut b, t0, 0..20, |t| t == 2).await;
+    assert_eq!(took, None, "b took a lease a could still process");
+    let leases = table.list_leases().await.unwrap();
+    assert!(leases.iter().all(|l| l.owner.as_deref() == Some("b")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn run_balances_then_fails_over_within_failover_plus_one_round() {
+    let store = table_with(10).await;
+    let mut tasks = Vec::new();
+    let mut handles = Vec::new();
+    for worker in ["a", "b"] {
+        let (coordinator, handle) =
+            LeaseCoordinator::new(Arc::new(store.client()), LeaseConfig::new(worker)).unwrap();
+        // Stand-in for the scheduler: hand over whatever is asked for.
+        let releaser = handle.clone();
+        tokio::spawn(async move {
+            let mut held = releaser.held();
+            while held.changed().await.is_ok() {
+                for token in releaser.handoffs_requested() {
+                    let _ = releaser.release(&token).await;
+                }
+            }
+        });
+        tasks.push(tokio::spawn(coordinator.run(std::future::pending())));
+        handles.push(handle);
+        tokio::time::sleep(S(3)).await;
+    }
+    tokio::time::sleep(S(30)).await;
+    let counts: Vec<usize> = handles.iter().map(|h| h.held().borrow().len()).collect();
+    assert_eq!(counts, [5, 5]);
+
+    // a crashes: no release, no goodbye.
+    tasks[0].abort();
+    let crashed_at = tokio::time::Instant::now();
+    let mut held = handles[1].held();
+    while held.borrow_and_update().len() < 10 {
+        held.changed().await.unwrap();
+    }
+    let failover = crashed_at.elapsed();
+    assert!(failover <= S(20), "took {failover:?}");
+    assert!(
+        failover >= S(5),
+        "took {failover:?}: faster than a live worker allows"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_read_does_not_make_a_live_owner_look_expired() {
+    let store = table_with(2).await;
+    let (mut a, _) = coordinator(&store, "a");
+    let t0 = Instant::now();
+    let (mut b, _) = coordinator(&store, "b");
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    b.heartbeat(at(t0)).await.unwrap();
+    b.assignment_round(at(t0)).await.unwrap();
+
+    // b's next round begins at t0+5 and its reads take 4 s; a heartbeats at
+    // t0+8 while they are under way, and b's read sees it.
+    a.heartbeat(at(t0 + S(8))).await.unwrap();
+    let clock = std::sync::Mutex::new(vec![t0 + S(9), t0 + S(9), t0 + S(5)]);
+    b.heartbeat(at(t0 + S(5))).await.unwrap();
+    b.assignment_round(|| clock.lock().unwrap().pop().unwrap_or(t0 + S(9)))
+        .await
+        .unwrap();
+
+    // a stays alive until t0+16 by its own reckoning (sent at 8, 10 s
+    // failover, 2 s margin); at t0+17 b (alive, its reads now quick) must
+    // still count it live: it saw the change only at t0+9.
+    b.heartbeat(at(t0 + S(17))).await.unwrap();
+    let report = b.assignment_round(at(t0 + S(17))).await.unwrap();
+    assert!(
+        report.taken.is_empty(),
+        "took from a live owner: {report:?}"
+    );
+    b.heartbeat(at(t0 + S(19))).await.unwrap();
+    let report = b.assignment_round(at(t0 + S(19))).await.unwrap();
+    assert_eq!(report.taken.len(), 2, "{report:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_whose_table_calls_hang_stops_its_shards_before_its_deadline() {
+    let store = table_with(4).await;
+    let (faulty, faults) = FaultyStore::new(Arc::new(store.client()));
+    let (coordinator, handle) =
+        LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
+    let task = tokio::spawn(coordinator.run(std::future::pending()));
+    let mut held = handle.held();
+    while held.borrow_and_update().len() < 4 {
+        held.changed().await.unwrap();
+    }
+    let last_heartbeat = handle.last_heartbeat().unwrap();
+
+    // From now on every call hangs, unanswered: no error ever comes back.
+    faults.stall();
+    let stopped = tokio::time::timeout(S(60), async {
+        while !held.borrow_and_update().is_empty() {
+            held.changed().await.unwrap();
+        }
+    })
+    .await;
+    assert!(stopped.is_ok(), "still processing a minute after the cut");
+    let since_heartbeat = heartbeat::now().duration_since(last_heartbeat);
+    assert!(since_heartbeat <= S(8), "stopped after {since_heartbeat:?}");
+    task.abort();
+}

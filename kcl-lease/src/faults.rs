@@ -1,0 +1,271 @@
+//! A lease store that injects faults into the calls of one client of
+//! another store: for tests and simulations of what a worker does when its
+//! tables misbehave while the rest of the fleet's do not.
+//!
+//! - [`FaultControl::stall`]: every call hangs, unanswered, until
+//!   [`resume`](FaultControl::resume) (a network partition that drops
+//!   packets); a call still awaited then goes on.
+//! - [`FaultControl::apply_then_fail`]: the next writes take effect, then
+//!   report an error, as DynamoDB documents for a 500 (an answer lost on the
+//!   way back).
+//! - [`FaultControl::lose`]: the next writes fail without taking effect.
+//!
+//! Faults can be limited to some [`Call`]s (say, heartbeats only).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::store::{CheckpointUpdate, LeaseStore, RequestCounts, WorkerHeartbeat};
+use crate::{Lease, LeaseStoreError, LeaseToken};
+
+/// A [`LeaseStore`] call, for aiming faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Call {
+    /// [`LeaseStore::ensure_tables`].
+    EnsureTables,
+    /// [`LeaseStore::list_leases`].
+    ListLeases,
+    /// [`LeaseStore::get_lease`].
+    GetLease,
+    /// [`LeaseStore::create_lease_if_absent`].
+    CreateLease,
+    /// [`LeaseStore::take_lease`].
+    TakeLease,
+    /// [`LeaseStore::request_handoff`].
+    RequestHandoff,
+    /// [`LeaseStore::checkpoint`].
+    Checkpoint,
+    /// [`LeaseStore::record_child_shards`].
+    RecordChildShards,
+    /// [`LeaseStore::release_lease`].
+    ReleaseLease,
+    /// [`LeaseStore::delete_lease`].
+    DeleteLease,
+    /// [`LeaseStore::heartbeat`].
+    Heartbeat,
+    /// [`LeaseStore::list_heartbeats`].
+    ListHeartbeats,
+    /// [`LeaseStore::remove_heartbeat`].
+    RemoveHeartbeat,
+}
+
+impl Call {
+    /// Whether the call writes.
+    pub fn is_write(self) -> bool {
+        !matches!(
+            self,
+            Self::EnsureTables | Self::ListLeases | Self::GetLease | Self::ListHeartbeats
+        )
+    }
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    /// Calls the faults apply to; all when empty.
+    only: BTreeSet<Call>,
+    apply_then_fail: u32,
+    lose: u32,
+    /// Writes that took effect and reported an error, by call.
+    applied_and_failed: Vec<Call>,
+}
+
+/// Sets the faults of a [`FaultyStore`]. Cheap to clone; clones steer the
+/// same store.
+#[derive(Clone, Debug)]
+pub struct FaultControl {
+    plan: Arc<Mutex<Plan>>,
+    stalled: Arc<watch::Sender<bool>>,
+}
+
+impl Default for FaultControl {
+    fn default() -> Self {
+        Self {
+            plan: Arc::default(),
+            stalled: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl FaultControl {
+    fn plan(&self) -> MutexGuard<'_, Plan> {
+        self.plan
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Aims the faults at `calls` only (all calls when empty).
+    pub fn only(&self, calls: &[Call]) {
+        self.plan().only = calls.iter().copied().collect();
+    }
+
+    /// Makes every call hang until [`resume`](Self::resume).
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Ends a stall: calls still awaited go on.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
+
+    /// Whether calls hang now.
+    pub fn is_stalled(&self) -> bool {
+        *self.stalled.borrow()
+    }
+
+    /// The next `writes` writes take effect, then report an error.
+    pub fn apply_then_fail(&self, writes: u32) {
+        self.plan().apply_then_fail = writes;
+    }
+
+    /// The next `writes` writes fail without taking effect.
+    pub fn lose(&self, writes: u32) {
+        self.plan().lose = writes;
+    }
+
+    /// The writes that took effect and reported an error so far.
+    pub fn applied_and_failed(&self) -> Vec<Call> {
+        self.plan().applied_and_failed.clone()
+    }
+
+    async fn gate(&self) {
+        let mut stalled = self.stalled.subscribe();
+        let _ = stalled.wait_for(|stalled| !*stalled).await;
+    }
+
+    /// What to do with `call`: `Ok(true)` forward and report the answer,
+    /// `Ok(false)` forward and then report a failure, `Err` fail at once.
+    fn decide(&self, call: Call) -> Result<bool, LeaseStoreError> {
+        let mut plan = self.plan();
+        if !call.is_write() || !(plan.only.is_empty() || plan.only.contains(&call)) {
+            return Ok(true);
+        }
+        if plan.lose > 0 {
+            plan.lose -= 1;
+            return Err(injected(call, "lost before it reached the table"));
+        }
+        if plan.apply_then_fail > 0 {
+            plan.apply_then_fail -= 1;
+            plan.applied_and_failed.push(call);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+fn injected(call: Call, what: &str) -> LeaseStoreError {
+    LeaseStoreError::Unavailable {
+        operation: "injected fault",
+        table: format!("{call:?}"),
+        attempts: 1,
+        message: what.to_owned(),
+    }
+}
+
+/// A client of `inner` whose calls suffer the faults its [`FaultControl`]
+/// sets.
+pub struct FaultyStore<S: ?Sized> {
+    inner: Arc<S>,
+    control: FaultControl,
+}
+
+impl<S: LeaseStore + ?Sized> FaultyStore<S> {
+    /// A faulty client of `inner`, steered by the returned control.
+    pub fn new(inner: Arc<S>) -> (Self, FaultControl) {
+        let control = FaultControl::default();
+        let store = Self {
+            inner,
+            control: control.clone(),
+        };
+        (store, control)
+    }
+
+    async fn call<T, F>(&self, call: Call, run: F) -> Result<T, LeaseStoreError>
+    where
+        F: Future<Output = Result<T, LeaseStoreError>>,
+    {
+        self.control.gate().await;
+        let report = self.control.decide(call)?;
+        let result = run.await;
+        if report {
+            result
+        } else {
+            result.and(Err(injected(call, "took effect, then the answer was lost")))
+        }
+    }
+}
+
+#[async_trait]
+impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
+    async fn ensure_tables(&self) -> Result<(), LeaseStoreError> {
+        self.call(Call::EnsureTables, self.inner.ensure_tables())
+            .await
+    }
+    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        self.call(Call::ListLeases, self.inner.list_leases()).await
+    }
+    async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
+        self.call(Call::GetLease, self.inner.get_lease(key)).await
+    }
+    async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
+        self.call(Call::CreateLease, self.inner.create_lease_if_absent(lease))
+            .await
+    }
+    async fn take_lease(&self, seen: &Lease, worker: &str) -> Result<Lease, LeaseStoreError> {
+        self.call(Call::TakeLease, self.inner.take_lease(seen, worker))
+            .await
+    }
+    async fn request_handoff(&self, seen: &Lease, to: &str) -> Result<Lease, LeaseStoreError> {
+        self.call(Call::RequestHandoff, self.inner.request_handoff(seen, to))
+            .await
+    }
+    async fn checkpoint(
+        &self,
+        token: &LeaseToken,
+        update: &CheckpointUpdate,
+    ) -> Result<(), LeaseStoreError> {
+        self.call(Call::Checkpoint, self.inner.checkpoint(token, update))
+            .await
+    }
+    async fn record_child_shards(
+        &self,
+        token: &LeaseToken,
+        children: &BTreeSet<String>,
+    ) -> Result<(), LeaseStoreError> {
+        let run = self.inner.record_child_shards(token, children);
+        self.call(Call::RecordChildShards, run).await
+    }
+    async fn release_lease(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
+        self.call(Call::ReleaseLease, self.inner.release_lease(token))
+            .await
+    }
+    async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+        self.call(Call::DeleteLease, self.inner.delete_lease(key))
+            .await
+    }
+    async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
+        self.call(Call::Heartbeat, self.inner.heartbeat(heartbeat))
+            .await
+    }
+    async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
+        self.call(Call::ListHeartbeats, self.inner.list_heartbeats())
+            .await
+    }
+    async fn remove_heartbeat(
+        &self,
+        worker: &str,
+        beat: Option<u64>,
+    ) -> Result<bool, LeaseStoreError> {
+        self.call(
+            Call::RemoveHeartbeat,
+            self.inner.remove_heartbeat(worker, beat),
+        )
+        .await
+    }
+    fn request_counts(&self) -> RequestCounts {
+        self.inner.request_counts()
+    }
+}
