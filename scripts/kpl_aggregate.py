@@ -4,11 +4,13 @@ for the KPL de-aggregation tests.
 Reads a JSON object from standard input:
   {"shards": [[start_hash_key, end_hash_key], ...],
    "records": [[partition_key, explicit_hash_key or null, data], ...],
-   "per_aggregate": N}
+   "per_aggregate": N, "mix": false}
 and writes one JSON line per aggregate: {"pk", "ehk", "data_hex"}, to be put
 with PutRecord as given. Like the KPL, it aggregates only user records bound
 for the same shard (by explicit hash key, or the MD5 of the partition key),
-at most N per aggregate, keeping their order.
+at most N per aggregate, keeping their order. With "mix": true it packs
+records of any keys together, as applications that use aws-kinesis-agg
+directly do (the aggregate is routed by its first record's key).
 """
 
 import hashlib
@@ -28,6 +30,7 @@ def main():
     request = json.load(sys.stdin)
     shards = [(int(start), int(end)) for start, end in request["shards"]]
     per_aggregate = int(request.get("per_aggregate", 25))
+    mix = bool(request.get("mix", False))
     aggregators = {}
     counts = {}
 
@@ -37,7 +40,10 @@ def main():
 
     for partition_key, explicit_hash_key, data in request["records"]:
         key = hash_key(partition_key, explicit_hash_key)
-        shard = next(i for i, (start, end) in enumerate(shards) if start <= key <= end)
+        if mix:
+            shard = 0
+        else:
+            shard = next(i for i, (start, end) in enumerate(shards) if start <= key <= end)
         aggregator = aggregators.setdefault(shard, RecordAggregator())
         full = aggregator.add_user_record(partition_key, data.encode(), explicit_hash_key)
         if full is not None:

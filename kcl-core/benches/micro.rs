@@ -80,6 +80,7 @@ fn assignment(c: &mut Criterion) {
             key: format!("shardId-{n:012}"),
             holder: Holder::Held(format!("worker-{}", n % 40)),
             moving: false,
+            waiting: false,
         })
         .collect();
     let workers: BTreeSet<String> = (0..50).map(|n| format!("worker-{n}")).collect();

@@ -20,7 +20,8 @@ pub struct WorkerStats {
     kinesis_retries: AtomicU64,
     leases_released: AtomicU64,
     malformed_aggregates: AtomicU64,
-    records_outside_shard: AtomicU64,
+    records_outside_shard_dropped: AtomicU64,
+    records_outside_shard_delivered: AtomicU64,
 }
 
 /// A snapshot of [`WorkerStats`].
@@ -46,9 +47,12 @@ pub struct StatsSnapshot {
     /// Records that looked like KPL aggregates but were not valid ones,
     /// delivered as they were.
     pub malformed_aggregates: u64,
-    /// KPL user records dropped because their hash key was outside the
-    /// shard (after a reshard; the producer re-puts them).
-    pub records_outside_shard: u64,
+    /// KPL user records dropped with their aggregate, none of whose records
+    /// belonged to the shard (the KPL puts such an aggregate again).
+    pub records_outside_shard_dropped: u64,
+    /// KPL user records delivered although outside the shard, with the rest
+    /// of their aggregate (an aggregator that mixes shards).
+    pub records_outside_shard_delivered: u64,
 }
 
 fn add(counter: &AtomicU64, n: u64) {
@@ -114,9 +118,23 @@ impl WorkerStats {
             add(&self.malformed_aggregates, report.malformed as u64);
             metrics::counter!(names::KPL_MALFORMED).increment(report.malformed as u64);
         }
-        if report.outside_shard > 0 {
-            add(&self.records_outside_shard, report.outside_shard as u64);
-            metrics::counter!(names::KPL_OUTSIDE_SHARD).increment(report.outside_shard as u64);
+        for (counter, count, action) in [
+            (
+                &self.records_outside_shard_dropped,
+                report.outside_shard_dropped,
+                "dropped",
+            ),
+            (
+                &self.records_outside_shard_delivered,
+                report.outside_shard_delivered,
+                "delivered",
+            ),
+        ] {
+            if count > 0 {
+                add(counter, count as u64);
+                metrics::counter!(names::KPL_OUTSIDE_SHARD, "action" => action)
+                    .increment(count as u64);
+            }
         }
     }
 
@@ -139,7 +157,8 @@ impl WorkerStats {
             kinesis_retries: get(&self.kinesis_retries),
             leases_released: get(&self.leases_released),
             malformed_aggregates: get(&self.malformed_aggregates),
-            records_outside_shard: get(&self.records_outside_shard),
+            records_outside_shard_dropped: get(&self.records_outside_shard_dropped),
+            records_outside_shard_delivered: get(&self.records_outside_shard_delivered),
         }
     }
 }

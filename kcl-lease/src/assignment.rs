@@ -11,7 +11,9 @@
 //! 1. Each live worker's target is the fair share, `total / workers`, and the
 //!    `total % workers` workers holding the most leases now get one more, so
 //!    that as few leases as possible move. Targets are capped by the maximum
-//!    leases per worker.
+//!    leases per worker, in which child leases still waiting for their
+//!    parents do not count: a waiting child never keeps its own parent from
+//!    being taken.
 //! 2. Workers above their target give their surplus (their highest lease
 //!    keys, never a lease already being handed over); draining workers
 //!    (stopping ones) give every lease.
@@ -24,6 +26,8 @@
 //! so leases never ping-pong between workers.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use crate::Lease;
 
 /// Who holds a lease, as the assignment sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +55,24 @@ pub struct LeaseView {
     /// Whether a handoff of it is already under way (it will not be moved
     /// again until that completes).
     pub moving: bool,
+    /// Whether it is a child shard still waiting for its parents (see
+    /// [`waiting_on_parents`]): it does not count toward the maximum leases
+    /// per worker.
+    pub waiting: bool,
+}
+
+/// Whether `lease` is a child shard that cannot start yet: it has not
+/// started, and one of its parents has a lease that is not finished, or no
+/// lease at all (a parent's lease is deleted only once all its children
+/// have started, so a missing one has yet to be created). `leases` is the
+/// whole table, by key.
+pub fn waiting_on_parents(lease: &Lease, leases: &BTreeMap<&str, &Lease>) -> bool {
+    !lease.has_started()
+        && lease.parent_shard_ids.iter().any(|parent| {
+            leases
+                .get(parent.as_str())
+                .is_none_or(|parent| !parent.is_finished())
+        })
 }
 
 /// What the plan asks for.
@@ -127,7 +149,8 @@ pub fn plan(
     by_load.sort_by(|a, b| held[b].len().cmp(&held[a].len()).then(a.cmp(b)));
     let cap = max_per_worker.unwrap_or(usize::MAX);
     for (rank, worker) in by_load.iter().enumerate() {
-        let target = (base + usize::from(rank < extra)).min(cap);
+        let waiting = held[worker].iter().filter(|lease| lease.waiting).count();
+        let target = (base + usize::from(rank < extra)).min(cap.saturating_add(waiting));
         plan.targets.insert((*worker).to_owned(), target);
     }
 
@@ -191,6 +214,7 @@ mod tests {
             key: format!("shardId-{key:012}"),
             holder,
             moving: false,
+            waiting: false,
         }
     }
 
@@ -260,6 +284,45 @@ mod tests {
         let plan = plan(&leases, &workers(2), Some(4));
         assert_eq!(plan.takes.len(), 8);
         assert!(plan.targets.values().all(|&t| t == 4));
+    }
+
+    #[test]
+    fn a_waiting_child_does_not_keep_its_holder_from_taking_the_parent() {
+        // w0 holds the merge child (waiting) and may hold one lease; the
+        // parent it waits for is free.
+        let mut child = view(3, Holder::Held("w0".into()));
+        child.waiting = true;
+        let leases = vec![view(2, Holder::Free), child];
+        let plan = plan(&leases, &workers(1), Some(1));
+        assert_eq!(plan.takes, [("shardId-000000000002".into(), "w0".into())]);
+    }
+
+    #[test]
+    fn a_child_waits_while_a_parent_is_unfinished_or_has_no_lease_yet() {
+        use kcl_checkpoint::ExtendedSequenceNumber as Esn;
+        let lease = |key: &str, checkpoint: Esn, parents: &[&str]| {
+            let mut lease = Lease::new(key, checkpoint);
+            lease.parent_shard_ids = parents.iter().map(|p| (*p).to_owned()).collect();
+            lease
+        };
+        let p1 = lease("p1", Esn::ShardEnd, &[]);
+        let p2 = lease("p2", Esn::record("5", 0).unwrap(), &[]);
+        let child = lease("c", Esn::TrimHorizon, &["p1", "p2"]);
+        let table =
+            |leases: &[&Lease]| -> Vec<Lease> { leases.iter().map(|l| (*l).clone()).collect() };
+        let waiting = |leases: Vec<Lease>| {
+            let by_key = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+            waiting_on_parents(&child, &by_key)
+        };
+        assert!(waiting(table(&[&p1, &p2, &child])));
+        assert!(waiting(table(&[&p1, &child])), "p2 has no lease yet");
+        let mut done = p2.clone();
+        done.checkpoint = Esn::ShardEnd;
+        assert!(!waiting(table(&[&p1, &done, &child])));
+        let started = lease("c", Esn::record("9", 0).unwrap(), &["p1", "p2"]);
+        let by_key = [(p2.key.as_str(), &p2)].into_iter().collect();
+        assert!(!waiting_on_parents(&started, &by_key));
+        assert!(!waiting_on_parents(&p2, &by_key), "no parents");
     }
 
     #[test]

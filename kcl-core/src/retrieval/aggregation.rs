@@ -12,16 +12,26 @@
 //! undecodable protobuf, a key index out of range) is delivered as it is,
 //! with a warning and a count: nothing is lost.
 //!
-//! After a reshard a producer may have aggregated user records for a parent
-//! shard's whole range; the ones whose hash key falls outside the shard they
-//! were read from are dropped, as the KPL re-puts them to the right shard
-//! (counted and logged; see `RetrievalConfig::drop_records_outside_shard`).
+//! User records whose hash key falls outside the shard they were read from
+//! (when the shard's range is known):
+//! - an aggregate none of whose user records belongs to the shard is
+//!   dropped whole: that is the KPL's wrong-shard case (its shard map was
+//!   stale after a reshard, and it puts the whole aggregate again to the
+//!   right shard), so delivering it would process every record twice;
+//! - an aggregate with at least one user record in the shard is delivered
+//!   whole: the KPL never mixes shards in one aggregate, so this is another
+//!   aggregator (AWS's `aws-kinesis-agg` packs records of any keys and
+//!   routes the aggregate by its first key), whose records are nowhere
+//!   else; the ones outside the shard are counted.
+//!
+//! Both are counted and logged; `RetrievalConfig::drop_records_outside_shard`
+//! turns the drop off entirely.
 
 use bytes::Bytes;
 use kcl_lease::HashKeyRange;
 use md5::{Digest, Md5};
 use prost::Message;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::Record;
 
@@ -79,8 +89,12 @@ pub struct DeaggregationReport {
     /// Records that started with the magic bytes but were not valid
     /// aggregates, delivered as they are.
     pub malformed: usize,
-    /// User records dropped because their hash key is outside the shard.
-    pub outside_shard: usize,
+    /// User records dropped with their aggregate because none of the
+    /// aggregate's records belongs to the shard.
+    pub outside_shard_dropped: usize,
+    /// User records delivered although their hash key is outside the
+    /// shard, because another record of their aggregate belongs to it.
+    pub outside_shard_delivered: usize,
 }
 
 /// Why a record that looks like an aggregate is not one.
@@ -106,8 +120,9 @@ pub fn partition_key_hash(partition_key: &str) -> u128 {
     u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
 }
 
-/// Replaces aggregates in `records` by their user records, dropping user
-/// records outside `shard_range` (when known).
+/// Replaces aggregates in `records` by their user records, dropping the
+/// aggregates none of whose user records belongs to `shard_range` (when
+/// known; see the module docs).
 pub fn deaggregate(
     records: Vec<Record>,
     shard_range: Option<HashKeyRange>,
@@ -122,20 +137,15 @@ pub fn deaggregate(
         match expand(&record) {
             Ok(users) => {
                 report.aggregates += 1;
-                for user in users {
-                    let hash = match &user.explicit_hash_key {
-                        Some(key) => key.parse::<u128>().ok(),
-                        None => Some(partition_key_hash(&user.partition_key)),
-                    };
-                    let outside = match (shard_range, hash) {
-                        (Some(range), Some(hash)) => hash < range.start || hash > range.end,
-                        _ => false,
-                    };
-                    if outside {
-                        report.outside_shard += 1;
-                    } else {
-                        out.push(user);
-                    }
+                let outside = match shard_range {
+                    Some(range) => users.iter().filter(|u| !in_range(u, range)).count(),
+                    None => 0,
+                };
+                if outside > 0 && outside == users.len() {
+                    report.outside_shard_dropped += outside;
+                } else {
+                    report.outside_shard_delivered += outside;
+                    out.extend(users);
                 }
             }
             Err(reason) => {
@@ -149,14 +159,32 @@ pub fn deaggregate(
             }
         }
     }
-    if report.outside_shard > 0 {
+    if report.outside_shard_dropped > 0 {
         warn!(
-            dropped = report.outside_shard,
-            "dropped KPL user records whose hash key is outside this shard (the KPL re-puts them \
-             to the right shard; other aggregators must not mix shards in one record)"
+            dropped = report.outside_shard_dropped,
+            "dropped KPL aggregates none of whose user records belongs to this shard (the KPL puts \
+             them again to the right shard after a reshard)"
+        );
+    }
+    if report.outside_shard_delivered > 0 {
+        debug!(
+            delivered = report.outside_shard_delivered,
+            "delivered user records outside this shard's hash key range with the rest of their \
+             aggregate (an aggregator that mixes keys of several shards)"
         );
     }
     (out, report)
+}
+
+/// Whether a user record's hash key (its explicit hash key, or the MD5 of
+/// its partition key) is in `range`. A key that cannot be read counts as
+/// in range: nothing is dropped on a guess.
+fn in_range(user: &Record, range: HashKeyRange) -> bool {
+    let hash = match &user.explicit_hash_key {
+        Some(key) => key.parse::<u128>().ok(),
+        None => Some(partition_key_hash(&user.partition_key)),
+    };
+    hash.is_none_or(|hash| (range.start..=range.end).contains(&hash))
 }
 
 /// The user records of one aggregate.
@@ -340,23 +368,45 @@ mod tests {
     }
 
     #[test]
-    fn user_records_outside_the_shard_are_dropped_and_counted() {
-        let low = partition_key_hash("low-key");
-        let data = aggregate(&[
-            ("low-key", None, b"in"),
-            ("any", Some("5"), b"in by explicit hash key"),
-            ("any", Some(&u128::MAX.to_string()), b"out"),
-        ]);
+    fn an_aggregate_with_any_record_in_the_shard_is_delivered_whole() {
+        // As aws-kinesis-agg packs them: 64 keys, routed by the first one.
+        let keys: Vec<String> = (0..64).map(|n| format!("key-{n}")).collect();
+        let first = partition_key_hash(&keys[0]);
         let range = HashKeyRange {
-            start: 0,
-            end: low.max(5),
+            start: first.saturating_sub(1 << 120),
+            end: first.saturating_add(1 << 120),
         };
-        let (records, report) = deaggregate(vec![outer(data)], Some(range));
-        assert_eq!(report.outside_shard, 1);
-        let kept: Vec<&[u8]> = records.iter().map(|r| r.data.as_ref()).collect();
-        assert_eq!(kept, [&b"in"[..], &b"in by explicit hash key"[..]]);
-        // Sub-sequence numbers keep their place in the aggregate.
-        assert_eq!(records[1].sub_sequence_number, 1);
+        let entries: Vec<(&str, Option<&str>, &[u8])> = keys
+            .iter()
+            .map(|key| (key.as_str(), None, key.as_bytes()))
+            .collect();
+        let (records, report) = deaggregate(vec![outer(aggregate(&entries))], Some(range));
+        assert_eq!(records.len(), 64);
+        let subs: Vec<u64> = records.iter().map(|r| r.sub_sequence_number).collect();
+        assert_eq!(subs, (0..64).collect::<Vec<u64>>());
+        let outside = keys
+            .iter()
+            .filter(|k| !(range.start..=range.end).contains(&partition_key_hash(k)))
+            .count();
+        assert!(outside > 50, "the test needs keys outside the shard");
+        assert_eq!(report.outside_shard_delivered, outside);
+        assert_eq!(report.outside_shard_dropped, 0);
+    }
+
+    #[test]
+    fn an_aggregate_with_no_record_in_the_shard_is_dropped_and_counted() {
+        let stale = aggregate(&[
+            ("any", Some(&u128::MAX.to_string()), b"out"),
+            ("other", Some(&(u128::MAX - 1).to_string()), b"out too"),
+        ]);
+        let plain = outer(Bytes::from_static(b"plain"));
+        let range = HashKeyRange { start: 0, end: 10 };
+        let (records, report) = deaggregate(vec![outer(stale.clone()), plain], Some(range));
+        assert_eq!(records.len(), 1, "only the plain record");
+        assert_eq!(report.outside_shard_dropped, 2);
+        // With the range unknown (or the drop turned off), nothing is dropped.
+        let (records, report) = deaggregate(vec![outer(stale)], None);
+        assert_eq!((records.len(), report.outside_shard_dropped), (2, 0));
     }
 
     #[test]

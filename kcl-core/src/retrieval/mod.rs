@@ -50,13 +50,16 @@ pub struct RetrievalConfig {
     /// processor. Default 32 MiB. A single `GetRecords` answer (up to 10 MiB)
     /// is always accepted, so the bound is this plus one answer.
     pub max_prefetch_bytes: usize,
-    /// Drop KPL user records whose hash key is outside the shard they were
-    /// read from (default `true`, as the Java KCL does). The KPL only
-    /// aggregates records bound for one shard and re-puts those that landed
-    /// in the wrong one after a reshard, so they would otherwise be
-    /// processed twice. Aggregators that mix shards in one record (other
-    /// than the KPL) need `false`, or their records are lost; every dropped
-    /// record is counted (`kcl_kpl_records_outside_shard_total`) and logged.
+    /// Drop KPL aggregates none of whose user records belongs to the shard
+    /// they were read from (default `true`). That is the KPL's wrong-shard
+    /// case: after a reshard its stale shard map sends a whole aggregate to
+    /// the wrong shard, and it puts the aggregate again to the right one,
+    /// so its records would otherwise be processed twice. An aggregate with
+    /// at least one record in the shard is always delivered whole (other
+    /// aggregators, such as `aws-kinesis-agg`, mix keys of several shards).
+    /// Every record outside the shard is counted
+    /// (`kcl_kpl_records_outside_shard_total`, by `action`). `false`
+    /// delivers everything.
     pub drop_records_outside_shard: bool,
     /// With enhanced fan-out, end each subscription after this long and
     /// subscribe again (Kinesis ends them every 5 minutes itself; this is

@@ -22,7 +22,9 @@ pub const KPL_AGGREGATES: &str = "kcl_kpl_aggregates_total";
 /// Records that started like KPL aggregates but were not valid ones,
 /// delivered as they were.
 pub const KPL_MALFORMED: &str = "kcl_kpl_malformed_aggregates_total";
-/// KPL user records dropped because their hash key was outside the shard.
+/// KPL user records outside the shard they were read from: label `action`
+/// (`dropped` with an aggregate none of whose records belongs to the shard,
+/// `delivered` with an aggregate that has records in it).
 pub const KPL_OUTSIDE_SHARD: &str = "kcl_kpl_records_outside_shard_total";
 /// Leases released by this worker (handoffs and shutdown).
 pub const LEASES_RELEASED: &str = "kcl_leases_released_total";
@@ -74,6 +76,6 @@ pub fn describe() {
     );
     describe_counter!(
         KPL_OUTSIDE_SHARD,
-        "KPL user records dropped as outside the shard's hash key range"
+        "KPL user records outside the shard's hash key range, dropped or delivered"
     );
 }

@@ -323,6 +323,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             workers.iter().filter(|w| **w != me).count(),
             Ordering::SeqCst,
         );
+        let table: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         let views: Vec<LeaseView> = leases
             .iter()
             .filter(|lease| !lease.is_finished())
@@ -340,6 +341,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     holder => holder,
                 },
                 moving: lease.handoff_in_progress(),
+                waiting: assignment::waiting_on_parents(lease, &table),
             })
             .collect();
         let plan = assignment::plan(&views, &workers, self.config.max_leases_per_worker);

@@ -367,3 +367,29 @@ async fn a_worker_whose_table_calls_hang_stops_its_shards_before_its_deadline() 
     assert!(since_heartbeat <= S(8), "stopped after {since_heartbeat:?}");
     task.abort();
 }
+
+#[tokio::test]
+async fn a_waiting_merge_child_never_keeps_its_parent_from_being_taken() {
+    let table = InMemoryLeaseStore::new();
+    let mut p1 = Lease::new("shardId-000000000001", ExtendedSequenceNumber::ShardEnd);
+    p1.owner = Some("w".into());
+    let p2 = Lease::new(
+        "shardId-000000000002",
+        ExtendedSequenceNumber::record("5", 0).unwrap(),
+    );
+    let mut child = Lease::new("shardId-000000000003", ExtendedSequenceNumber::TrimHorizon);
+    child.parent_shard_ids = [p1.key.clone(), p2.key.clone()].into();
+    for lease in [&p1, &p2, &child] {
+        table.create_lease_if_absent(lease).await.unwrap();
+    }
+    let seen = table.get_lease(&child.key).await.unwrap().unwrap();
+    table.take_lease(&seen, "w").await.unwrap();
+    let mut config = LeaseConfig::new("w");
+    config.max_leases_per_worker = Some(1);
+    let (mut w, handle) = LeaseCoordinator::new(Arc::new(table.client()), config).unwrap();
+    let t0 = Instant::now();
+    w.heartbeat(at(t0)).await.unwrap();
+    w.assignment_round(at(t0)).await.unwrap();
+    let held: Vec<String> = handle.held().borrow().keys().cloned().collect();
+    assert!(held.contains(&p2.key), "the parent was not taken: {held:?}");
+}

@@ -42,8 +42,22 @@ fn aggregate(
     shards: &[(String, u128, u128)],
     records: &[(String, Option<String>, String)],
 ) -> Vec<Aggregate> {
+    run_aggregator(shards, records, false)
+}
+
+/// Aggregates `records` with aws-kinesis-agg, keys of every shard mixed in
+/// one aggregate, as applications using the library directly do.
+fn aggregate_mixed(records: &[(String, Option<String>, String)]) -> Vec<Aggregate> {
+    run_aggregator(&[], records, true)
+}
+
+fn run_aggregator(
+    shards: &[(String, u128, u128)],
+    records: &[(String, Option<String>, String)],
+    mix: bool,
+) -> Vec<Aggregate> {
     let request = format!(
-        "{{\"shards\": [{}], \"records\": [{}], \"per_aggregate\": 20}}",
+        "{{\"shards\": [{}], \"records\": [{}], \"per_aggregate\": 20, \"mix\": {mix}}}",
         shards
             .iter()
             .map(|(_, start, end)| format!("[\"{start}\", \"{end}\"]"))
@@ -167,5 +181,70 @@ async fn aggregates_from_aws_kinesis_agg_are_delivered_user_record_by_user_recor
         "user records carry sub-sequence numbers"
     );
     assert_eq!(stats.malformed_aggregates, 0);
-    assert_eq!(stats.records_outside_shard, 0);
+    assert_eq!(stats.records_outside_shard_dropped, 0);
+    assert_eq!(stats.records_outside_shard_delivered, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregates_mixing_the_keys_of_every_shard_lose_no_record() {
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let (stream, app) = (unique_name("kpl-mixed"), unique_name("kpl-mixed-app"));
+    create_stream(&kinesis, &stream, 4).await;
+
+    // 64 keys, 2,200 user records, packed 20 to an aggregate whatever their
+    // keys; a plain record after every aggregate.
+    let records: Vec<(String, Option<String>, String)> = (0..2200)
+        .map(|n| {
+            let key = format!("key-{}", n % 64);
+            (key.clone(), None, format!("{key}:{}", n / 64))
+        })
+        .collect();
+    let aggregates = aggregate_mixed(&records);
+    assert_eq!(aggregates.len(), 110);
+    let mut plain = Vec::new();
+    for (n, aggregate) in aggregates.iter().enumerate() {
+        for (key, data) in [
+            (aggregate.pk.clone(), aggregate.data.clone()),
+            (format!("plain-{n}"), format!("plain-{n}").into_bytes()),
+        ] {
+            kinesis
+                .put_record()
+                .stream_name(&stream)
+                .partition_key(key)
+                .set_explicit_hash_key(aggregate.ehk.clone())
+                .data(Blob::new(data))
+                .send()
+                .await
+                .expect("put");
+        }
+        plain.push(format!("plain-{n}"));
+    }
+
+    let board = SharedBoard::default();
+    let worker = Worker::start(&aws, &app, &stream, "worker-a", &board);
+    let total = records.len() + plain.len();
+    wait_for_records(&board, total).await;
+    let stats = worker.stop().await;
+
+    let board = board.lock().unwrap();
+    let mut seen: Vec<&str> = board.seen.iter().map(|s| s.data.as_str()).collect();
+    seen.sort_unstable();
+    let mut expected: Vec<&str> = records.iter().map(|r| r.2.as_str()).collect();
+    expected.extend(plain.iter().map(String::as_str));
+    expected.sort_unstable();
+    assert_eq!(seen, expected, "every user record and plain record, once");
+    // User records carry their place in their aggregate.
+    let subseqs: std::collections::BTreeSet<u64> = board
+        .seen
+        .iter()
+        .filter(|s| !s.data.starts_with("plain-"))
+        .map(|s| s.subseq)
+        .collect();
+    assert_eq!(subseqs, (0..20).collect());
+    assert!(
+        stats.records_outside_shard_delivered > 1000,
+        "most user records are outside the shard their aggregate went to: {stats:?}"
+    );
+    assert_eq!(stats.records_outside_shard_dropped, 0);
 }
