@@ -40,6 +40,8 @@ pub enum Call {
     Checkpoint,
     /// [`LeaseStore::record_child_shards`].
     RecordChildShards,
+    /// [`LeaseStore::record_start_timestamp`].
+    RecordStartTimestamp,
     /// [`LeaseStore::release_lease`].
     ReleaseLease,
     /// [`LeaseStore::delete_lease`].
@@ -229,6 +231,14 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
     ) -> Result<(), LeaseStoreError> {
         self.call(Call::Checkpoint, self.inner.checkpoint(token, update))
             .await
+    }
+    async fn record_start_timestamp(
+        &self,
+        token: &LeaseToken,
+        at: std::time::SystemTime,
+    ) -> Result<std::time::SystemTime, LeaseStoreError> {
+        let run = self.inner.record_start_timestamp(token, at);
+        self.call(Call::RecordStartTimestamp, run).await
     }
     async fn record_child_shards(
         &self,

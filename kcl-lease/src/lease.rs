@@ -1,6 +1,7 @@
 //! The lease: who processes a shard and how far it has been checkpointed.
 
 use std::collections::BTreeSet;
+use std::time::SystemTime;
 
 use kcl_checkpoint::ExtendedSequenceNumber;
 
@@ -40,6 +41,13 @@ pub struct Lease {
     /// worker that still processes the shard and must checkpoint and release
     /// it, while [`owner`](Self::owner) names the worker that receives it.
     pub checkpoint_owner: Option<String>,
+    /// Where reading began for a lease whose checkpoint is still `LATEST`
+    /// or `AT_TIMESTAMP` (`startingTimestampMillis`, this project's own
+    /// attribute): recorded by the first reader before it reads, so every
+    /// later reader (after a restart, a handoff, a processor panic) starts
+    /// at the same moment and nothing written since is skipped. The Java KCL
+    /// ignores it and starts such a lease at its own initial position.
+    pub start_timestamp: Option<SystemTime>,
 }
 
 impl Lease {
@@ -57,6 +65,7 @@ impl Lease {
             child_shard_ids: BTreeSet::new(),
             hash_key_range: None,
             checkpoint_owner: None,
+            start_timestamp: None,
         }
     }
 

@@ -136,6 +136,23 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(())
     }
 
+    async fn record_start_timestamp(
+        &self,
+        token: &LeaseToken,
+        at: std::time::SystemTime,
+    ) -> Result<std::time::SystemTime, LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        let lease = tables
+            .leases
+            .get_mut(&token.key)
+            .filter(|lease| held(lease, token))
+            .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
+        // Stored as DynamoDB stores it: whole milliseconds.
+        let millis = crate::dynamodb::item::epoch_millis(at);
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(millis);
+        Ok(*lease.start_timestamp.get_or_insert(at))
+    }
+
     async fn record_child_shards(
         &self,
         token: &LeaseToken,

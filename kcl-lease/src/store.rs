@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 pub use kcl_checkpoint::CheckpointUpdate;
@@ -74,6 +74,15 @@ pub trait LeaseStore: Send + Sync + 'static {
         token: &LeaseToken,
         update: &CheckpointUpdate,
     ) -> Result<(), LeaseStoreError>;
+
+    /// Records where reading began ([`Lease::start_timestamp`]), if `token`
+    /// still processes the lease. A moment recorded before (by an earlier
+    /// reader) is kept. Returns the moment stored.
+    async fn record_start_timestamp(
+        &self,
+        token: &LeaseToken,
+        at: SystemTime,
+    ) -> Result<SystemTime, LeaseStoreError>;
 
     /// Records the shards a finished shard was split or merged into
     /// (`childShardIds`), if `token` still processes it. Adds to any ids

@@ -30,7 +30,8 @@ macro_rules! lease_store_conformance {
             heartbeats_are_kept_per_worker,
             heartbeats_only_move_forward,
             ensuring_tables_twice_is_harmless,
-            child_shards_are_recorded_by_the_owner_only
+            child_shards_are_recorded_by_the_owner_only,
+            the_start_timestamp_is_recorded_once_and_fenced
         );
     };
     ($tables:path; $($case:ident),+) => {
@@ -430,6 +431,37 @@ pub async fn heartbeats_only_move_forward(a: impl LeaseStore, b: impl LeaseStore
     assert!(b.list_heartbeats().await.unwrap().is_empty());
     // Gone, a worker starts over with any value.
     b.heartbeat(&beat(1)).await.unwrap();
+}
+
+/// Where reading began is recorded by the lease's processing owner only,
+/// once: a later record keeps the first moment (to the millisecond), and
+/// the moment survives handoffs and checkpoints at sentinels.
+pub async fn the_start_timestamp_is_recorded_once_and_fenced(
+    a: impl LeaseStore,
+    b: impl LeaseStore,
+) {
+    use std::time::{Duration, UNIX_EPOCH};
+    let mut lease = Lease::new(shard(1), ExtendedSequenceNumber::Latest);
+    assert!(a.create_lease_if_absent(&lease).await.unwrap());
+    lease = a.take_lease(&lease, "worker-a").await.unwrap();
+    let token = lease.token().unwrap();
+    let first = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
+    let stored = a.record_start_timestamp(&token, first).await.unwrap();
+    assert_eq!(
+        stored,
+        UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
+    );
+    let later = first + Duration::from_secs(60);
+    assert_eq!(
+        a.record_start_timestamp(&token, later).await.unwrap(),
+        stored
+    );
+    let read = b.get_lease(&shard(1)).await.unwrap().unwrap();
+    assert_eq!(read.start_timestamp, Some(stored));
+    assert_eq!(read.checkpoint, ExtendedSequenceNumber::Latest);
+    let taken = b.take_lease(&read, "worker-b").await.unwrap();
+    assert_eq!(taken.start_timestamp, Some(stored));
+    assert_lost(a.record_start_timestamp(&token, later).await);
 }
 
 /// Ensuring the tables again (as every worker does at start) changes nothing.

@@ -125,7 +125,16 @@ pub struct ShardStart {
     pub hash_key_range: Option<kcl_lease::HashKeyRange>,
     /// Until when the shard may be processed.
     pub deadline: ProcessingDeadline,
+    /// Where an earlier reader began, for a lease still at `LATEST` or
+    /// `AT_TIMESTAMP` (see [`Lease::start_timestamp`]).
+    pub start_timestamp: Option<SystemTime>,
 }
+
+/// How far before the moment it starts a consumer of a shard at `LATEST`
+/// begins reading (and records that it did): room for the difference
+/// between this machine's clock and the one Kinesis stamps records with, so
+/// that no record written after the consumer started is left out.
+pub const LATEST_START_MARGIN: Duration = Duration::from_secs(5);
 
 /// Which of `shards` the stream still has; all of them when the shards
 /// cannot be listed (the caller checks again later).
@@ -168,6 +177,9 @@ pub struct ShardConsumer {
     child_shards: Vec<ChildShard>,
     /// Backoff after panics and failed initializations; reset by progress.
     failures: Backoff,
+    /// Where reading begins while the checkpoint is still `LATEST` or
+    /// `AT_TIMESTAMP`: recorded on the lease before the first read.
+    start_timestamp: Option<SystemTime>,
 }
 
 impl ShardConsumer {
@@ -189,6 +201,7 @@ impl ShardConsumer {
             start.pending_checkpoint.clone(),
         );
         let failures = unlimited(&context.retry_policy.backoff());
+        let start_timestamp = start.start_timestamp;
         Self {
             context,
             start,
@@ -198,6 +211,7 @@ impl ShardConsumer {
             fetcher: None,
             child_shards: Vec::new(),
             failures,
+            start_timestamp,
         }
     }
 
@@ -327,6 +341,9 @@ impl ShardConsumer {
                 ConsumerSignal::ShutdownRequested => return ConsumerEvent::ShutdownRequested,
                 ConsumerSignal::Run => {}
             }
+            if let Some(event) = self.make_start_durable().await {
+                return event;
+            }
             let progress = self.tracker.progress();
             let input = InitializationInput {
                 shard_id: self.start.shard_id.clone(),
@@ -367,11 +384,61 @@ impl ShardConsumer {
         }
     }
 
+    /// Before a shard whose checkpoint is `LATEST` or `AT_TIMESTAMP` is read
+    /// for the first time, records on the lease where reading begins (now,
+    /// less [`LATEST_START_MARGIN`], or the configured timestamp), so that
+    /// every later reader of the shard (after a panic, a restart, a
+    /// handoff, a resubscription) begins there too and nothing written after
+    /// this moment is skipped. Retried until it is stored.
+    async fn make_start_durable(&mut self) -> Option<ConsumerEvent> {
+        if self.start_timestamp.is_some() {
+            return None;
+        }
+        let at = match self.tracker.progress().checkpoint {
+            ExtendedSequenceNumber::Latest => SystemTime::now()
+                .checked_sub(LATEST_START_MARGIN)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            // Without a configured timestamp it is read from TRIM_HORIZON,
+            // which skips nothing.
+            ExtendedSequenceNumber::AtTimestamp => self.context.initial_timestamp?,
+            _ => return None,
+        };
+        loop {
+            match self.current_signal() {
+                ConsumerSignal::LeaseLost => return Some(ConsumerEvent::LeaseLost),
+                ConsumerSignal::ShutdownRequested => return Some(ConsumerEvent::ShutdownRequested),
+                ConsumerSignal::Run => {}
+            }
+            let recorded = tokio::select! {
+                biased;
+                () = must_stop(&mut self.signals, &self.start.deadline) => return Some(ConsumerEvent::LeaseLost),
+                recorded = self.context.store.record_start_timestamp(&self.start.token, at) => recorded,
+            };
+            match recorded {
+                Ok(stored) => {
+                    info!(
+                        from = ?stored,
+                        "recorded where reading of this shard begins; later readers begin there too"
+                    );
+                    self.start_timestamp = Some(stored);
+                    return None;
+                }
+                Err(error) if error.is_lease_lost() => return Some(ConsumerEvent::LeaseLost),
+                Err(error) => {
+                    warn!(%error, "could not record where reading begins; retrying before reading");
+                    if let Some(event) = self.pause_after_failure().await {
+                        return Some(event);
+                    }
+                }
+            }
+        }
+    }
+
     fn start_fetcher(&mut self, after: ExtendedSequenceNumber) {
         let (sender, events) = mpsc::channel(8);
         let start = FetchStart {
             after,
-            timestamp: self.context.initial_timestamp,
+            timestamp: self.start_timestamp.or(self.context.initial_timestamp),
         };
         let context = &self.context;
         let task = match context.fanout_consumer.get() {

@@ -138,6 +138,7 @@ impl Fixture {
             parent_shard_ids: lease.parent_shard_ids.clone(),
             hash_key_range: lease.hash_key_range,
             deadline: self.deadline.clone(),
+            start_timestamp: lease.start_timestamp,
         };
         let (signal, signals) = watch::channel(ConsumerSignal::Run);
         (
@@ -627,4 +628,110 @@ async fn a_failed_subscription_is_retried_from_the_last_record() {
     let (_, context) = fixture.run_until_processed(30).await;
     assert_eq!(fixture.processed(), names(30));
     assert_eq!(context.stats.snapshot().kinesis_retries, 2);
+}
+
+/// A fixture whose empty shard's lease starts at LATEST.
+async fn latest_fixture() -> Fixture {
+    let fixture = Fixture::new(0).await;
+    fixture.store.delete_lease(&fixture.shard).await.unwrap();
+    let lease = Lease::new(fixture.shard.clone(), ExtendedSequenceNumber::Latest);
+    fixture.store.create_lease_if_absent(&lease).await.unwrap();
+    fixture.store.take_lease(&lease, "worker-a").await.unwrap();
+    fixture
+}
+
+fn put(fixture: &Fixture, range: std::ops::Range<usize>) {
+    for n in range {
+        fixture.kinesis.put_record_to_shard(
+            STREAM,
+            &fixture.shard,
+            "key",
+            format!("r{n}").as_bytes(),
+        );
+    }
+}
+
+async fn wait_for_calls(fixture: &Fixture, operation: &'static str, n: u64) {
+    while fixture.kinesis.calls(operation) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn fan_out_resubscribes_after_the_continuation_when_nothing_was_read_at_latest() {
+    let mut fixture = latest_fixture().await;
+    fixture.fanout = true;
+    fixture.kinesis.end_subscriptions_after(1);
+    let (consumer, signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    // The first (empty) event is out; records arrive before the next
+    // subscription.
+    wait_for_calls(&fixture, "SubscribeToShardEvent", 1).await;
+    put(&fixture, 0..5);
+    for _ in 0..100 {
+        if fixture.processed().len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+    assert_eq!(
+        fixture.processed(),
+        names(5),
+        "records written during the resubscription"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_before_the_first_checkpoint_at_latest_skips_nothing() {
+    let fixture = latest_fixture().await;
+    {
+        let mut journal = fixture.journal.lock().unwrap();
+        journal.checkpoint_batches = false;
+        journal.panic.insert("r1".into(), 1);
+    }
+    let (consumer, signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    wait_for_calls(&fixture, "GetRecords", 1).await;
+    put(&fixture, 0..3);
+    for _ in 0..100 {
+        if fixture.processed().iter().any(|r| r == "r1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+    assert!(
+        fixture.processed().contains(&"r1".to_owned()),
+        "r1 was never processed: {:?}",
+        fixture.processed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restart_before_the_first_delivery_at_latest_skips_nothing() {
+    let fixture = latest_fixture().await;
+    let (consumer, signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    wait_for_calls(&fixture, "GetRecords", 1).await;
+    put(&fixture, 0..3);
+    // Stopped (a handoff, a restart) before it delivered anything.
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+    let delivered = fixture.processed().len();
+    let (outcome, _) = tokio::time::timeout(
+        Duration::from_secs(30),
+        fixture.run_until_processed(3 - delivered),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the records written before the restart were skipped: {:?}",
+            fixture.processed()
+        )
+    });
+    let _ = outcome;
+    assert_eq!(fixture.processed(), names(3));
 }

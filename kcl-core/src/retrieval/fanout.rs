@@ -3,9 +3,11 @@
 //! arrive (no polling).
 //!
 //! - The first subscription starts at the checkpoint (as polling does);
-//!   every later one starts AFTER the last record received, so a
-//!   resubscription (Kinesis ends every subscription after 5 minutes) has
-//!   no gap and no duplicate.
+//!   every later one starts AFTER the continuation sequence number of the
+//!   last event received (the position the subscription had reached, even
+//!   when no record came), or after the last record if an event carried
+//!   none, so a resubscription (Kinesis ends every subscription after 5
+//!   minutes) has no gap and no duplicate.
 //! - Records pass through the same prefetch budget as polling: while the
 //!   processor is behind, the fetcher stops reading the stream, and
 //!   Kinesis's flow control holds the rest back.
@@ -22,7 +24,6 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use kcl_checkpoint::SequenceNumber;
 use kcl_lease::HashKeyRange;
 use kcl_lease::backoff::{Backoff, BackoffConfig, retry_with_backoff};
 use tokio::sync::mpsc;
@@ -96,7 +97,9 @@ impl FanoutFetcher {
         let range = self
             .hash_key_range
             .filter(|_| self.config.drop_records_outside_shard);
-        let mut last_read: Option<SequenceNumber> = None;
+        // Where the next subscription starts after: the last event's
+        // continuation, or its last record.
+        let mut resume_after: Option<String> = None;
         let mut retry = FetchRetry::new(&self.backoff);
         // Since when nothing has arrived (across resubscriptions).
         let mut quiet_since = Instant::now();
@@ -104,8 +107,8 @@ impl FanoutFetcher {
             if events.is_closed() {
                 return;
             }
-            let position = match &last_read {
-                Some(sequence) => StartingPosition::AfterSequenceNumber(sequence.to_string()),
+            let position = match &resume_after {
+                Some(sequence) => StartingPosition::AfterSequenceNumber(sequence.clone()),
                 None => initial.clone(),
             };
             let mut subscription = match self
@@ -137,7 +140,7 @@ impl FanoutFetcher {
                 let event = match next {
                     Ok(Some(event)) => event,
                     Ok(None) => {
-                        debug!(after = ?last_read, "subscription ended; subscribing again");
+                        debug!(after = ?resume_after, "subscription ended; subscribing again");
                         break;
                     }
                     Err(error) => {
@@ -146,12 +149,17 @@ impl FanoutFetcher {
                     }
                 };
                 retry.succeeded();
-                if let Some(last) = event.records.last() {
-                    last_read = Some(last.sequence_number.clone());
+                if let Some(continuation) = &event.continuation_sequence_number {
+                    resume_after = Some(continuation.clone());
+                } else if let Some(last) = event.records.last() {
+                    resume_after = Some(last.sequence_number.to_string());
+                }
+                if !event.records.is_empty() {
                     quiet_since = Instant::now();
                 } else if quiet_since.elapsed() >= self.config.fanout_shard_end_check {
                     quiet_since = Instant::now();
-                    if let Some(child_shards) = self.ended(&initial, last_read.as_ref()).await {
+                    if let Some(child_shards) = self.ended(&initial, resume_after.as_deref()).await
+                    {
                         let _ = events.send(ShardEvent::ShardEnd { child_shards }).await;
                         return;
                     }
@@ -172,15 +180,15 @@ impl FanoutFetcher {
         }
     }
 
-    /// Whether the shard has ended with nothing after `last_read`, asked by
-    /// polling once: its child shards if so.
+    /// Whether the shard has ended with nothing after `resume_after`, asked
+    /// by polling once: its child shards if so.
     async fn ended(
         &self,
         initial: &StartingPosition,
-        last_read: Option<&SequenceNumber>,
+        resume_after: Option<&str>,
     ) -> Option<Vec<crate::kinesis::ChildShard>> {
-        let position = match last_read {
-            Some(sequence) => StartingPosition::AfterSequenceNumber(sequence.to_string()),
+        let position = match resume_after {
+            Some(sequence) => StartingPosition::AfterSequenceNumber(sequence.to_owned()),
             None => initial.clone(),
         };
         let iterator = self

@@ -139,7 +139,9 @@ impl FetchRetry {
 pub struct FetchStart {
     /// The checkpoint (a record or a sentinel other than `SHARD_END`).
     pub after: ExtendedSequenceNumber,
-    /// The time to start from when `after` is `AT_TIMESTAMP`.
+    /// The time to start from when `after` is `AT_TIMESTAMP`, or `LATEST`
+    /// once a reader recorded where it began (see
+    /// [`Lease::start_timestamp`](kcl_lease::Lease::start_timestamp)).
     pub timestamp: Option<SystemTime>,
 }
 
@@ -153,7 +155,10 @@ impl FetchStart {
             ExtendedSequenceNumber::Record { sequence, .. } => {
                 StartingPosition::AtSequenceNumber(sequence.to_string())
             }
-            ExtendedSequenceNumber::Latest => StartingPosition::Latest,
+            ExtendedSequenceNumber::Latest => match self.timestamp {
+                Some(at) => StartingPosition::AtTimestamp(at),
+                None => StartingPosition::Latest,
+            },
             ExtendedSequenceNumber::AtTimestamp => match self.timestamp {
                 Some(at) => StartingPosition::AtTimestamp(at),
                 None => {

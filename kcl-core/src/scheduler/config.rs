@@ -19,11 +19,16 @@ pub enum InitialPosition {
     /// The oldest record still in the shard (the default: nothing in the
     /// stream is skipped).
     TrimHorizon,
-    /// Records written after the worker starts reading. Until a record has
-    /// been checkpointed, a restart reads from the newest record again, as
-    /// in the Java KCL.
+    /// Records written after the worker starts reading. The first reader of
+    /// a shard records on the lease where it began (a few seconds before it
+    /// started); until a record has been checkpointed, every later reader
+    /// (after a restart, a handoff, a processor panic) begins there, so
+    /// nothing written after the first reader started is skipped. (The Java
+    /// KCL begins from the newest record again.)
     Latest,
-    /// Records written at or after a time.
+    /// Records written at or after a time. The first reader of a shard
+    /// records the time on the lease, so a later change of this setting
+    /// does not move shards that were already read.
     AtTimestamp(SystemTime),
 }
 

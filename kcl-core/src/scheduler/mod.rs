@@ -649,6 +649,7 @@ async fn start_consumer(
         parent_shard_ids: lease.parent_shard_ids.clone(),
         hash_key_range: lease.hash_key_range,
         deadline,
+        start_timestamp: lease.start_timestamp,
     };
     ShardConsumer::new(context, start, signals).run().await
 }

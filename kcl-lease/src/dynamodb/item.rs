@@ -14,11 +14,13 @@
 //! | `childShardIds` | SS | [`Lease::child_shard_ids`] |
 //! | `startingHashKey`, `endingHashKey` | S | [`Lease::hash_key_range`] |
 //! | `checkpointOwner` | S | [`Lease::checkpoint_owner`] |
+//! | `startingTimestampMillis` | N | [`Lease::start_timestamp`] (this project's own) |
 //!
 //! Attributes this project does not know (the Java KCL 3.x adds some) are
 //! ignored when reading and left alone by every update.
 
 use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -40,6 +42,7 @@ pub(crate) const CHILD_SHARD_IDS: &str = "childShardIds";
 pub(crate) const STARTING_HASH_KEY: &str = "startingHashKey";
 pub(crate) const ENDING_HASH_KEY: &str = "endingHashKey";
 pub(crate) const CHECKPOINT_OWNER: &str = "checkpointOwner";
+pub(crate) const STARTING_TIMESTAMP_MILLIS: &str = "startingTimestampMillis";
 
 /// A DynamoDB item.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -102,7 +105,16 @@ pub(crate) fn lease_to_item(lease: &Lease) -> Item {
     if let Some(checkpoint_owner) = &lease.checkpoint_owner {
         item.insert(CHECKPOINT_OWNER.into(), s(checkpoint_owner));
     }
+    if let Some(at) = lease.start_timestamp {
+        item.insert(STARTING_TIMESTAMP_MILLIS.into(), n(epoch_millis(at)));
+    }
     item
+}
+
+/// `at` in milliseconds since the Unix epoch (0 before it).
+pub(crate) fn epoch_millis(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 /// Reads a lease item written by this project or by the Java KCL.
@@ -145,6 +157,9 @@ pub(crate) fn lease_from_item(item: &Item) -> Result<Lease, LeaseStoreError> {
         child_shard_ids: reader.string_set(CHILD_SHARD_IDS)?,
         hash_key_range,
         checkpoint_owner: reader.string(CHECKPOINT_OWNER)?.map(str::to_owned),
+        start_timestamp: reader
+            .number(STARTING_TIMESTAMP_MILLIS)?
+            .map(|millis| UNIX_EPOCH + Duration::from_millis(millis)),
         key,
     })
 }
@@ -301,6 +316,7 @@ mod tests {
                 end: u128::MAX,
             }),
             checkpoint_owner: Some("sender".into()),
+            start_timestamp: Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)),
         };
         let item = lease_to_item(&lease);
         assert_eq!(item[ENDING_HASH_KEY], s(u128::MAX.to_string()));

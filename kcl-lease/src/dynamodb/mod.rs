@@ -516,6 +516,30 @@ impl LeaseStore for DynamoDbLeaseStore {
             .map(drop)
     }
 
+    async fn record_start_timestamp(
+        &self,
+        token: &LeaseToken,
+        at: SystemTime,
+    ) -> Result<SystemTime, LeaseStoreError> {
+        let request = self
+            .client
+            .update_item()
+            .condition_expression(HELD_CONDITION)
+            .expression_attribute_values(":counter", n(token.counter))
+            .expression_attribute_values(":worker", s(&token.worker))
+            .expression_attribute_values(":at", n(epoch_millis(at)))
+            .update_expression(format!(
+                "SET {STARTING_TIMESTAMP_MILLIS} = if_not_exists({STARTING_TIMESTAMP_MILLIS}, :at)"
+            ));
+        let lease = self.update_lease(&token.key, request).await?;
+        lease
+            .start_timestamp
+            .ok_or_else(|| LeaseStoreError::InvalidItem {
+                lease_key: token.key.clone(),
+                reason: format!("{STARTING_TIMESTAMP_MILLIS} missing after it was set"),
+            })
+    }
+
     async fn record_child_shards(
         &self,
         token: &LeaseToken,
