@@ -72,6 +72,8 @@ struct Plan {
     lose: u32,
     /// Writes that took effect and reported an error, by call.
     applied_and_failed: Vec<Call>,
+    /// Writes that failed without taking effect.
+    lost: u64,
 }
 
 /// Sets the faults of a [`FaultyStore`]. Cheap to clone; clones steer the
@@ -128,6 +130,11 @@ impl FaultControl {
         self.plan().lose = writes;
     }
 
+    /// How many writes failed without taking effect so far.
+    pub fn lost(&self) -> u64 {
+        self.plan().lost
+    }
+
     /// The writes that took effect and reported an error so far.
     pub fn applied_and_failed(&self) -> Vec<Call> {
         self.plan().applied_and_failed.clone()
@@ -147,6 +154,7 @@ impl FaultControl {
         }
         if plan.lose > 0 {
             plan.lose -= 1;
+            plan.lost += 1;
             return Err(injected(call, "lost before it reached the table"));
         }
         if plan.apply_then_fail > 0 {

@@ -137,9 +137,15 @@ pub struct ShardStart {
 pub const LATEST_START_MARGIN: Duration = Duration::from_secs(5);
 
 /// Which of `shards` the stream still has; all of them when the shards
-/// cannot be listed (the caller checks again later).
+/// cannot be listed, or the listing is empty (a stream always has an open
+/// shard, so an empty answer is a bad one), and the caller checks again
+/// later.
 async fn still_in_stream<'a>(context: &ConsumerContext, shards: &[&'a str]) -> Vec<&'a str> {
     match context.kinesis.list_shards(&context.stream).await {
+        Ok(listed) if listed.is_empty() => {
+            warn!("the stream's shard listing came back empty; checking the parents again later");
+            shards.to_vec()
+        }
         Ok(listed) => shards
             .iter()
             .copied()
@@ -655,8 +661,18 @@ impl ShardConsumer {
                 Err(error) if error.is_lease_lost() => return Some(ConsumerEvent::LeaseLost),
                 Err(error) => {
                     warn!(%error, "could not create the child shards' leases; retrying");
-                    if let Some(event) = self.pause_after_failure().await {
-                        return Some(event);
+                    match self.pause_after_failure().await {
+                        None => {}
+                        Some(ConsumerEvent::ShutdownRequested) => {
+                            // Stop trying: the lease is released without
+                            // SHARD_END, and its next owner reaches the shard
+                            // end and creates the child leases again.
+                            warn!(
+                                "shutdown requested while the child shards' leases are not created"
+                            );
+                            return Some(ConsumerEvent::ShutdownDone);
+                        }
+                        Some(event) => return Some(event),
                     }
                 }
             }

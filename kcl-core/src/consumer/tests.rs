@@ -33,6 +33,9 @@ struct Fixture {
     fanout: bool,
     /// The worker's processing deadline (unlimited unless a test sets it).
     deadline: kcl_lease::ProcessingDeadline,
+    /// The lease store consumers use, when not `store` itself (a faulty
+    /// client of it).
+    consumer_store: Option<Arc<dyn LeaseStore>>,
 }
 
 impl Fixture {
@@ -64,6 +67,7 @@ impl Fixture {
             policy: ProcessorRetryPolicy::default(),
             fanout: false,
             deadline: kcl_lease::ProcessingDeadline::unlimited(),
+            consumer_store: None,
         }
     }
 
@@ -111,7 +115,10 @@ impl Fixture {
             worker_id: "worker-a".into(),
             stream: STREAM.into(),
             kinesis: Arc::new(self.kinesis.clone()),
-            store: self.store.clone(),
+            store: match &self.consumer_store {
+                Some(store) => Arc::clone(store),
+                None => self.store.clone(),
+            },
             factory: Arc::new(move |_: &str| Scripted(Arc::clone(&journal))),
             retrieval: self.retrieval.clone(),
             retry_policy: self.policy.clone(),
@@ -487,6 +494,8 @@ async fn a_merged_child_waits_for_a_parent_that_has_no_lease_yet() {
     let child = fixture.held(&merged, &halves, "worker-a").await;
 
     let (consumer, signal, _) = fixture.consumer_for(&child);
+    // A listing that comes back empty does not make the parent look gone.
+    fixture.kinesis.answer_empty_listings(3);
     let task = tokio::spawn(consumer.run());
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(
@@ -734,4 +743,32 @@ async fn a_restart_before_the_first_delivery_at_latest_skips_nothing() {
     });
     let _ = outcome;
     assert_eq!(fixture.processed(), names(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_request_while_child_leases_cannot_be_created_ends_the_consumer_without_spinning() {
+    let mut fixture = Fixture::new(3).await;
+    fixture
+        .kinesis
+        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
+    let (faulty, faults) = kcl_lease::faults::FaultyStore::new(fixture.store.clone());
+    faults.only(&[kcl_lease::faults::Call::CreateLease]);
+    faults.lose(u32::MAX);
+    fixture.consumer_store = Some(Arc::new(faulty));
+    let (consumer, signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    while faults.lost() == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let attempts = faults.lost();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), task).await;
+    assert!(
+        attempts < 20,
+        "{attempts} attempts to create the child leases in the second after the stop request"
+    );
+    let outcome = outcome.expect("the consumer ends").unwrap();
+    assert_eq!(outcome.reason, ShutdownReason::ShardEnd);
+    assert_ne!(outcome.checkpoint, ExtendedSequenceNumber::ShardEnd);
 }

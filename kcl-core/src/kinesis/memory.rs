@@ -36,6 +36,9 @@ struct State {
     /// Subscriptions end after this many events (Kinesis ends them after
     /// 5 minutes); `None` for never.
     subscription_events: Option<usize>,
+    /// The next this many `ListShards` calls answer with no shard at all (a
+    /// bad answer a client must not take for an empty stream).
+    empty_listings: usize,
 }
 
 #[derive(Debug, Default)]
@@ -223,6 +226,11 @@ impl InMemoryKinesis {
     /// that readers must subscribe again.
     pub fn end_subscriptions_after(&self, events: usize) {
         self.state().subscription_events = Some(events);
+    }
+
+    /// Makes the next `times` `ListShards` calls answer with no shard.
+    pub fn answer_empty_listings(&self, times: usize) {
+        self.state().empty_listings = times;
     }
 
     /// Makes every iterator handed out so far expire.
@@ -416,6 +424,10 @@ impl Kinesis for InMemoryKinesis {
     async fn list_shards(&self, stream: &str) -> Result<Vec<ShardDescription>, KinesisError> {
         let mut state = self.state();
         Self::begin(&mut state, "ListShards")?;
+        if state.empty_listings > 0 {
+            state.empty_listings -= 1;
+            return Ok(Vec::new());
+        }
         let stream = state
             .streams
             .get(stream)

@@ -429,3 +429,98 @@ async fn a_worker_cut_from_its_table_processes_nothing_after_another_took_its_sh
         overlapping.last()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_found_its_lease_taken_is_not_restarted_before_the_next_round() {
+    let mut fleet = Fleet::new(1, 0);
+    fleet.assignment_interval = Duration::from_secs(30);
+    let journal = Arc::new(Mutex::new(Journal {
+        checkpoint_batches: true,
+        ..Journal::default()
+    }));
+    let client = Arc::new(fleet.store.client());
+    let a = worker_on(&fleet, "worker-a", client.clone(), Arc::clone(&journal));
+    let held = a.held_leases();
+    let _task = tokio::spawn(a.run());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while held.borrow().len() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "never held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Another worker takes the lease behind a's back; a's next checkpoint
+    // finds it gone.
+    let lease = fleet.store.list_leases().await.unwrap().remove(0);
+    fleet.store.take_lease(&lease, "worker-b").await.unwrap();
+    fleet.kinesis.put_record(STREAM, "k", b"r0");
+    while !journal
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .any(|c| c == "lease_lost")
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never lost");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = client.request_counts().get("GetItem").copied().unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = client.request_counts().get("GetItem").copied().unwrap_or(0);
+    assert!(after - before < 5, "{} lease reads in 2 s", after - before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_worker_releases_the_leases_it_holds_but_never_started() {
+    let fleet = Fleet::new(2, 0);
+    let store: Arc<dyn LeaseStore> = Arc::new(fleet.store.client());
+    for shard in ["shardId-000000000000", "shardId-000000000001"] {
+        let lease =
+            kcl_lease::Lease::new(shard, kcl_checkpoint::ExtendedSequenceNumber::TrimHorizon);
+        store.create_lease_if_absent(&lease).await.unwrap();
+    }
+    let (mut coordinator, handle) =
+        LeaseCoordinator::new(Arc::clone(&store), kcl_lease::LeaseConfig::new("worker-a")).unwrap();
+    let now = kcl_lease::deadline::now();
+    coordinator.heartbeat(|| now).await.unwrap();
+    coordinator.assignment_round(|| now).await.unwrap();
+    assert_eq!(handle.held().borrow().len(), 2);
+    // The worker began to stop before it started anything (the leases
+    // came from a round or a handoff that completed after that).
+    handle.stop_taking();
+    let journal = Arc::clone(&fleet.journal);
+    let context = Arc::new(ConsumerContext {
+        worker_id: "worker-a".into(),
+        stream: STREAM.into(),
+        kinesis: Arc::new(fleet.kinesis.clone()),
+        store: Arc::clone(&store),
+        factory: Arc::new(move |_: &str| Scripted(Arc::clone(&journal))),
+        retrieval: Default::default(),
+        retry_policy: Default::default(),
+        kinesis_backoff: Default::default(),
+        initial_timestamp: None,
+        parent_poll_interval: Duration::from_secs(1),
+        stats: Arc::default(),
+        fanout_consumer: Default::default(),
+    });
+    let mut tasks = WorkerTasks {
+        context,
+        handle: handle.clone(),
+        consumers: JoinSet::new(),
+        releases: JoinSet::new(),
+        running: HashMap::new(),
+        task_keys: HashMap::new(),
+        finished: HashSet::new(),
+        lost: HashSet::new(),
+        releasing: HashSet::new(),
+    };
+    let mut held = handle.held();
+    tasks.drain(&mut held, Duration::from_secs(5)).await;
+    assert!(
+        tasks.running.is_empty(),
+        "nothing was started while draining"
+    );
+    let leases = fleet.store.list_leases().await.unwrap();
+    assert!(
+        leases.iter().all(|l| l.owner.is_none()),
+        "released for others to take: {leases:?}"
+    );
+}
