@@ -74,6 +74,8 @@ struct Plan {
     applied_and_failed: Vec<Call>,
     /// Writes that failed without taking effect.
     lost: u64,
+    /// Every call made, by kind.
+    calls: std::collections::BTreeMap<Call, u64>,
 }
 
 /// Sets the faults of a [`FaultyStore`]. Cheap to clone; clones steer the
@@ -128,6 +130,12 @@ impl FaultControl {
     /// The next `writes` writes fail without taking effect.
     pub fn lose(&self, writes: u32) {
         self.plan().lose = writes;
+    }
+
+    /// How many calls of `call` were made so far (stalled and failed ones
+    /// included).
+    pub fn calls(&self, call: Call) -> u64 {
+        self.plan().calls.get(&call).copied().unwrap_or(0)
     }
 
     /// How many writes failed without taking effect so far.
@@ -197,6 +205,7 @@ impl<S: LeaseStore + ?Sized> FaultyStore<S> {
     where
         F: Future<Output = Result<T, LeaseStoreError>>,
     {
+        *self.control.plan().calls.entry(call).or_default() += 1;
         self.control.gate().await;
         let report = self.control.decide(call)?;
         let result = run.await;

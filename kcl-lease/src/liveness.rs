@@ -182,6 +182,33 @@ impl LivenessTracker {
         self.as_of = Some(window.began);
     }
 
+    /// Records what the workers table held during `window`, without the
+    /// lease table (a draining worker's cheap poll): heartbeats are updated
+    /// as by [`observe`](Self::observe); workers whose heartbeat vanished
+    /// are kept as silent, and owners judged by their leases are left as
+    /// they were.
+    pub fn observe_heartbeats(&mut self, window: ReadWindow, heartbeats: &[WorkerHeartbeat]) {
+        let mut workers = HashMap::with_capacity(heartbeats.len());
+        for heartbeat in heartbeats {
+            let known = self.workers.remove(&heartbeat.worker);
+            let failover = self.failover_for(heartbeat);
+            workers.insert(
+                heartbeat.worker.clone(),
+                Observed::update(known, Some(heartbeat.beat), window.ended, failover),
+            );
+        }
+        for (worker, known) in self.workers.drain() {
+            let silent = Observed {
+                signal: None,
+                changed_at: known.changed_at,
+                failover: known.failover,
+            };
+            workers.insert(worker, silent);
+        }
+        self.workers = workers;
+        self.as_of = Some(window.began);
+    }
+
     /// Whether `worker` has a heartbeat that changed within its failover
     /// time, as of the last observation.
     pub fn is_worker_live(&self, worker: &str) -> bool {

@@ -25,6 +25,7 @@
 //!   flight is dropped and the consumer stops as if the lease were lost,
 //!   whatever the rest of the worker is waiting on.
 
+mod parents;
 mod retry_policy;
 pub mod state;
 
@@ -89,6 +90,10 @@ pub struct ConsumerContext {
     pub parent_poll_interval: Duration,
     /// Counters.
     pub stats: Arc<WorkerStats>,
+    /// Counts the shards this worker's consumers read to their end and
+    /// checkpointed: a child waiting for its parents looks again at once
+    /// when it changes.
+    pub shard_ends: watch::Sender<u64>,
     /// The enhanced fan-out consumer's ARN, once registered: shards are read
     /// through `SubscribeToShard` when set, by polling otherwise.
     pub fanout_consumer: std::sync::OnceLock<String>,
@@ -135,28 +140,6 @@ pub struct ShardStart {
 /// between this machine's clock and the one Kinesis stamps records with, so
 /// that no record written after the consumer started is left out.
 pub const LATEST_START_MARGIN: Duration = Duration::from_secs(5);
-
-/// Which of `shards` the stream still has; all of them when the shards
-/// cannot be listed, or the listing is empty (a stream always has an open
-/// shard, so an empty answer is a bad one), and the caller checks again
-/// later.
-async fn still_in_stream<'a>(context: &ConsumerContext, shards: &[&'a str]) -> Vec<&'a str> {
-    match context.kinesis.list_shards(&context.stream).await {
-        Ok(listed) if listed.is_empty() => {
-            warn!("the stream's shard listing came back empty; checking the parents again later");
-            shards.to_vec()
-        }
-        Ok(listed) => shards
-            .iter()
-            .copied()
-            .filter(|id| listed.iter().any(|s| s.shard_id == *id))
-            .collect(),
-        Err(error) => {
-            warn!(%error, "could not list the shards to look for unleased parents; checking again");
-            shards.to_vec()
-        }
-    }
-}
 
 /// Aborts the fetcher task when dropped, so no fetcher outlives its
 /// consumer.
@@ -279,63 +262,6 @@ impl ShardConsumer {
 
     fn deadline_passed(&self) {
         warn!("processing deadline passed (no confirmed heartbeat in time); stopping the shard");
-    }
-
-    /// Waits until every parent lease is finished or gone. A lease that has
-    /// a record checkpoint already started once, so its parents were done.
-    ///
-    /// A parent without a lease is done only if the shard is gone from the
-    /// stream (past retention): while a child waits at `TRIM_HORIZON`, a
-    /// parent's lease is never cleaned up, so a missing one is one that
-    /// discovery has yet to create (one parent of a merge can end and create
-    /// the child before the other parent has a lease). A child at another
-    /// position starts a lineage of its own and does not wait for parents
-    /// that were never leased.
-    async fn wait_for_parents(&mut self) -> ConsumerEvent {
-        if self.start.parent_shard_ids.is_empty() || !self.start.checkpoint.is_sentinel() {
-            return ConsumerEvent::ParentsDone;
-        }
-        let mut logged = false;
-        loop {
-            match self.current_signal() {
-                ConsumerSignal::LeaseLost => return ConsumerEvent::LeaseLost,
-                ConsumerSignal::ShutdownRequested => return ConsumerEvent::ShutdownRequested,
-                ConsumerSignal::Run => {}
-            }
-            let mut unfinished = Vec::new();
-            let mut unleased = Vec::new();
-            for parent in &self.start.parent_shard_ids {
-                match self.context.store.get_lease(parent).await {
-                    Ok(None) => unleased.push(parent.as_str()),
-                    Ok(Some(lease)) if lease.is_finished() => {}
-                    Ok(Some(_)) => unfinished.push(parent.as_str()),
-                    Err(error) => {
-                        warn!(%parent, %error, "could not read a parent lease; checking again");
-                        unfinished.push(parent.as_str());
-                    }
-                }
-            }
-            if !unleased.is_empty() && self.start.checkpoint == ExtendedSequenceNumber::TrimHorizon
-            {
-                unfinished.extend(still_in_stream(&self.context, &unleased).await);
-            }
-            if unfinished.is_empty() {
-                if logged {
-                    info!("parent shards finished; starting");
-                }
-                return ConsumerEvent::ParentsDone;
-            }
-            if !logged {
-                info!(
-                    ?unfinished,
-                    "waiting for parent shards to be read to their end"
-                );
-                logged = true;
-            }
-            if let Some(event) = self.pause(self.context.parent_poll_interval).await {
-                return event;
-            }
-        }
     }
 
     /// Creates the processor if needed and initializes it, retrying with
@@ -749,6 +675,7 @@ impl ShardConsumer {
             };
             let progress = self.tracker.progress();
             if progress.checkpoint == ExtendedSequenceNumber::ShardEnd {
+                self.context.shard_ends.send_modify(|ends| *ends += 1);
                 return ConsumerEvent::ShutdownDone;
             }
             if progress.lease_lost {

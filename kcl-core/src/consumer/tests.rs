@@ -129,6 +129,7 @@ impl Fixture {
             initial_timestamp: None,
             parent_poll_interval: Duration::from_secs(1),
             stats: Arc::default(),
+            shard_ends: tokio::sync::watch::channel(0).0,
             fanout_consumer: Default::default(),
         });
         if self.fanout {
@@ -204,6 +205,7 @@ async fn a_closed_shard_is_processed_in_order_and_checkpointed_at_shard_end() {
     assert_eq!(fixture.calls().first().unwrap(), "init TRIM_HORIZON");
     assert_eq!(fixture.calls().last().unwrap(), "shard_ended");
     assert_eq!(context.stats.snapshot().records_processed, 10);
+    assert_eq!(*context.shard_ends.borrow(), 1, "waiting children are told");
 }
 
 #[tokio::test(start_paused = true)]
@@ -771,4 +773,49 @@ async fn a_stop_request_while_child_leases_cannot_be_created_ends_the_consumer_w
     let outcome = outcome.expect("the consumer ends").unwrap();
     assert_eq!(outcome.reason, ShutdownReason::ShardEnd);
     assert_ne!(outcome.checkpoint, ExtendedSequenceNumber::ShardEnd);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_child_reads_its_parents_less_and_less_often_and_wakes_on_a_local_shard_end() {
+    let fixture = Fixture::new(0).await;
+    let halves = fixture
+        .kinesis
+        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
+    // The parent (the fixture's shard) is held and unfinished.
+    let child = fixture
+        .held(&halves[0], std::slice::from_ref(&fixture.shard), "worker-a")
+        .await;
+    let (consumer, signal, context) = fixture.consumer_for(&child);
+    let reads = || {
+        fixture
+            .store
+            .request_counts()
+            .get("GetItem")
+            .copied()
+            .unwrap_or(0)
+    };
+    let task = tokio::spawn(consumer.run());
+    let before = reads();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let waited = reads() - before;
+    // 1, 2, 4, 8 s, then every 10 s: about 60 reads in 10 minutes (it read
+    // every second, 600 times, before).
+    assert!(waited <= 65, "{waited} reads of the parent in 10 minutes");
+    assert!(
+        fixture.calls().is_empty(),
+        "started before the parent ended"
+    );
+
+    // The parent ends on this worker: the child starts at once, not at its
+    // next 10 s read.
+    let parent = fixture.lease().await;
+    fixture.finish(&parent).await;
+    fixture
+        .kinesis
+        .put_record_to_shard(STREAM, &halves[0], "key", b"in-child");
+    context.shard_ends.send_modify(|ends| *ends += 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(fixture.processed(), ["in-child"]);
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
 }

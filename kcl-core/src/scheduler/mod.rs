@@ -129,6 +129,7 @@ impl Scheduler {
             },
             parent_poll_interval: config.parent_poll_interval,
             stats: Arc::default(),
+            shard_ends: tokio::sync::watch::channel(0).0,
             fanout_consumer: std::sync::OnceLock::new(),
         });
         let (shutdown, _) = watch::channel(false);

@@ -499,6 +499,7 @@ async fn a_draining_worker_releases_the_leases_it_holds_but_never_started() {
         initial_timestamp: None,
         parent_poll_interval: Duration::from_secs(1),
         stats: Arc::default(),
+        shard_ends: tokio::sync::watch::channel(0).0,
         fanout_consumer: Default::default(),
     });
     let mut tasks = WorkerTasks {

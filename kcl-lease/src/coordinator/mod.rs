@@ -148,9 +148,9 @@ impl<S: ?Sized> Clone for CoordinatorHandle<S> {
 impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     /// Starts draining (the worker is stopping): takes and asks for no more
     /// leases, announces it in a heartbeat at once so that other workers
-    /// ask for this worker's leases, and runs rounds every
-    /// `handoff_poll_interval` to see their requests quickly. The leases
-    /// already held stay published until released.
+    /// ask for this worker's leases, runs one round at once and then reads
+    /// its own leases every `handoff_poll_interval` to see their requests
+    /// quickly. The leases already held stay published until released.
     pub fn stop_taking(&self) {
         self.shared.draining.send_replace(true);
     }
@@ -319,10 +319,9 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             stopping.insert(me.clone());
         }
         workers.retain(|w| !stopping.contains(w));
-        self.shared.receivers.store(
-            workers.iter().filter(|w| **w != me).count(),
-            Ordering::SeqCst,
-        );
+        self.shared
+            .receivers
+            .store(self.receivers(&heartbeats), Ordering::SeqCst);
         let table: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
         let views: Vec<LeaseView> = leases
             .iter()
@@ -436,6 +435,67 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         });
         debug!(?report, "assignment round");
         Ok(report)
+    }
+
+    /// How many other live workers could receive leases (not draining), by
+    /// the heartbeats just observed.
+    fn receivers(&self, heartbeats: &[crate::WorkerHeartbeat]) -> usize {
+        heartbeats
+            .iter()
+            .filter(|h| h.worker != self.config.worker_id && !h.draining)
+            .filter(|h| self.tracker.is_worker_live(&h.worker))
+            .count()
+    }
+
+    /// While the worker drains, instead of a full round: reads the workers
+    /// table (to know who could still receive leases) and each held lease
+    /// not yet asked for, one read each, and publishes the handoff requests
+    /// found and the leases that moved on. Its cost grows with the workers
+    /// and the leases this worker holds, never with the lease table.
+    pub async fn drain_poll(&mut self, clock: impl Fn() -> Instant) -> Result<(), LeaseStoreError> {
+        let began = clock();
+        let heartbeats = self.store.list_heartbeats().await?;
+        let ended = clock();
+        self.tracker
+            .observe_heartbeats(ReadWindow { began, ended }, &heartbeats);
+        self.shared
+            .receivers
+            .store(self.receivers(&heartbeats), Ordering::SeqCst);
+        let me = self.config.worker_id.as_str();
+        let unasked: Vec<(String, LeaseToken)> = self
+            .shared
+            .held
+            .borrow()
+            .values()
+            .filter(|h| !h.handoff_requested)
+            .map(|h| (h.lease.key.clone(), h.token.clone()))
+            .collect();
+        for (key, token) in unasked {
+            let lease = self.store.get_lease(&key).await?;
+            self.shared.held.send_if_modified(|held| {
+                let Some(entry) = held.get_mut(&key).filter(|h| h.token == token) else {
+                    return false;
+                };
+                match lease {
+                    Some(lease) if lease.token().as_ref() == Some(&token) => {
+                        let requested = lease.owner.as_deref() != Some(me);
+                        if requested {
+                            debug!(lease = %key, to = ?lease.owner, "handoff requested");
+                            entry.handoff_requested = true;
+                            entry.lease = lease;
+                        }
+                        requested
+                    }
+                    _ => {
+                        warn!(lease = %key, "lease lost to another worker");
+                        metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
+                        held.remove(&key);
+                        true
+                    }
+                }
+            });
+        }
+        Ok(())
     }
 
     /// Removes the heartbeats of workers judged dead, so a worker that
@@ -605,8 +665,9 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         .await
     }
 
-    /// The assignment loop: rounds on schedule (often while draining), and
-    /// close watch over handoffs this worker asked for.
+    /// The assignment loop: rounds on schedule, close watch over handoffs
+    /// this worker asked for, and while draining a cheap poll of its own
+    /// leases every `handoff_poll_interval`.
     async fn run_rounds(mut self) {
         let now = heartbeat::now;
         let mut draining_changes = self.shared.draining.subscribe();
@@ -616,15 +677,17 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         // pass on again a round later.
         let mut next_round = now() + first_round_delay(self.config.assignment_interval);
         let mut next_poll = now();
+        let mut next_drain_poll = now();
         loop {
             let draining = *draining_changes.borrow_and_update();
             tokio::select! {
                 changed = draining_changes.changed() => {
                     if changed.is_ok() && *draining_changes.borrow() {
-                        // Look for the fleet's handoff requests often while
-                        // the leases are handed over.
+                        // One full round at once (receivers, requests), then
+                        // cheap polls of the leases held.
                         info!("draining: handing leases over on request");
                         next_round = now();
+                        next_drain_poll = now() + self.config.handoff_poll_interval;
                     }
                 }
                 () = tokio::time::sleep_until(next_poll.into()), if !self.awaiting.is_empty() => {
@@ -634,17 +697,20 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     }
                     next_poll = now() + self.config.handoff_poll_interval;
                 }
+                () = tokio::time::sleep_until(next_drain_poll.into()), if draining => {
+                    let limit = now() + self.config.failover_time;
+                    if let Err(error) = bounded(limit, self.drain_poll(now)).await {
+                        debug!(%error, "checking for handoff requests failed");
+                    }
+                    next_drain_poll = now() + self.config.handoff_poll_interval;
+                }
                 () = tokio::time::sleep_until(next_round.into()) => {
                     let started = now();
                     let limit = started + self.config.failover_time;
                     if let Err(error) = bounded(limit, self.assignment_round(now)).await {
                         warn!(%error, "assignment round failed; retrying at the next one");
                     }
-                    next_round = if draining {
-                        now() + self.config.handoff_poll_interval
-                    } else {
-                        self.next_round(started).max(now())
-                    };
+                    next_round = self.next_round(started).max(now());
                     next_poll = now() + self.config.handoff_poll_interval;
                 }
             }

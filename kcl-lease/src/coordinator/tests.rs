@@ -393,3 +393,42 @@ async fn a_waiting_merge_child_never_keeps_its_parent_from_being_taken() {
     let held: Vec<String> = handle.held().borrow().keys().cloned().collect();
     assert!(held.contains(&p2.key), "the parent was not taken: {held:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_worker_reads_its_own_leases_not_the_lease_table() {
+    let table = table_with(4).await;
+    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
+    let (a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
+    let task = tokio::spawn(a.run(std::future::pending()));
+    let mut held = a_handle.held();
+    while held.borrow_and_update().len() < 4 {
+        held.changed().await.unwrap();
+    }
+    let (mut b, _) = coordinator(&table, "b");
+    b.heartbeat(heartbeat::now).await.unwrap();
+
+    a_handle.stop_taking();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let scans = faults.calls(Call::ListLeases);
+    tokio::time::sleep(S(3)).await;
+    // No full round in those 3 s (the next is due 10 s after the last), but
+    // the held leases were read at every poll.
+    assert_eq!(faults.calls(Call::ListLeases), scans);
+    assert!(faults.calls(Call::GetLease) >= 4 * 14, "{faults:?}");
+    assert_eq!(a_handle.receivers(), 1);
+
+    // b asks for a lease: a sees it at its next poll.
+    b.assignment_round(heartbeat::now).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let requested = a_handle.handoffs_requested();
+    assert_eq!(
+        requested.len(),
+        4,
+        "b asks for all of a draining worker's leases"
+    );
+    // Asked-for leases are not read again.
+    let reads = faults.calls(Call::GetLease);
+    tokio::time::sleep(S(1)).await;
+    assert_eq!(faults.calls(Call::GetLease), reads);
+    task.abort();
+}
