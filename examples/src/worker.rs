@@ -73,6 +73,10 @@ pub struct WorkerArgs {
     /// How often the worker heartbeats (default: half the failover time).
     #[arg(long, env = "KCL_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
+    /// How long before the failover time after its last confirmed heartbeat
+    /// a worker stops processing (default: a fifth of the failover time).
+    #[arg(long, env = "KCL_SAFETY_MARGIN_MS")]
+    pub safety_margin_ms: Option<u64>,
     /// How often leases are balanced.
     #[arg(long, env = "KCL_ASSIGNMENT_INTERVAL_MS", default_value_t = 10_000)]
     pub assignment_interval_ms: u64,
@@ -162,6 +166,9 @@ impl WorkerArgs {
             .sdk_config(&aws);
         if let Some(interval) = self.heartbeat_interval_ms {
             builder = builder.heartbeat_interval(ms(interval));
+        }
+        if let Some(margin) = self.safety_margin_ms {
+            builder = builder.safety_margin(ms(margin));
         }
         if let Some(max) = self.max_leases_per_worker {
             builder = builder.max_leases_per_worker(max);

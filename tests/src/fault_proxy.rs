@@ -38,6 +38,10 @@ pub enum Fault {
     DropConnections,
     /// Answer HTTP 500 `InternalFailure`.
     ServerError,
+    /// Forward the request (it takes effect), then answer HTTP 500
+    /// `InternalFailure` instead of the real answer, as DynamoDB documents
+    /// a 500 may mean.
+    AppliedThenServerError,
     /// Answer the service's throttling error (HTTP 400
     /// `ProvisionedThroughputExceededException`).
     Throttle,
@@ -153,7 +157,8 @@ impl FaultProxy {
     }
 
     /// Requests seen, by operation and what was done (`forwarded`,
-    /// `dropped`, `server_error`, `throttled`, `access_denied`, `stalled`).
+    /// `dropped`, `server_error`, `applied_then_server_error`, `throttled`,
+    /// `access_denied`, `stalled`).
     pub fn requests(&self) -> BTreeMap<(String, &'static str), u64> {
         self.lock().requests.clone()
     }
@@ -208,6 +213,7 @@ impl Shared {
             Fault::None | Fault::Latency(_) => "forwarded",
             Fault::DropConnections => "dropped",
             Fault::ServerError => "server_error",
+            Fault::AppliedThenServerError => "applied_then_server_error",
             Fault::Throttle => "throttled",
             Fault::AccessDenied => "access_denied",
             Fault::Stall => "stalled",
@@ -222,6 +228,14 @@ impl Shared {
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "InternalFailure",
                     "injected server error",
+                ));
+            }
+            Fault::AppliedThenServerError => {
+                let _ = self.forward(parts, body).await?;
+                return Ok(error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalFailure",
+                    "injected server error after the request took effect",
                 ));
             }
             Fault::Throttle => {

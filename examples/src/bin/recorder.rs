@@ -3,7 +3,7 @@
 //! read the files to check what was processed.
 //!
 //! Settings: `kcl_examples::worker::WorkerArgs` (every flag also as a
-//! `KCL_*` variable) and `--output`. SIGTERM or Ctrl-C hands the shards
+//! `KCL_*` variable), `--output` and `--checkpoint-interval-ms`. SIGTERM or Ctrl-C hands the shards
 //! over and exits 0.
 
 use std::path::PathBuf;
@@ -22,6 +22,11 @@ struct Args {
     /// The file to append JSON lines to.
     #[arg(long, env = "KCL_OUTPUT")]
     output: PathBuf,
+    /// Checkpoint after a batch only if this many milliseconds have passed
+    /// since the shard's last checkpoint (0: after every batch). Shard ends
+    /// and graceful stops always checkpoint.
+    #[arg(long, env = "KCL_CHECKPOINT_INTERVAL_MS", default_value_t = 0)]
+    checkpoint_interval_ms: u64,
     #[command(flatten)]
     worker: WorkerArgs,
 }
@@ -47,7 +52,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .recorder(shard)
     })?;
     let log = RecordLog::open(&args.output, scheduler.worker_id())
-        .map_err(|e| format!("--output {}: {e}", args.output.display()))?;
+        .map_err(|e| format!("--output {}: {e}", args.output.display()))?
+        .with_checkpoint_interval(std::time::Duration::from_millis(
+            args.checkpoint_interval_ms,
+        ));
     let _ = log_slot.set(log);
     info!(worker_id = scheduler.worker_id(), output = %args.output.display(), "recorder starting");
     args.worker.run(scheduler).await

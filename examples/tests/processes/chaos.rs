@@ -9,14 +9,23 @@
 //! - one worker cut off from DynamoDB (requests held, unanswered) for
 //!   longer than the failover time, then let through late.
 //!
+//! - DynamoDB answering HTTP 500 after the request took effect.
+//!
+//! The workers start at `LATEST` on an idle stream, and records begin once
+//! every lease is held; processors checkpoint after every batch on one
+//! replica and every 1 or 3 s on the others, so a cut-off worker keeps
+//! processing between checkpoints.
+//!
 //! At the end it checks: no record lost; per key, records first processed in
 //! the order produced; no checkpoint ever moved backwards (the lease table is
 //! sampled throughout); a cut-off worker stopped processing within the
-//! failover time, and every checkpoint it sent during the cut-off failed when
-//! it finally arrived. It reports how many records were processed twice,
-//! and fails if any of them is not explained by a disruption of the process
-//! that processed it first: a SIGKILL, a cut-off, or a fault on its path to
-//! DynamoDB (a planned stop or a rebalance move must cost none).
+//! failover time, processed nothing on a shard after another worker started
+//! on it (no zombie output), and every checkpoint it sent during the cut-off
+//! failed when it finally arrived. It reports how many records were
+//! processed twice, and fails if any of them is not explained by a
+//! disruption of the process that processed it first: a SIGKILL, a cut-off,
+//! or a fault on its path to DynamoDB (a planned stop or a rebalance move
+//! must cost none).
 //!
 //! The test suite runs a short variant (about a minute of events, seed 1).
 //! A longer run, with any seed:
@@ -128,6 +137,11 @@ impl Event {
                 events.push(Event::fault(rng, service, fault.clone()));
             }
         }
+        events.push(Event::fault(
+            rng,
+            Service::DynamoDb,
+            Fault::AppliedThenServerError,
+        ));
         events.shuffle(rng);
         events
     }
@@ -165,8 +179,11 @@ struct Slot {
 }
 
 /// How long before a disruption a batch may have been processed and not
-/// yet checkpointed.
+/// yet checkpointed (the longest checkpoint interval, and a batch).
 const IN_FLIGHT_MS: u64 = 5000;
+
+/// How often each replica's processors checkpoint (0: after every batch).
+const CHECKPOINT_INTERVAL_MS: [&str; REPLICAS] = ["0", "1000", "3000"];
 
 /// A stretch of time in which a process's checkpoints could be lost, so
 /// that records it processed then may be processed again by another.
@@ -216,8 +233,16 @@ impl Fleet {
         through.kinesis_endpoint = entry.kinesis.endpoint();
         through.dynamodb_endpoint = entry.dynamodb.endpoint();
         let flags = [
+            "--initial-position",
+            "latest",
+            "--checkpoint-interval-ms",
+            CHECKPOINT_INTERVAL_MS[slot],
             "--failover-time-ms",
             "3000",
+            // More room for a slow heartbeat than half the failover time
+            // leaves (DynamoDB Local sometimes answers a second late).
+            "--heartbeat-interval-ms",
+            "1000",
             "--assignment-interval-ms",
             "500",
             "--shard-sync-interval-ms",
@@ -358,11 +383,23 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
     for slot in 0..REPLICAS {
         fleet.start(slot);
     }
+    // At LATEST, records written before a shard's first reader started
+    // are not promised: begin once every lease is held.
+    let leases = DynamoDbLeaseStore::new(&aws.dynamodb(), &app);
+    let held_by = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = leases.list_leases().await.unwrap_or_default();
+        if held.len() == SHARDS as usize && held.iter().all(|l| l.owner.is_some()) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < held_by,
+            "leases never all held: {held:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (stop_sampling, stopped) = tokio::sync::watch::channel(false);
-    let sampler = tokio::spawn(sample_checkpoints(
-        DynamoDbLeaseStore::new(&aws.dynamodb(), &app),
-        stopped,
-    ));
+    let sampler = tokio::spawn(sample_checkpoints(leases, stopped));
     let producer = OrderedProducer::start(kinesis.clone(), &stream, 16, Duration::from_millis(50));
 
     println!(
@@ -514,12 +551,23 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
 
     let lines = all_lines(&fleet.outputs);
     check_order(&lines, &written);
+    // A worker whose heartbeat was not confirmed in time stops by itself
+    // (its log says so) and takes its leases anew: a disruption too, even
+    // when nothing was injected (a slow answer from DynamoDB Local).
+    let self_stops = self_stops(&fleet.outputs);
+    disruptions.extend(self_stops.iter().map(|(output, at_ms)| Disruption {
+        output: output.clone(),
+        from_ms: *at_ms,
+        until_ms: at_ms + SELF_STOP_RECOVERY_MS,
+    }));
     let (duplicates, unexplained) = duplicates(&fleet.outputs, &disruptions);
     println!(
         "chaos: {} records, {} processings, {duplicates} processed more than once \
-         ({crashes} crashes and cut-offs, {} disruptions in all); {samples} lease-table samples",
+         ({crashes} crashes and cut-offs, {} self-stops, {} disruptions in all); \
+         {samples} lease-table samples",
         written.len(),
         lines.len(),
+        self_stops.len(),
         disruptions.len()
     );
     assert!(
@@ -535,6 +583,7 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
     );
     for cut in &cut_offs {
         check_cut_off(cut);
+        check_no_zombie(cut, &fleet.outputs);
     }
     for (slot, entry) in fleet.slots.iter().enumerate() {
         check_late_writes(slot, &entry.dynamodb, &app);
@@ -548,6 +597,56 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
         );
     }
     std::fs::remove_dir_all(&dir).expect("remove outputs");
+}
+
+/// How long after a self-stop a worker may take to take its leases anew and
+/// process again (a heartbeat, then a round).
+const SELF_STOP_RECOVERY_MS: u64 = 3000;
+
+/// Every self-stop each process logged: its output file and when.
+fn self_stops(outputs: &[PathBuf]) -> Vec<(PathBuf, u64)> {
+    let mut stops = Vec::new();
+    for output in outputs {
+        let log = std::fs::read_to_string(output.with_extension("log")).unwrap_or_default();
+        for line in log.lines() {
+            if line.contains("no heartbeat confirmed in time")
+                && let Some(at_ms) = log_time_ms(line)
+            {
+                stops.push((output.clone(), at_ms));
+            }
+        }
+    }
+    stops
+}
+
+/// The time a text log line begins with (`2026-12-03T19:11:13.993918Z`),
+/// in epoch milliseconds.
+fn log_time_ms(line: &str) -> Option<u64> {
+    let stamp = line.get(..26)?;
+    let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<u64>().ok();
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    let micros = number(20..26)?;
+    // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+    let (y, m) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let year_of_era = y - era * 400;
+    let day_of_year = (153 * m + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second;
+    Some(seconds * 1000 + micros / 1000)
+}
+
+#[test]
+fn log_times_are_read_as_epoch_milliseconds() {
+    let line = "2026-12-03T19:11:13.993918Z  WARN worker{worker_id=w1}: no heartbeat";
+    assert_eq!(log_time_ms(line), Some(1_796_325_073_993));
+    assert_eq!(log_time_ms("1970-01-01T00:00:01.000500Z x"), Some(1000));
 }
 
 fn all_lines(outputs: &[PathBuf]) -> Vec<RecordLine> {
@@ -638,6 +737,38 @@ fn check_cut_off(cut: &CutOff) {
         last.is_none_or(|after| after <= limit),
         "{} kept processing {last:?} ms into its cut-off (limit {limit} ms)",
         cut.worker
+    );
+}
+
+/// During a cut-off, the cut-off worker processed nothing on a shard after
+/// another worker had started on it.
+fn check_no_zombie(cut: &CutOff, outputs: &[PathBuf]) {
+    let mut others_from: HashMap<String, u64> = HashMap::new();
+    for output in outputs.iter().filter(|o| **o != cut.output) {
+        for line in read_lines(output).unwrap_or_default() {
+            if line.processed_ms >= cut.from_ms {
+                let first = others_from.entry(line.shard).or_insert(line.processed_ms);
+                *first = (*first).min(line.processed_ms);
+            }
+        }
+    }
+    let zombie: Vec<String> = read_lines(&cut.output)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|l| (cut.from_ms..cut.until_ms).contains(&l.processed_ms))
+        .filter(|l| {
+            others_from
+                .get(&l.shard)
+                .is_some_and(|f| l.processed_ms >= *f)
+        })
+        .map(|l| format!("{} {} at {}", l.shard, l.seq, l.processed_ms))
+        .collect();
+    assert!(
+        zombie.is_empty(),
+        "{} processed {} records on shards another worker had started on: {:?}",
+        cut.worker,
+        zombie.len(),
+        &zombie[..zombie.len().min(10)]
     );
 }
 
