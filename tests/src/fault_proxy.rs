@@ -34,7 +34,8 @@ pub enum Fault {
     None,
     /// Wait this long before forwarding each request.
     Latency(Duration),
-    /// Close the connection without an answer.
+    /// Close the connection without an answer; connections already open
+    /// (a subscription's event stream) are closed too.
     DropConnections,
     /// Answer HTTP 500 `InternalFailure`.
     ServerError,
@@ -122,14 +123,20 @@ impl FaultProxy {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    let mut fault = shared.fault.clone();
                     let service = hyper::service::service_fn(move |request| {
                         let shared = shared.clone();
                         async move { shared.handle(request).await }
                     });
                     // A dropped connection ends here with an error: expected.
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let serve = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::select! {
+                        _ = serve => {}
+                        // Open connections (a subscription's event stream)
+                        // are cut too.
+                        _ = fault.wait_for(|f| *f == Fault::DropConnections) => {}
+                    }
                 });
             }
         });

@@ -8,6 +8,7 @@
 mod bad_input;
 mod chaos;
 mod recorder;
+mod safety;
 
 /// The recorder binary built for these tests.
 const RECORDER: &str = env!("CARGO_BIN_EXE_recorder");
