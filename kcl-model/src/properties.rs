@@ -6,7 +6,10 @@ use crate::protocol::LeaseModel;
 use crate::state::{C, Consumer, P, Pos, State};
 
 /// Never two workers processing one shard at the same time: at most one
-/// consumer per shard is entitled to process it (see [`exclusive`]).
+/// consumer per shard is entitled to process it, because it runs on a lease
+/// published in its worker's current epoch before the deadline, or because
+/// a batch it began is still in flight (until the consumer drops it, at most
+/// the slop after the deadline).
 pub const EXCLUSIVE: &str = "never two workers process one shard";
 /// A stored checkpoint never moves back.
 pub const CHECKPOINT_MONOTONE: &str = "a checkpoint never moves back";

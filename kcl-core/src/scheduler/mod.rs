@@ -16,7 +16,7 @@
 //! configured shutdown timeout.
 //!
 //! Nothing in the scheduler's loop waits on the lease table: shard
-//! discovery and lease cleanup run on a [task of their own](maintenance),
+//! discovery and lease cleanup run on a task of their own,
 //! releases run as tasks, and each consumer checks the worker's processing
 //! deadline itself. A table that stalls delays those tasks, never the
 //! moment a consumer stops.
