@@ -50,6 +50,10 @@ pub struct Journal {
     pub checkpoint_batches: bool,
     /// Never return from `shutdown_requested`.
     pub hang_on_shutdown: bool,
+    /// How many more `shard_ended` calls panic.
+    pub panic_on_shard_end: u32,
+    /// `initialize` panics once `shard_ended` has been called.
+    pub panic_in_initialize_after_shard_end: bool,
 }
 
 /// A processor that follows a shared [`Journal`].
@@ -64,9 +68,13 @@ impl Scripted {
 #[async_trait]
 impl RecordProcessor for Scripted {
     async fn initialize(&mut self, input: InitializationInput) -> Result<(), ProcessorError> {
-        self.journal()
-            .calls
-            .push(format!("init {}", input.checkpoint));
+        let mut journal = self.journal();
+        let after_shard_end = journal.calls.iter().any(|c| c == "shard_ended");
+        journal.calls.push(format!("init {}", input.checkpoint));
+        if journal.panic_in_initialize_after_shard_end && after_shard_end {
+            drop(journal);
+            panic!("scripted panic in initialize");
+        }
         Ok(())
     }
 
@@ -109,6 +117,11 @@ impl RecordProcessor for Scripted {
         let skip = {
             let mut journal = self.journal();
             journal.calls.push("shard_ended".into());
+            if journal.panic_on_shard_end > 0 {
+                journal.panic_on_shard_end -= 1;
+                drop(journal);
+                panic!("scripted panic at shard end");
+            }
             let skip = journal.skip_shard_end_checkpoints > 0;
             journal.skip_shard_end_checkpoints =
                 journal.skip_shard_end_checkpoints.saturating_sub(1);

@@ -16,6 +16,8 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -43,6 +45,8 @@ enum Inner {
     Lease {
         epoch: u64,
         liveness: watch::Receiver<Liveness>,
+        /// Set once any clone found the deadline passed.
+        found_passed: Arc<AtomicBool>,
     },
 }
 
@@ -55,7 +59,11 @@ pub fn now() -> Instant {
 impl ProcessingDeadline {
     /// The deadline of a lease published in `epoch`, following `liveness`.
     pub fn new(epoch: u64, liveness: watch::Receiver<Liveness>) -> Self {
-        Self(Inner::Lease { epoch, liveness })
+        Self(Inner::Lease {
+            epoch,
+            liveness,
+            found_passed: Arc::default(),
+        })
     }
 
     /// A deadline that never passes, for consumers that run without a
@@ -69,7 +77,9 @@ impl ProcessingDeadline {
     fn until(&self) -> Result<Option<Instant>, Lapsed> {
         match &self.0 {
             Inner::Unlimited => Ok(None),
-            Inner::Lease { epoch, liveness } => {
+            Inner::Lease {
+                epoch, liveness, ..
+            } => {
                 let live = liveness.borrow();
                 match live.until {
                     Some(until) if live.epoch == *epoch => Ok(Some(until)),
@@ -81,10 +91,31 @@ impl ProcessingDeadline {
 
     /// Whether processing is still allowed at `at`.
     pub fn is_open_at(&self, at: Instant) -> bool {
-        match self.until() {
+        let open = match self.until() {
             Ok(None) => true,
             Ok(Some(until)) => at < until,
             Err(Lapsed) => false,
+        };
+        if !open {
+            self.note_passed();
+        }
+        open
+    }
+
+    /// Whether this deadline (or a clone of it) was ever found passed: the
+    /// consumer that holds it stopped because of it. (A heartbeat may have
+    /// moved the deadline on a moment later, in the same epoch: then the
+    /// shard may be processed again.)
+    pub fn was_found_passed(&self) -> bool {
+        match &self.0 {
+            Inner::Unlimited => false,
+            Inner::Lease { found_passed, .. } => found_passed.load(Ordering::SeqCst),
+        }
+    }
+
+    fn note_passed(&self) {
+        if let Inner::Lease { found_passed, .. } = &self.0 {
+            found_passed.store(true, Ordering::SeqCst);
         }
     }
 
@@ -94,61 +125,61 @@ impl ProcessingDeadline {
     }
 
     /// Resolves once processing is no longer allowed. Every time it is
-    /// polled it reads the clock first, so a task that was not scheduled
-    /// for a while (a paused process, a busy runtime) sees the deadline
-    /// as passed before anything else it waits on makes progress, provided
-    /// it polls this first (a `biased` select).
+    /// polled it reads the clock and the deadline as they are now, so a
+    /// task that was not scheduled for a while (a paused process, a busy
+    /// runtime) sees a passed deadline before anything else it waits on makes
+    /// progress, provided it polls this first (a `biased` select), and a
+    /// deadline a heartbeat moved on meanwhile is never judged by its old
+    /// value.
     pub async fn passed(&self) {
-        let Inner::Lease { liveness, .. } = &self.0 else {
-            return std::future::pending().await;
-        };
-        let mut changes = liveness.clone();
-        loop {
-            let until = match self.until() {
-                Ok(Some(until)) => until,
-                Ok(None) => return std::future::pending().await,
-                Err(Lapsed) => return,
-            };
-            tokio::select! {
-                biased;
-                () = ClockReaches::new(until) => return,
-                changed = changes.changed() => {
-                    if changed.is_err() {
-                        // The coordinator is gone: nothing extends it.
-                        return ClockReaches::new(until).await;
-                    }
-                }
-            }
+        Passed {
+            deadline: self.clone(),
+            timer: Box::pin(tokio::time::sleep_until(now().into())),
+            armed: None,
         }
+        .await
     }
 }
 
 struct Lapsed;
 
-/// Resolves once the clock reads `until` or later, checking the clock on
-/// every poll (not only when the timer fires).
-struct ClockReaches {
-    until: Instant,
+/// Resolves once a deadline has passed. It needs no wake-up when the
+/// deadline moves: a deadline only moves later within its epoch (the timer
+/// then fires early, and is set again), and an epoch ends only once its
+/// deadline has passed (when the timer fires anyway).
+struct Passed {
+    deadline: ProcessingDeadline,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// The moment the timer is set for.
+    armed: Option<Instant>,
 }
 
-impl ClockReaches {
-    fn new(until: Instant) -> Self {
-        Self {
-            until,
-            timer: Box::pin(tokio::time::sleep_until(until.into())),
-        }
-    }
-}
-
-impl Future for ClockReaches {
+impl Future for Passed {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if now() >= self.until {
-            return Poll::Ready(());
+        loop {
+            let until = match self.deadline.until() {
+                Ok(Some(until)) => until,
+                // No limit: never.
+                Ok(None) => return Poll::Pending,
+                Err(Lapsed) => {
+                    self.deadline.note_passed();
+                    return Poll::Ready(());
+                }
+            };
+            if now() >= until {
+                self.deadline.note_passed();
+                return Poll::Ready(());
+            }
+            if self.armed != Some(until) {
+                self.armed = Some(until);
+                self.timer.as_mut().reset(until.into());
+            }
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
         }
-        self.timer.as_mut().poll(cx)
     }
 }
 
@@ -190,5 +221,29 @@ mod tests {
         deadline.passed().await;
         assert!(ProcessingDeadline::new(4, receiver).is_open());
         assert!(ProcessingDeadline::unlimited().is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_not_polled_while_the_deadline_moved_judges_by_the_new_one() {
+        let t0 = now();
+        let (sender, receiver) = watch::channel(Liveness {
+            epoch: 0,
+            until: Some(t0 + Duration::from_secs(5)),
+        });
+        let deadline = ProcessingDeadline::new(0, receiver);
+        let waiting = deadline.passed();
+        tokio::pin!(waiting);
+        let quick = Duration::from_millis(1);
+        assert!(tokio::time::timeout(quick, &mut waiting).await.is_err());
+        // A heartbeat moves the deadline on; the waiter is next polled past
+        // the old one (its thread was busy).
+        sender.send_modify(|l| l.until = Some(t0 + Duration::from_secs(8)));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            tokio::time::timeout(quick, &mut waiting).await.is_err(),
+            "judged by the old deadline"
+        );
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(tokio::time::timeout(quick, &mut waiting).await.is_ok());
     }
 }

@@ -33,6 +33,18 @@ pub enum LeaseStoreError {
         /// The value stored.
         stored: u64,
     },
+    /// Another live process writes heartbeats under this worker id (this
+    /// one's heartbeats found a larger value than they carried again after
+    /// going above it). Worker ids must be unique in a fleet: this worker
+    /// stops processing at once and its coordinator ends.
+    #[error(
+        "another process runs with worker id {worker} (this one's heartbeats keep finding larger \
+         values); stopping this one: worker ids must be unique"
+    )]
+    DuplicateWorkerId {
+        /// The worker id.
+        worker: String,
+    },
     /// An item in the lease table is not a valid lease.
     #[error("lease table item {lease_key:?} is malformed: {reason}")]
     InvalidItem {

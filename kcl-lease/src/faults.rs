@@ -102,7 +102,7 @@ impl FaultControl {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Aims the faults at `calls` only (all calls when empty).
+    /// Aims the faults (stalls too) at `calls` only (all calls when empty).
     pub fn only(&self, calls: &[Call]) {
         self.plan().only = calls.iter().copied().collect();
     }
@@ -148,9 +148,19 @@ impl FaultControl {
         self.plan().applied_and_failed.clone()
     }
 
-    async fn gate(&self) {
+    /// Waits while calls like `call` are stalled.
+    async fn gate(&self, call: Call) {
+        if !self.aimed_at(call) {
+            return;
+        }
         let mut stalled = self.stalled.subscribe();
         let _ = stalled.wait_for(|stalled| !*stalled).await;
+    }
+
+    /// Whether the faults apply to `call`.
+    fn aimed_at(&self, call: Call) -> bool {
+        let plan = self.plan();
+        plan.only.is_empty() || plan.only.contains(&call)
     }
 
     /// What to do with `call`: `Ok(true)` forward and report the answer,
@@ -206,7 +216,7 @@ impl<S: LeaseStore + ?Sized> FaultyStore<S> {
         F: Future<Output = Result<T, LeaseStoreError>>,
     {
         *self.control.plan().calls.entry(call).or_default() += 1;
-        self.control.gate().await;
+        self.control.gate(call).await;
         let report = self.control.decide(call)?;
         let result = run.await;
         if report {

@@ -223,8 +223,10 @@ impl LeaseModel {
                 }
                 Round::Idle { due } if now >= due => {
                     let (leases, beats) = (state.leases, state.beats);
+                    let epoch = Self::live_epoch(&state.workers[me], now);
                     state.workers[me].round = Round::Read {
                         began: now,
+                        epoch,
                         leases,
                         beats,
                     };
@@ -672,6 +674,7 @@ impl LeaseModel {
         let me = usize::from(w);
         let Round::Read {
             began,
+            epoch: epoch_at_start,
             leases,
             beats,
         } = state.workers[me].round
@@ -714,6 +717,13 @@ impl LeaseModel {
             };
             return;
         };
+        if epoch_at_start != Some(epoch) {
+            // Read (in part) before this epoch began: act at the next round.
+            worker.round = Round::Idle {
+                due: now + self.config.assignment_interval,
+            };
+            return;
+        }
         let mut writes = Vec::new();
         for (other, beat) in beats.iter().enumerate() {
             if let Some(beat) = beat

@@ -212,6 +212,8 @@ pub enum Round {
     Read {
         /// When the read began (the snapshot is of that moment).
         began: Time,
+        /// The worker's epoch then, if it was alive.
+        epoch: Option<u8>,
         /// The lease table.
         leases: [Row; 2],
         /// The workers table.

@@ -123,7 +123,19 @@ impl FaultProxy {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
                 tokio::spawn(async move {
+                    // A connection open when connections start to be
+                    // dropped (a subscription's event stream) is cut too;
+                    // requests on new ones are dropped as they come.
                     let mut fault = shared.fault.clone();
+                    fault.borrow_and_update();
+                    let cut = async move {
+                        while fault.changed().await.is_ok() {
+                            if *fault.borrow_and_update() == Fault::DropConnections {
+                                return;
+                            }
+                        }
+                        std::future::pending::<()>().await;
+                    };
                     let service = hyper::service::service_fn(move |request| {
                         let shared = shared.clone();
                         async move { shared.handle(request).await }
@@ -133,9 +145,7 @@ impl FaultProxy {
                         .serve_connection(TokioIo::new(stream), service);
                     tokio::select! {
                         _ = serve => {}
-                        // Open connections (a subscription's event stream)
-                        // are cut too.
-                        _ = fault.wait_for(|f| *f == Fault::DropConnections) => {}
+                        () = cut => {}
                     }
                 });
             }

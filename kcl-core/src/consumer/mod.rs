@@ -109,6 +109,10 @@ pub struct ConsumerOutcome {
     pub checkpoint: ExtendedSequenceNumber,
     /// At shard end, the shards that follow.
     pub child_shards: Vec<ChildShard>,
+    /// It stopped because its processing deadline passed (the worker's
+    /// heartbeats were not confirmed in time), not because the lease moved
+    /// on.
+    pub deadline_passed: bool,
 }
 
 /// Where a shard's processing starts.
@@ -234,6 +238,7 @@ impl ShardConsumer {
                         reason,
                         checkpoint,
                         child_shards: self.child_shards,
+                        deadline_passed: self.start.deadline.was_found_passed(),
                     };
                 }
             };
@@ -574,7 +579,15 @@ impl ShardConsumer {
                 }
                 ConsumerEvent::ShutdownDone
             }
-            ShutdownReason::ShardEnd => self.finish_shard().await,
+            ShutdownReason::ShardEnd => match self.finish_shard().await {
+                ConsumerEvent::ShutdownRequested => {
+                    // Stop trying: the lease is released without SHARD_END,
+                    // and its next owner reaches the shard end again.
+                    warn!("shutdown requested before the shard end was checkpointed");
+                    ConsumerEvent::ShutdownDone
+                }
+                event => event,
+            },
         }
     }
 

@@ -819,3 +819,39 @@ async fn a_waiting_child_reads_its_parents_less_and_less_often_and_wakes_on_a_lo
     signal.send_replace(ConsumerSignal::ShutdownRequested);
     task.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_request_at_shard_end_with_no_processor_ends_the_consumer_without_spinning() {
+    let fixture = Fixture::new(3).await;
+    fixture
+        .kinesis
+        .split_shard(STREAM, &fixture.shard, u128::MAX / 2);
+    {
+        // shard_ended panics, and so does every new processor's initialize.
+        let mut journal = fixture.journal.lock().unwrap();
+        journal.panic_on_shard_end = 1;
+        journal.panic_in_initialize_after_shard_end = true;
+    }
+    let (consumer, signal, _) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    while !fixture.calls().iter().any(|c| c == "shard_ended") {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    let writes = || {
+        let counts = fixture.store.request_counts();
+        counts.get("PutItem").copied().unwrap_or(0) + counts.get("UpdateItem").copied().unwrap_or(0)
+    };
+    let before = writes();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = writes() - before;
+    let outcome = tokio::time::timeout(Duration::from_secs(5), task).await;
+    assert!(
+        during < 10,
+        "{during} lease writes in the second after the stop request"
+    );
+    let outcome = outcome.expect("the consumer ends").unwrap();
+    assert_eq!(outcome.reason, ShutdownReason::ShardEnd);
+    assert_ne!(outcome.checkpoint, ExtendedSequenceNumber::ShardEnd);
+}

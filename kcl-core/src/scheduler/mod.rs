@@ -260,7 +260,9 @@ impl Scheduler {
             task_keys: HashMap::new(),
             finished: HashSet::new(),
             lost: HashSet::new(),
+            stopped_at_deadline: HashSet::new(),
             releasing: HashSet::new(),
+            release_failures: HashMap::new(),
         };
         // Aborted if this future is dropped, like everything else the worker
         // runs: a dropped worker must look crashed to the fleet, not stopped.
@@ -349,21 +351,30 @@ struct WorkerTasks {
     handle: CoordinatorHandle<dyn LeaseStore>,
     /// One task per running consumer; each returns its lease and outcome.
     consumers: JoinSet<Finished>,
-    /// Releases under way; each returns the lease it released.
-    releases: JoinSet<LeaseToken>,
+    /// Releases under way; each returns the lease and whether the release
+    /// failed (a failed one waits before it returns, so that the next
+    /// attempt comes later and later).
+    releases: JoinSet<(LeaseToken, bool)>,
     /// The running consumers, by lease key.
     running: HashMap<String, Running>,
     /// Which lease each consumer task works on.
     task_keys: HashMap<Id, String>,
     /// Leases this worker read to their end and checkpointed at `SHARD_END`.
     finished: HashSet<LeaseToken>,
-    /// Leases whose consumer stopped because the lease was lost (or the
-    /// deadline passed): not started again until the coordinator publishes
-    /// them with another token, so a stale snapshot never starts a consumer
-    /// that can only find its lease gone.
+    /// Leases whose consumer stopped because the lease was lost: not
+    /// started again until the coordinator publishes them with another
+    /// token, so a stale snapshot never starts a consumer that can only find
+    /// its lease gone.
     lost: HashSet<LeaseToken>,
+    /// Leases whose consumer stopped because the processing deadline
+    /// passed: handled again (started, or released on request) only once
+    /// the deadline of their epoch is open again (a heartbeat confirmed in
+    /// time after all); otherwise the epoch ends and they are taken anew.
+    stopped_at_deadline: HashSet<LeaseToken>,
     /// Leases with a release under way.
     releasing: HashSet<LeaseToken>,
+    /// Releases that failed in a row, by lease.
+    release_failures: HashMap<LeaseToken, u32>,
 }
 
 impl WorkerTasks {
@@ -376,6 +387,13 @@ impl WorkerTasks {
         let still = |token: &LeaseToken| held.get(&token.key).is_some_and(|h| h.token == *token);
         self.finished.retain(still);
         self.lost.retain(still);
+        self.release_failures.retain(|token, _| still(token));
+        let reopened = |token: &LeaseToken| {
+            held.get(&token.key)
+                .is_some_and(|h| self.handle.deadline(h.epoch).is_open())
+        };
+        self.stopped_at_deadline
+            .retain(|token| still(token) && !reopened(token));
         for (key, running) in &self.running {
             let still_held = held.get(key).is_some_and(|h| h.token == running.token);
             if !still_held {
@@ -397,6 +415,7 @@ impl WorkerTasks {
                 || lease.lease.is_finished()
                 || self.finished.contains(&lease.token)
                 || self.lost.contains(&lease.token)
+                || self.stopped_at_deadline.contains(&lease.token)
                 || self.releasing.contains(&lease.token)
             {
                 continue;
@@ -446,6 +465,9 @@ impl WorkerTasks {
                     self.finished.insert(token);
                 }
                 ShutdownReason::ShardEnd | ShutdownReason::Requested => self.release(token),
+                ShutdownReason::LeaseLost if outcome.deadline_passed => {
+                    self.stopped_at_deadline.insert(token);
+                }
                 ShutdownReason::LeaseLost => {
                     self.lost.insert(token);
                 }
@@ -463,28 +485,37 @@ impl WorkerTasks {
         }
         let handle = self.handle.clone();
         let stats = Arc::clone(&self.context.stats);
+        let failures = self.release_failures.get(&token).copied().unwrap_or(0);
         let task = async move {
             match handle.release(&token).await {
                 Ok(()) => {
                     stats.count_lease_released();
                     info!(lease = %token.key, "lease released");
+                    (token, false)
                 }
-                Err(error) if error.is_lease_lost() => {}
+                Err(error) if error.is_lease_lost() => (token, false),
                 Err(error) => {
-                    warn!(lease = %token.key, %error, "could not release the lease; it expires after the failover time unless released later")
+                    let delay = release_retry_delay(failures);
+                    warn!(lease = %token.key, %error, ?delay, "could not release the lease; trying again later (it expires after the failover time if this worker stops first)");
+                    tokio::time::sleep(delay).await;
+                    (token, true)
                 }
             }
-            token
         };
         self.releases.spawn(task.in_current_span());
     }
 
     /// Handles a release that ended (done or not: a lease still held after
     /// a failed release is processed or released again by `reconcile`).
-    fn released(&mut self, joined: Result<LeaseToken, JoinError>) {
+    fn released(&mut self, joined: Result<(LeaseToken, bool), JoinError>) {
         match joined {
-            Ok(token) => {
+            Ok((token, failed)) => {
                 self.releasing.remove(&token);
+                if failed {
+                    *self.release_failures.entry(token).or_default() += 1;
+                } else {
+                    self.release_failures.remove(&token);
+                }
             }
             Err(error) => {
                 error!(%error, "a lease release task failed");
@@ -579,6 +610,14 @@ impl WorkerTasks {
     }
 }
 
+/// How long a failed release waits before it may be tried again: 500 ms,
+/// doubling with each failure in a row, at most 30 s.
+fn release_retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(500)
+        .saturating_mul(1 << failures.min(6))
+        .min(Duration::from_secs(30))
+}
+
 /// How long before the shutdown timeout a stopping worker stops waiting for
 /// handoff requests and releases its remaining leases itself.
 const RELEASE_RESERVE: Duration = Duration::from_secs(5);
@@ -614,6 +653,7 @@ async fn start_consumer(
         reason,
         checkpoint: kcl_checkpoint::ExtendedSequenceNumber::TrimHorizon,
         child_shards: Vec::new(),
+        deadline_passed: deadline.was_found_passed(),
     };
     let lease = loop {
         let read = tokio::select! {

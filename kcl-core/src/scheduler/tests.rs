@@ -468,14 +468,17 @@ async fn a_consumer_that_found_its_lease_taken_is_not_restarted_before_the_next_
     assert!(after - before < 5, "{} lease reads in 2 s", after - before);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_draining_worker_releases_the_leases_it_holds_but_never_started() {
-    let fleet = Fleet::new(2, 0);
-    let store: Arc<dyn LeaseStore> = Arc::new(fleet.store.client());
+/// A coordinator of `fleet`'s two shards on `store` that holds both leases,
+/// with its worker already draining, and the scheduler's consumer tasks
+/// around it (nothing started yet).
+async fn draining_worker(
+    fleet: &Fleet,
+    store: Arc<dyn LeaseStore>,
+) -> (WorkerTasks, CoordinatorHandle<dyn LeaseStore>) {
     for shard in ["shardId-000000000000", "shardId-000000000001"] {
         let lease =
             kcl_lease::Lease::new(shard, kcl_checkpoint::ExtendedSequenceNumber::TrimHorizon);
-        store.create_lease_if_absent(&lease).await.unwrap();
+        fleet.store.create_lease_if_absent(&lease).await.unwrap();
     }
     let (mut coordinator, handle) =
         LeaseCoordinator::new(Arc::clone(&store), kcl_lease::LeaseConfig::new("worker-a")).unwrap();
@@ -491,7 +494,7 @@ async fn a_draining_worker_releases_the_leases_it_holds_but_never_started() {
         worker_id: "worker-a".into(),
         stream: STREAM.into(),
         kinesis: Arc::new(fleet.kinesis.clone()),
-        store: Arc::clone(&store),
+        store,
         factory: Arc::new(move |_: &str| Scripted(Arc::clone(&journal))),
         retrieval: Default::default(),
         retry_policy: Default::default(),
@@ -502,7 +505,7 @@ async fn a_draining_worker_releases_the_leases_it_holds_but_never_started() {
         shard_ends: tokio::sync::watch::channel(0).0,
         fanout_consumer: Default::default(),
     });
-    let mut tasks = WorkerTasks {
+    let tasks = WorkerTasks {
         context,
         handle: handle.clone(),
         consumers: JoinSet::new(),
@@ -511,8 +514,17 @@ async fn a_draining_worker_releases_the_leases_it_holds_but_never_started() {
         task_keys: HashMap::new(),
         finished: HashSet::new(),
         lost: HashSet::new(),
+        stopped_at_deadline: HashSet::new(),
         releasing: HashSet::new(),
+        release_failures: HashMap::new(),
     };
+    (tasks, handle)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_worker_releases_the_leases_it_holds_but_never_started() {
+    let fleet = Fleet::new(2, 0);
+    let (mut tasks, handle) = draining_worker(&fleet, Arc::new(fleet.store.client())).await;
     let mut held = handle.held();
     tasks.drain(&mut held, Duration::from_secs(5)).await;
     assert!(
@@ -524,4 +536,19 @@ async fn a_draining_worker_releases_the_leases_it_holds_but_never_started() {
         leases.iter().all(|l| l.owner.is_none()),
         "released for others to take: {leases:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_release_that_keeps_failing_is_tried_again_later_and_later() {
+    let fleet = Fleet::new(2, 0);
+    let (faulty, faults) = kcl_lease::faults::FaultyStore::new(Arc::new(fleet.store.client()));
+    faults.only(&[kcl_lease::faults::Call::ReleaseLease]);
+    faults.lose(u32::MAX);
+    let (mut tasks, handle) = draining_worker(&fleet, Arc::new(faulty)).await;
+    let mut held = handle.held();
+    tasks.drain(&mut held, Duration::from_secs(20)).await;
+    // Two leases, each tried at 0, 0.5, 1.5, 3.5, 7.5 and 15.5 s.
+    let attempts = faults.lost();
+    assert!(attempts <= 12, "{attempts} release attempts in 20 s");
+    assert!(attempts >= 8, "{attempts} release attempts in 20 s");
 }

@@ -26,6 +26,10 @@ use crate::{LeaseConfig, LeaseStore, LeaseStoreError, WorkerHeartbeat};
 
 pub(super) use crate::deadline::now;
 
+/// How many times finding a larger heartbeat value than the one sent shows
+/// that another live process writes under this worker id.
+const DUPLICATE_AFTER: u32 = 2;
+
 /// The heartbeat state of one worker.
 pub(super) struct Heart {
     /// The worker's id.
@@ -49,6 +53,11 @@ struct HeartState {
     /// start and by every loss of liveness, cleared by a round that took
     /// them anew in the epoch it began in.
     retake_own: bool,
+    /// Times a heartbeat found a larger value in the table than the one it
+    /// carried (one a previous process wrote, or another live process under
+    /// the same id). A value equal to the one sent is this write's own
+    /// earlier attempt whose answer was lost, and does not count.
+    larger_values: u32,
 }
 
 impl Heart {
@@ -65,6 +74,7 @@ impl Heart {
                 next_beat: wall_micros.max(1),
                 last_confirmed: None,
                 retake_own: true,
+                larger_values: 0,
             }),
         }
     }
@@ -110,6 +120,16 @@ impl Heart {
             metrics::counter!(crate::metrics::LIVENESS_LOSSES).increment(1);
         }
         lapsed
+    }
+
+    /// Ends the epoch now, whatever the deadline: this process must not
+    /// process anything more.
+    pub(super) fn end_epoch(&self) {
+        self.liveness.send_modify(|live| {
+            live.epoch += 1;
+            live.until = None;
+        });
+        self.state().retake_own = true;
     }
 
     pub(super) fn retake_pending(&self) -> bool {
@@ -182,12 +202,35 @@ impl Shared {
             }
             Err(LeaseStoreError::HeartbeatSuperseded { stored, .. }) => {
                 let mut state = heart.state();
-                state.next_beat = state.next_beat.max(stored + 1);
+                let larger = stored > heartbeat.beat;
+                // Go above it, by a random step, so that two processes
+                // under one id never keep writing the same values.
+                let step = if larger {
+                    rand::random_range(1..=1000)
+                } else {
+                    1
+                };
+                state.next_beat = state.next_beat.max(stored + step);
+                if larger {
+                    state.larger_values += 1;
+                }
+                // Once is a previous process's last value; after going above
+                // it, a larger one again means another process writes now.
+                let conflict = state.larger_values >= DUPLICATE_AFTER;
                 drop(state);
+                if conflict {
+                    // Both processes would hold the same tokens: fencing
+                    // cannot tell them apart. Stop everything now.
+                    heart.end_epoch();
+                    self.held.send_replace(super::HeldLeases::new());
+                    return Err(LeaseStoreError::DuplicateWorkerId {
+                        worker: heartbeat.worker,
+                    });
+                }
                 warn!(
                     stored,
-                    "the workers table holds a later heartbeat of this worker id (a late write, \
-                     or another process with the same id); going on above it"
+                    "the workers table holds a later heartbeat of this worker id (one a previous \
+                     process wrote, or another process running with the same id); going on above it"
                 );
                 Err(LeaseStoreError::HeartbeatSuperseded {
                     worker: heartbeat.worker,
@@ -202,11 +245,12 @@ impl Shared {
 /// The heartbeat loop: a heartbeat every `heartbeat_interval` (sooner after
 /// a failure, and at once when draining starts, to announce it), each
 /// bounded by the interval so a hung write never delays the next.
+/// Ends only when another process runs under this worker id.
 pub(super) async fn run_heartbeats<S: LeaseStore + ?Sized>(
     store: Arc<S>,
     shared: Arc<Shared>,
     config: LeaseConfig,
-) {
+) -> LeaseStoreError {
     let mut draining = shared.draining.subscribe();
     let mut next = now();
     loop {
@@ -216,6 +260,10 @@ pub(super) async fn run_heartbeats<S: LeaseStore + ?Sized>(
                 let limit = sent + config.heartbeat_interval;
                 next = match bounded(limit, shared.beat(&*store, now)).await {
                     Ok(()) => sent + config.heartbeat_interval,
+                    Err(error @ LeaseStoreError::DuplicateWorkerId { .. }) => {
+                        tracing::error!(%error, "stopping");
+                        return error;
+                    }
                     Err(error) => {
                         warn!(%error, "heartbeat failed");
                         now() + config.heartbeat_interval / 4

@@ -221,6 +221,13 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     pub fn store(&self) -> &Arc<S> {
         &self.store
     }
+
+    /// Writes a heartbeat from outside the coordinator (a test that needs
+    /// one while a round is under way).
+    #[cfg(test)]
+    async fn heartbeat(&self, clock: impl Fn() -> Instant) -> Result<(), LeaseStoreError> {
+        self.shared.beat(&*self.store, clock).await
+    }
 }
 
 impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
@@ -288,6 +295,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         clock: impl Fn() -> Instant,
     ) -> Result<RoundReport, LeaseStoreError> {
         let began = clock();
+        let epoch_at_start = self.shared.heart.live_epoch(began);
         let mut leases = self.store.list_leases().await?;
         let heartbeats = self.store.list_heartbeats().await?;
         let ended = clock();
@@ -298,11 +306,19 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             self.shared.lapse_if_due(ended);
             return Ok(report);
         };
+        if epoch_at_start != Some(epoch) {
+            // The table was read (in part) before this epoch began: what it
+            // shows may predate takes others made while this worker was not
+            // alive. Act on a read from this epoch only.
+            debug!("liveness changed while the tables were read; acting at the next round");
+            return Ok(report);
+        }
         let me = self.config.worker_id.clone();
 
         self.remove_dead_heartbeats(&heartbeats, &mut report)
             .await?;
-        self.retake_own(&mut leases, epoch, &mut report).await?;
+        let not_retaken = self.retake_own(&mut leases, epoch, &mut report).await?;
+        leases.retain(|lease| !not_retaken.contains(&lease.key));
 
         let draining = *self.shared.draining.borrow();
         let mut workers: BTreeSet<String> = self.tracker.live_workers().into_iter().collect();
@@ -532,14 +548,18 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
     /// leases anew, so that nothing written under the old counters can land
     /// and no take another worker sent while judging this one expired can
     /// succeed afterwards.
+    /// Returns the leases it could not take anew: another worker changed
+    /// them first, so what this round read of them is stale and they are
+    /// left out of it (neither published nor planned).
     async fn retake_own(
         &self,
         leases: &mut [Lease],
         epoch: u64,
         report: &mut RoundReport,
-    ) -> Result<(), LeaseStoreError> {
+    ) -> Result<BTreeSet<String>, LeaseStoreError> {
+        let mut not_retaken = BTreeSet::new();
         if !self.shared.heart.retake_pending() {
-            return Ok(());
+            return Ok(not_retaken);
         }
         let me = self.config.worker_id.as_str();
         for lease in leases
@@ -551,12 +571,15 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     debug!(lease = %taken.key, counter = taken.counter, "took own lease anew");
                     *lease = taken;
                 }
-                Err(LeaseStoreError::LeaseLost { .. }) => report.contended += 1,
+                Err(LeaseStoreError::LeaseLost { .. }) => {
+                    report.contended += 1;
+                    not_retaken.insert(lease.key.clone());
+                }
                 Err(error) => return Err(error),
             }
         }
         self.shared.heart.retake_done(epoch);
-        Ok(())
+        Ok(not_retaken)
     }
 
     /// Checks the handoffs this worker is waiting for and publishes the
@@ -654,7 +677,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             let store = Arc::clone(&self.store);
             tokio::select! {
                 () = shutdown => {}
-                () = heartbeats => {}
+                // The heartbeat is not removed: it is the other process's.
+                error = heartbeats => return Err(error),
                 () = deadline => {}
                 () = self.run_rounds() => {}
             }

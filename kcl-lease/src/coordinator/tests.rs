@@ -432,3 +432,102 @@ async fn a_draining_worker_reads_its_own_leases_not_the_lease_table() {
     assert_eq!(faults.calls(Call::GetLease), reads);
     task.abort();
 }
+
+#[tokio::test]
+async fn a_round_whose_read_straddles_a_return_of_liveness_acts_on_nothing() {
+    let table = table_with(2).await;
+    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
+    let (mut a, handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    assert_eq!(handle.held().borrow().len(), 2);
+    // The deadline (t0 + 8 s) passes; a round begins while a is not alive,
+    // its read of the workers table hangs, and meanwhile a heartbeat is
+    // confirmed: the read began in no epoch, and ends in a new one.
+    assert!(a.enforce_liveness(t0 + S(9)));
+    faults.only(&[Call::ListHeartbeats]);
+    faults.stall();
+    let round = tokio::spawn(async move {
+        let report = a.assignment_round(|| t0 + S(10)).await;
+        (a, report)
+    });
+    tokio::task::yield_now().await;
+    handle.heartbeat(at(t0 + S(10))).await.unwrap();
+    faults.resume();
+    let (mut a, report) = round.await.unwrap();
+    report.unwrap();
+    assert!(handle.held().borrow().is_empty(), "acted on a stale read");
+    // The next round, read within the epoch, takes the leases anew.
+    a.assignment_round(at(t0 + S(11))).await.unwrap();
+    let held = handle.held().borrow().clone();
+    assert_eq!(held.len(), 2);
+    assert!(held.values().all(|h| h.token.counter == 2), "{held:?}");
+}
+
+#[tokio::test]
+async fn a_lease_another_worker_took_before_the_retake_is_not_published() {
+    let table = table_with(2).await;
+    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
+    let (mut a, handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    // a loses its liveness and gets it back; its round reads both leases as
+    // its own, and its retakes hang while b takes one of them.
+    assert!(a.enforce_liveness(t0 + S(9)));
+    a.heartbeat(at(t0 + S(10))).await.unwrap();
+    faults.only(&[Call::TakeLease]);
+    faults.stall();
+    let round = tokio::spawn(async move {
+        let report = a.assignment_round(|| t0 + S(10)).await;
+        (a, report)
+    });
+    tokio::task::yield_now().await;
+    let stolen = table
+        .get_lease("shardId-000000000000")
+        .await
+        .unwrap()
+        .unwrap();
+    table.take_lease(&stolen, "b").await.unwrap();
+    faults.resume();
+    let (_, report) = round.await.unwrap();
+    assert_eq!(report.unwrap().contended, 1);
+    let held: Vec<String> = handle.held().borrow().keys().cloned().collect();
+    assert_eq!(held, ["shardId-000000000001"], "published a lease b took");
+}
+
+#[tokio::test]
+async fn a_second_live_process_under_the_same_worker_id_stops_one_of_them() {
+    let table = table_with(2).await;
+    let (mut first, first_handle) = coordinator(&table, "a");
+    let (mut second, second_handle) = coordinator(&table, "a");
+    let t0 = Instant::now();
+    first.heartbeat(at(t0)).await.unwrap();
+    first.assignment_round(at(t0)).await.unwrap();
+    second.heartbeat(at(t0)).await.ok();
+    second.assignment_round(at(t0)).await.unwrap();
+    // Both heartbeat, each going past the other's values.
+    let mut stopped = None;
+    for t in 1..10 {
+        for (name, coordinator) in [("first", &first), ("second", &second)] {
+            let result = coordinator.heartbeat(at(t0 + S(t))).await;
+            if let Err(LeaseStoreError::DuplicateWorkerId { .. }) = result {
+                stopped = Some(name);
+                break;
+            }
+        }
+        if stopped.is_some() {
+            break;
+        }
+    }
+    let stopped = stopped.expect("one of them stops");
+    let handle = if stopped == "first" {
+        &first_handle
+    } else {
+        &second_handle
+    };
+    assert!(handle.held().borrow().is_empty());
+    assert!(handle.liveness().borrow().until.is_none());
+    let _ = (&mut first, &mut second);
+}
