@@ -469,9 +469,8 @@ async fn a_consumer_that_found_its_lease_taken_is_not_restarted_before_the_next_
 }
 
 /// A coordinator of `fleet`'s two shards on `store` that holds both leases,
-/// with its worker already draining, and the scheduler's consumer tasks
-/// around it (nothing started yet).
-async fn draining_worker(
+/// and the scheduler's consumer tasks around it (nothing started yet).
+async fn holding_worker(
     fleet: &Fleet,
     store: Arc<dyn LeaseStore>,
 ) -> (WorkerTasks, CoordinatorHandle<dyn LeaseStore>) {
@@ -486,9 +485,6 @@ async fn draining_worker(
     coordinator.heartbeat(|| now).await.unwrap();
     coordinator.assignment_round(|| now).await.unwrap();
     assert_eq!(handle.held().borrow().len(), 2);
-    // The worker began to stop before it started anything (the leases
-    // came from a round or a handoff that completed after that).
-    handle.stop_taking();
     let journal = Arc::clone(&fleet.journal);
     let context = Arc::new(ConsumerContext {
         worker_id: "worker-a".into(),
@@ -518,6 +514,18 @@ async fn draining_worker(
         releasing: HashSet::new(),
         release_failures: HashMap::new(),
     };
+    (tasks, handle)
+}
+
+/// [`holding_worker`], already draining: it began to stop before it
+/// started anything (the leases came from a round or a handoff that
+/// completed after that).
+async fn draining_worker(
+    fleet: &Fleet,
+    store: Arc<dyn LeaseStore>,
+) -> (WorkerTasks, CoordinatorHandle<dyn LeaseStore>) {
+    let (tasks, handle) = holding_worker(fleet, store).await;
+    handle.stop_taking();
     (tasks, handle)
 }
 
@@ -551,4 +559,32 @@ async fn a_release_that_keeps_failing_is_tried_again_later_and_later() {
     let attempts = faults.lost();
     assert!(attempts <= 12, "{attempts} release attempts in 20 s");
     assert!(attempts >= 8, "{attempts} release attempts in 20 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_stopped_by_a_deadline_that_moved_on_starts_again_and_a_lost_one_does_not() {
+    let fleet = Fleet::new(2, 0);
+    let (mut tasks, handle) = holding_worker(&fleet, Arc::new(fleet.store.client())).await;
+    let held = handle.held().borrow().clone();
+    assert_eq!(held.len(), 2);
+    // Each consumer ends with its lease lost: one because its deadline
+    // passed (a heartbeat then moved it on in the same epoch), the other
+    // because the lease moved on.
+    for (n, lease) in held.values().enumerate() {
+        let token = lease.token.clone();
+        let outcome = ConsumerOutcome {
+            reason: ShutdownReason::LeaseLost,
+            checkpoint: kcl_checkpoint::ExtendedSequenceNumber::TrimHorizon,
+            child_shards: Vec::new(),
+            deadline_passed: n == 0,
+        };
+        let task = tasks.consumers.spawn(async move { (token, outcome) });
+        tasks.task_keys.insert(task.id(), lease.token.key.clone());
+        let joined = tasks.consumers.join_next_with_id().await.unwrap();
+        tasks.finished(joined);
+    }
+    tasks.reconcile(&held);
+    let keys: Vec<&String> = held.keys().collect();
+    assert!(tasks.running.contains_key(keys[0]), "started again");
+    assert!(!tasks.running.contains_key(keys[1]), "a lost lease is not");
 }
