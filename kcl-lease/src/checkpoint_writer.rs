@@ -1,9 +1,11 @@
 //! Checkpoints stored in the lease table, fenced by the lease.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use kcl_checkpoint::{CheckpointUpdate, CheckpointWriteError, CheckpointWriter};
+use kcl_checkpoint::{
+    CheckpointUpdate, CheckpointWriteError, CheckpointWriter, ExtendedSequenceNumber,
+};
 
 use crate::{LeaseStore, LeaseStoreError, LeaseToken, ProcessingDeadline};
 
@@ -12,21 +14,35 @@ use crate::{LeaseStore, LeaseStoreError, LeaseToken, ProcessingDeadline};
 /// [`CheckpointWriteError::LeaseLost`] and change nothing. Once the
 /// worker's [processing deadline](crate::deadline) has passed, nothing is
 /// sent at all (the same error). Throttling is retried with backoff by the
-/// store before an error is returned.
+/// store before an error is returned. Checkpoints only move forward: each
+/// write is conditional on the checkpoint this writer last knew stored, so a
+/// request of an earlier write that lands late changes nothing.
 pub struct LeaseCheckpointWriter<S: ?Sized> {
+    /// Where the lease lives.
     store: Arc<S>,
+    /// The lease and counter every write is fenced by.
     token: LeaseToken,
+    /// Past it, nothing is written.
     deadline: ProcessingDeadline,
+    /// The checkpoint last known stored under `token`: read with the lease,
+    /// then the result of each write.
+    stored: Mutex<ExtendedSequenceNumber>,
 }
 
 impl<S: LeaseStore + ?Sized> LeaseCheckpointWriter<S> {
-    /// Checkpoints of the lease `token` holds, written to `store` while
-    /// `deadline` is open.
-    pub fn new(store: Arc<S>, token: LeaseToken, deadline: ProcessingDeadline) -> Self {
+    /// Checkpoints of the lease `token` holds, read at `stored`, written to
+    /// `store` while `deadline` is open.
+    pub fn new(
+        store: Arc<S>,
+        token: LeaseToken,
+        stored: ExtendedSequenceNumber,
+        deadline: ProcessingDeadline,
+    ) -> Self {
         Self {
             store,
             token,
             deadline,
+            stored: Mutex::new(stored),
         }
     }
 }
@@ -39,8 +55,19 @@ impl<S: LeaseStore + ?Sized> CheckpointWriter for LeaseCheckpointWriter<S> {
                 .increment(1);
             return Err(CheckpointWriteError::LeaseLost);
         }
-        let (outcome, result) = match self.store.checkpoint(&self.token, update).await {
-            Ok(()) => ("ok", Ok(())),
+        // Writes of one shard are made one at a time; the lock is not held
+        // across the write.
+        let previous = self
+            .stored
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let written = self.store.checkpoint(&self.token, &previous, update).await;
+        let (outcome, result) = match written {
+            Ok(stored) => {
+                *self.stored.lock().unwrap_or_else(PoisonError::into_inner) = stored;
+                ("ok", Ok(()))
+            }
             Err(LeaseStoreError::LeaseLost { .. } | LeaseStoreError::NotFound { .. }) => {
                 ("lease_lost", Err(CheckpointWriteError::LeaseLost))
             }
@@ -70,6 +97,7 @@ mod tests {
         let writer = LeaseCheckpointWriter::new(
             store.clone(),
             mine.token().unwrap(),
+            mine.checkpoint.clone(),
             ProcessingDeadline::unlimited(),
         );
         let tracker =

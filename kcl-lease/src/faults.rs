@@ -16,6 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use kcl_checkpoint::ExtendedSequenceNumber;
 use tokio::sync::watch;
 
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounts, WorkerHeartbeat};
@@ -254,10 +255,11 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
     async fn checkpoint(
         &self,
         token: &LeaseToken,
+        previous: &ExtendedSequenceNumber,
         update: &CheckpointUpdate,
-    ) -> Result<(), LeaseStoreError> {
-        self.call(Call::Checkpoint, self.inner.checkpoint(token, update))
-            .await
+    ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
+        let run = self.inner.checkpoint(token, previous, update);
+        self.call(Call::Checkpoint, run).await
     }
     async fn record_start_timestamp(
         &self,

@@ -75,6 +75,12 @@ impl Lease {
         self.checkpoint_owner.as_deref().or(self.owner.as_deref())
     }
 
+    /// Whether `token` still processes this lease: same counter, and its
+    /// worker is the processing owner.
+    pub fn is_held_by(&self, token: &LeaseToken) -> bool {
+        self.counter == token.counter && self.processing_owner() == Some(token.worker.as_str())
+    }
+
     /// Whether a graceful handoff has been asked for and not yet completed.
     pub fn handoff_in_progress(&self) -> bool {
         self.checkpoint_owner.is_some()

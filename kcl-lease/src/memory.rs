@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use kcl_checkpoint::ExtendedSequenceNumber;
 
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WorkerHeartbeat};
 use crate::{Lease, LeaseStoreError, LeaseToken};
@@ -59,7 +60,7 @@ fn unchanged(lease: &Lease, seen: &Lease) -> bool {
 
 /// Whether `token` still processes `lease`.
 fn held(lease: &Lease, token: &LeaseToken) -> bool {
-    lease.counter == token.counter && lease.processing_owner() == Some(token.worker.as_str())
+    lease.is_held_by(token)
 }
 
 #[async_trait]
@@ -121,19 +122,25 @@ impl LeaseStore for InMemoryLeaseStore {
     async fn checkpoint(
         &self,
         token: &LeaseToken,
+        _previous: &ExtendedSequenceNumber,
         update: &CheckpointUpdate,
-    ) -> Result<(), LeaseStoreError> {
+    ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
+        // Each call is one atomic step here, so no request can land late:
+        // only the forward-only rule applies.
         let mut tables = self.tables("UpdateItem");
         let lease = tables
             .leases
             .get_mut(&token.key)
             .filter(|lease| held(lease, token))
             .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
+        if update.checkpoint < lease.checkpoint {
+            return Ok(lease.checkpoint.clone());
+        }
         lease.checkpoint = update.checkpoint.clone();
         lease.pending_checkpoint = update.pending_checkpoint.clone();
         lease.pending_checkpoint_state = update.pending_checkpoint_state.clone();
         lease.owner_switches_since_checkpoint = 0;
-        Ok(())
+        Ok(update.checkpoint.clone())
     }
 
     async fn record_start_timestamp(

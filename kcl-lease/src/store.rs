@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 pub use kcl_checkpoint::CheckpointUpdate;
+use kcl_checkpoint::ExtendedSequenceNumber;
 
 use crate::{Lease, LeaseStoreError, LeaseToken};
 
@@ -67,13 +68,24 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// still checkpoint before it [releases](Self::release_lease).
     async fn request_handoff(&self, seen: &Lease, to: &str) -> Result<Lease, LeaseStoreError>;
 
-    /// Writes a checkpoint, if `token` still processes the lease. Resets the
-    /// owner-switch count.
+    /// Writes a checkpoint, if `token` still processes the lease, and only
+    /// forward: if the stored checkpoint is already past
+    /// `update.checkpoint`, nothing is written. Resets the owner-switch
+    /// count. Returns the checkpoint stored afterwards.
+    ///
+    /// `previous` is the checkpoint the caller believes stored (the last one
+    /// it wrote, or the one it read with the lease). A store whose requests
+    /// may land late (a request retried after a timeout can still be
+    /// applied after its retry, and after later writes) makes each request
+    /// conditional on it, so a late request changes nothing; when the guess
+    /// is wrong (a write whose answer was lost did take effect), it reads the
+    /// lease and tries again from what it finds.
     async fn checkpoint(
         &self,
         token: &LeaseToken,
+        previous: &ExtendedSequenceNumber,
         update: &CheckpointUpdate,
-    ) -> Result<(), LeaseStoreError>;
+    ) -> Result<ExtendedSequenceNumber, LeaseStoreError>;
 
     /// Records where reading began ([`Lease::start_timestamp`]), if `token`
     /// still processes the lease. A moment recorded before (by an earlier

@@ -76,6 +76,8 @@ struct Record {
     /// Requests by operation and what the proxy did with them.
     requests: BTreeMap<(String, &'static str), u64>,
     late: Vec<LateRequest>,
+    /// A fault for the next request only, before the one set.
+    once: Option<Fault>,
 }
 
 /// A running fault proxy. Stops when dropped.
@@ -168,6 +170,12 @@ impl FaultProxy {
         self.fault.send_replace(fault);
     }
 
+    /// Injects `fault` into the next request only; the requests after it
+    /// get the fault [set](Self::set).
+    pub fn set_once(&self, fault: Fault) {
+        self.lock().once = Some(fault);
+    }
+
     /// The fault set now.
     pub fn fault(&self) -> Fault {
         self.fault.borrow().clone()
@@ -225,7 +233,8 @@ impl Shared {
             .await
             .map_err(|e| NoAnswer::Upstream(e.to_string()))?
             .to_bytes();
-        let fault = self.fault.borrow().clone();
+        let once = self.lock().once.take();
+        let fault = once.unwrap_or_else(|| self.fault.borrow().clone());
         let outcome = match &fault {
             Fault::None | Fault::Latency(_) => "forwarded",
             Fault::DropConnections => "dropped",

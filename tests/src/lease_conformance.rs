@@ -21,6 +21,7 @@ macro_rules! lease_store_conformance {
             list_returns_every_lease_across_pages,
             of_two_racing_takes_exactly_one_wins,
             a_stale_owner_can_neither_checkpoint_nor_release,
+            checkpoints_only_move_forward,
             counters_grow_on_ownership_changes_only,
             a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease,
             only_one_handoff_at_a_time,
@@ -153,9 +154,13 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
     let key = shard(1);
     let held_by_a = create_and_take(&a, &key, "worker-a").await;
     let token_a = held_by_a.token().unwrap();
-    a.checkpoint(&token_a, &CheckpointUpdate::at(position("100")))
-        .await
-        .unwrap();
+    a.checkpoint(
+        &token_a,
+        &ExtendedSequenceNumber::TrimHorizon,
+        &CheckpointUpdate::at(position("100")),
+    )
+    .await
+    .unwrap();
 
     // b takes the lease (as after judging a expired).
     let seen = must_get(&b, &key).await;
@@ -163,8 +168,12 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
     assert_eq!(held_by_b.owner_switches_since_checkpoint, 1);
 
     assert_lost(
-        a.checkpoint(&token_a, &CheckpointUpdate::at(position("200")))
-            .await,
+        a.checkpoint(
+            &token_a,
+            &position("100"),
+            &CheckpointUpdate::at(position("200")),
+        )
+        .await,
     );
     assert_lost(a.release_lease(&token_a).await);
     // A take on an old view fails too.
@@ -175,6 +184,7 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
 
     b.checkpoint(
         &held_by_b.token().unwrap(),
+        &position("100"),
         &CheckpointUpdate::at(position("150")),
     )
     .await
@@ -193,9 +203,65 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
         .unwrap();
     assert!(retaken.counter > seen.counter);
     assert_lost(
-        a.checkpoint(&token_a, &CheckpointUpdate::at(position("300")))
-            .await,
+        a.checkpoint(
+            &token_a,
+            &position("150"),
+            &CheckpointUpdate::at(position("300")),
+        )
+        .await,
     );
+}
+
+/// A checkpoint only moves forward: a write behind the stored checkpoint
+/// changes nothing and answers with the stored one, while a write whose
+/// expected previous checkpoint is out of date (an earlier write took effect
+/// but its answer was lost) still lands.
+pub async fn checkpoints_only_move_forward(a: impl LeaseStore, b: impl LeaseStore) {
+    let key = shard(1);
+    let token = create_and_take(&a, &key, "worker-a").await.token().unwrap();
+    let start = ExtendedSequenceNumber::TrimHorizon;
+    let write = |previous: ExtendedSequenceNumber, update: CheckpointUpdate| {
+        let (a, token) = (&a, &token);
+        async move { a.checkpoint(token, &previous, &update).await.unwrap() }
+    };
+
+    // The writer missed the answer to 200 and still expects TRIM_HORIZON.
+    assert_eq!(
+        write(start.clone(), CheckpointUpdate::at(position("200"))).await,
+        position("200")
+    );
+    assert_eq!(
+        write(start.clone(), CheckpointUpdate::at(position("300"))).await,
+        position("300")
+    );
+    assert_eq!(must_get(&b, &key).await.checkpoint, position("300"));
+
+    // Behind the stored checkpoint: nothing is written.
+    assert_eq!(
+        write(start.clone(), CheckpointUpdate::at(position("100"))).await,
+        position("300")
+    );
+    assert_eq!(must_get(&b, &key).await.checkpoint, position("300"));
+
+    // Sub-sequence numbers count.
+    let user = |n| ExtendedSequenceNumber::record("300", n).unwrap();
+    assert_eq!(
+        write(position("300"), CheckpointUpdate::at(user(2))).await,
+        user(2)
+    );
+    assert_eq!(write(start, CheckpointUpdate::at(user(1))).await, user(2));
+    assert_eq!(must_get(&b, &key).await.checkpoint, user(2));
+
+    // The same checkpoint again lands (it may carry a pending one).
+    let prepared = CheckpointUpdate {
+        checkpoint: user(2),
+        pending_checkpoint: Some(position("400")),
+        pending_checkpoint_state: None,
+    };
+    assert_eq!(write(user(2), prepared).await, user(2));
+    let stored = must_get(&b, &key).await;
+    assert_eq!(stored.checkpoint, user(2));
+    assert_eq!(stored.pending_checkpoint, Some(position("400")));
 }
 
 /// The counter grows by one on each change of ownership and never moves
@@ -213,6 +279,7 @@ pub async fn counters_grow_on_ownership_changes_only(a: impl LeaseStore, b: impl
     counters.push(must_get(&b, &key).await.counter);
     a.checkpoint(
         &taken.token().unwrap(),
+        &ExtendedSequenceNumber::TrimHorizon,
         &CheckpointUpdate::at(position("5")),
     )
     .await
@@ -262,14 +329,22 @@ pub async fn a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease(
         counter: moving.counter,
     };
     assert_lost(
-        b.checkpoint(&early_b, &CheckpointUpdate::at(position("1")))
-            .await,
+        b.checkpoint(
+            &early_b,
+            &ExtendedSequenceNumber::TrimHorizon,
+            &CheckpointUpdate::at(position("1")),
+        )
+        .await,
     );
 
     // The old owner checkpoints at its batch boundary and releases.
-    a.checkpoint(&token_a, &CheckpointUpdate::at(position("42")))
-        .await
-        .unwrap();
+    a.checkpoint(
+        &token_a,
+        &ExtendedSequenceNumber::TrimHorizon,
+        &CheckpointUpdate::at(position("42")),
+    )
+    .await
+    .unwrap();
     a.release_lease(&token_a).await.unwrap();
 
     let received = must_get(&b, &key).await;
@@ -281,12 +356,20 @@ pub async fn a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease(
     let token_b = received.token().unwrap();
     assert_eq!(token_b.worker, "worker-b");
     assert_lost(
-        a.checkpoint(&token_a, &CheckpointUpdate::at(position("43")))
-            .await,
+        a.checkpoint(
+            &token_a,
+            &position("42"),
+            &CheckpointUpdate::at(position("43")),
+        )
+        .await,
     );
-    b.checkpoint(&token_b, &CheckpointUpdate::at(position("43")))
-        .await
-        .unwrap();
+    b.checkpoint(
+        &token_b,
+        &position("42"),
+        &CheckpointUpdate::at(position("43")),
+    )
+    .await
+    .unwrap();
 }
 
 /// A lease already being handed over cannot be asked for again, and an
@@ -337,7 +420,9 @@ pub async fn pending_checkpoints_and_state_round_trip(a: impl LeaseStore, b: imp
         pending_checkpoint: Some(ExtendedSequenceNumber::record("20", 3).unwrap()),
         pending_checkpoint_state: Some(b"app state \x00\xff".to_vec()),
     };
-    a.checkpoint(&token, &prepared).await.unwrap();
+    a.checkpoint(&token, &ExtendedSequenceNumber::TrimHorizon, &prepared)
+        .await
+        .unwrap();
     let stored = must_get(&b, &key).await;
     assert_eq!(stored.checkpoint, prepared.checkpoint);
     assert_eq!(stored.pending_checkpoint, prepared.pending_checkpoint);
@@ -348,6 +433,7 @@ pub async fn pending_checkpoints_and_state_round_trip(a: impl LeaseStore, b: imp
 
     a.checkpoint(
         &token,
+        &position("10"),
         &CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd),
     )
     .await
@@ -367,8 +453,12 @@ pub async fn a_deleted_lease_cannot_be_written(a: impl LeaseStore, b: impl Lease
     b.delete_lease(&key).await.unwrap();
     assert_eq!(a.get_lease(&key).await.unwrap(), None);
     assert_lost(
-        a.checkpoint(&held.token().unwrap(), &CheckpointUpdate::at(position("1")))
-            .await,
+        a.checkpoint(
+            &held.token().unwrap(),
+            &ExtendedSequenceNumber::TrimHorizon,
+            &CheckpointUpdate::at(position("1")),
+        )
+        .await,
     );
     assert_lost(a.release_lease(&held.token().unwrap()).await);
     assert_lost(a.take_lease(&held, "worker-a").await);

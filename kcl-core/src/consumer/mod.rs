@@ -185,6 +185,7 @@ impl ShardConsumer {
         let writer = LeaseCheckpointWriter::new(
             Arc::clone(&context.store),
             start.token.clone(),
+            start.checkpoint.clone(),
             start.deadline.clone(),
         );
         let tracker = CheckpointTracker::new(

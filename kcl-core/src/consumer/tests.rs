@@ -94,7 +94,7 @@ impl Fixture {
     async fn finish(&self, lease: &Lease) {
         let end = kcl_lease::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
         self.store
-            .checkpoint(&lease.token().unwrap(), &end)
+            .checkpoint(&lease.token().unwrap(), &lease.checkpoint, &end)
             .await
             .unwrap();
     }
@@ -566,6 +566,7 @@ async fn a_checkpoint_inside_an_aggregate_resumes_at_the_next_user_record() {
         .store
         .checkpoint(
             &lease.token().unwrap(),
+            &lease.checkpoint,
             &kcl_lease::CheckpointUpdate::at(at),
         )
         .await

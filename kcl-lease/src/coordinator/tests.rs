@@ -69,6 +69,7 @@ async fn a_worker_that_cannot_heartbeat_stops_a_margin_before_others_may_take_ov
         let stale = store
             .checkpoint(
                 &before[key].token,
+                &ExtendedSequenceNumber::Latest,
                 &CheckpointUpdate::at(ExtendedSequenceNumber::Latest),
             )
             .await;

@@ -33,6 +33,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableStatus,
 };
+use kcl_checkpoint::ExtendedSequenceNumber;
 use tracing::info;
 
 use crate::backoff::{Backoff, BackoffConfig, retry_with_backoff};
@@ -180,6 +181,78 @@ impl DynamoDbLeaseStore {
                 message: refused.error.to_string(),
             }),
         }
+    }
+
+    /// The write of `update` to the lease `token` holds, conditional on the
+    /// stored checkpoint being `previous` (so that a request that lands late
+    /// changes nothing).
+    fn checkpoint_request(
+        &self,
+        token: &LeaseToken,
+        previous: &ExtendedSequenceNumber,
+        update: &CheckpointUpdate,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        let mut set = vec![
+            format!("{CHECKPOINT} = :checkpoint"),
+            format!("{CHECKPOINT_SUB_SEQUENCE} = :checkpoint_sub"),
+            format!("{OWNER_SWITCHES} = :zero"),
+        ];
+        let mut remove = Vec::new();
+        // The Java KCL always writes the sub-sequence number; an item without
+        // one reads as 0.
+        let previous_sub = if previous.sub_sequence_number() == 0 {
+            format!(
+                "({CHECKPOINT_SUB_SEQUENCE} = :previous_sub OR attribute_not_exists({CHECKPOINT_SUB_SEQUENCE}))"
+            )
+        } else {
+            format!("{CHECKPOINT_SUB_SEQUENCE} = :previous_sub")
+        };
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(&token.key))
+            .condition_expression(format!(
+                "{HELD_CONDITION} AND {CHECKPOINT} = :previous AND {previous_sub}"
+            ))
+            .expression_attribute_values(":counter", n(token.counter))
+            .expression_attribute_values(":worker", s(&token.worker))
+            .expression_attribute_values(":previous", s(previous.checkpoint_str()))
+            .expression_attribute_values(":previous_sub", n(previous.sub_sequence_number()))
+            .expression_attribute_values(":checkpoint", s(update.checkpoint.checkpoint_str()))
+            .expression_attribute_values(
+                ":checkpoint_sub",
+                n(update.checkpoint.sub_sequence_number()),
+            )
+            .expression_attribute_values(":zero", n(0));
+        match &update.pending_checkpoint {
+            Some(pending) => {
+                set.push(format!("{PENDING_CHECKPOINT} = :pending"));
+                set.push(format!("{PENDING_CHECKPOINT_SUB_SEQUENCE} = :pending_sub"));
+                request = request
+                    .expression_attribute_values(":pending", s(pending.checkpoint_str()))
+                    .expression_attribute_values(":pending_sub", n(pending.sub_sequence_number()));
+            }
+            None => {
+                remove.push(PENDING_CHECKPOINT);
+                remove.push(PENDING_CHECKPOINT_SUB_SEQUENCE);
+            }
+        }
+        match &update.pending_checkpoint_state {
+            Some(state) => {
+                set.push(format!("{PENDING_CHECKPOINT_STATE} = :state"));
+                request = request.expression_attribute_values(
+                    ":state",
+                    AttributeValue::B(Blob::new(state.clone())),
+                );
+            }
+            None => remove.push(PENDING_CHECKPOINT_STATE),
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        request.update_expression(expression)
     }
 
     /// Sends a request whose only expected failure is its condition: a failed
@@ -346,6 +419,12 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E>) -> ErrorClass {
     }
 }
 
+/// How many times a checkpoint write reads the lease and tries again after
+/// finding a stored checkpoint other than the one it expected. Each retry
+/// follows a write of the token's own holder; more than a couple in a row do
+/// not happen.
+const CHECKPOINT_RACES: u32 = 5;
+
 /// The condition that `token` still processes the lease.
 const HELD_CONDITION: &str = "leaseCounter = :counter AND (checkpointOwner = :worker OR \
      (attribute_not_exists(checkpointOwner) AND leaseOwner = :worker))";
@@ -461,59 +540,43 @@ impl LeaseStore for DynamoDbLeaseStore {
     async fn checkpoint(
         &self,
         token: &LeaseToken,
+        previous: &ExtendedSequenceNumber,
         update: &CheckpointUpdate,
-    ) -> Result<(), LeaseStoreError> {
-        let mut set = vec![
-            format!("{CHECKPOINT} = :checkpoint"),
-            format!("{CHECKPOINT_SUB_SEQUENCE} = :checkpoint_sub"),
-            format!("{OWNER_SWITCHES} = :zero"),
-        ];
-        let mut remove = Vec::new();
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.lease_table)
-            .key(LEASE_KEY, s(&token.key))
-            .condition_expression(HELD_CONDITION)
-            .expression_attribute_values(":counter", n(token.counter))
-            .expression_attribute_values(":worker", s(&token.worker))
-            .expression_attribute_values(":checkpoint", s(update.checkpoint.checkpoint_str()))
-            .expression_attribute_values(
-                ":checkpoint_sub",
-                n(update.checkpoint.sub_sequence_number()),
-            )
-            .expression_attribute_values(":zero", n(0));
-        match &update.pending_checkpoint {
-            Some(pending) => {
-                set.push(format!("{PENDING_CHECKPOINT} = :pending"));
-                set.push(format!("{PENDING_CHECKPOINT_SUB_SEQUENCE} = :pending_sub"));
-                request = request
-                    .expression_attribute_values(":pending", s(pending.checkpoint_str()))
-                    .expression_attribute_values(":pending_sub", n(pending.sub_sequence_number()));
+    ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
+        let mut previous = previous.clone();
+        for _ in 0..CHECKPOINT_RACES {
+            if update.checkpoint < previous {
+                return Ok(previous);
             }
-            None => {
-                remove.push(PENDING_CHECKPOINT);
-                remove.push(PENDING_CHECKPOINT_SUB_SEQUENCE);
+            let request = self.checkpoint_request(token, &previous, update);
+            match self
+                .send("UpdateItem", &token.key, || request.clone().send())
+                .await?
+            {
+                Ok(_) => return Ok(update.checkpoint.clone()),
+                // The lease moved on, or the stored checkpoint is not the
+                // one expected: a write of ours whose answer was lost took
+                // effect, or an old one landed late. Only this token's
+                // holder writes checkpoints, so try again from what is there.
+                Err(ConditionFailed) => {
+                    let lease = self
+                        .get_lease(&token.key)
+                        .await?
+                        .filter(|lease| lease.is_held_by(token))
+                        .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
+                    previous = lease.checkpoint;
+                }
             }
         }
-        match &update.pending_checkpoint_state {
-            Some(state) => {
-                set.push(format!("{PENDING_CHECKPOINT_STATE} = :state"));
-                request = request.expression_attribute_values(
-                    ":state",
-                    AttributeValue::B(Blob::new(state.clone())),
-                );
-            }
-            None => remove.push(PENDING_CHECKPOINT_STATE),
-        }
-        let mut expression = format!("SET {}", set.join(", "));
-        if !remove.is_empty() {
-            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
-        }
-        let request = request.update_expression(expression);
-        self.send_conditional("UpdateItem", &token.key, || request.clone().send())
-            .await
-            .map(drop)
+        Err(LeaseStoreError::Unavailable {
+            operation: "UpdateItem",
+            table: self.lease_table.clone(),
+            attempts: CHECKPOINT_RACES,
+            message: format!(
+                "the checkpoint of lease {} changed under every attempt to write it",
+                token.key
+            ),
+        })
     }
 
     async fn record_start_timestamp(

@@ -111,6 +111,102 @@ async fn kinesis_faults_are_classified_for_the_fetchers() {
     assert_eq!(kinesis.list_shards(&stream).await.unwrap().len(), 1);
 }
 
+/// A checkpoint that took effect but was answered with an error is retried;
+/// the retry finds its own checkpoint stored and succeeds, rather than
+/// taking the lease for lost.
+#[tokio::test]
+async fn a_checkpoint_applied_but_answered_with_an_error_is_not_taken_for_a_lost_lease() {
+    let (aws, through, _, proxy) = proxied().await;
+    let table = unique_name("faults-applied");
+    let direct = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    direct.ensure_tables().await.unwrap();
+    let lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
+    direct.create_lease_if_absent(&lease).await.unwrap();
+    let taken = direct.take_lease(&lease, "worker").await.unwrap();
+    let token = taken.token().expect("a token");
+    let store = DynamoDbLeaseStore::new(&through.dynamodb(), &table).with_backoff(quick_backoff());
+    let at = ExtendedSequenceNumber::record("100", 0).unwrap();
+
+    proxy.set_once(Fault::AppliedThenServerError);
+    let stored = store
+        .checkpoint(&token, &taken.checkpoint, &CheckpointUpdate::at(at.clone()))
+        .await
+        .unwrap();
+    assert_eq!(stored, at);
+    let applied = proxy
+        .requests()
+        .get(&("UpdateItem".to_owned(), "applied_then_server_error"))
+        .copied();
+    assert_eq!(applied, Some(1), "{:?}", proxy.requests());
+    let stored = direct.get_lease(&lease.key).await.unwrap().unwrap();
+    assert_eq!(stored.checkpoint, at);
+}
+
+/// A request of an earlier checkpoint that the network delivers late, after
+/// the same worker's retry and a later checkpoint took effect, changes
+/// nothing: the checkpoint never moves back.
+#[tokio::test]
+async fn an_earlier_checkpoint_delivered_late_does_not_move_the_checkpoint_back() {
+    let (aws, through, _, proxy) = proxied().await;
+    let table = unique_name("faults-late-own");
+    let direct = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    direct.ensure_tables().await.unwrap();
+    let lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
+    direct.create_lease_if_absent(&lease).await.unwrap();
+    let taken = direct.take_lease(&lease, "worker").await.unwrap();
+    let token = taken.token().expect("a token");
+    let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();
+
+    // The first attempt of checkpoint 100 hangs in the network.
+    proxy.set(Fault::Stall);
+    let held_back = DynamoDbLeaseStore::new(&through.dynamodb(), &table);
+    let first_attempt = {
+        let token = token.clone();
+        tokio::spawn(async move {
+            let update = CheckpointUpdate::at(at("100"));
+            held_back
+                .checkpoint(&token, &ExtendedSequenceNumber::TrimHorizon, &update)
+                .await
+        })
+    };
+    let stalled = || {
+        proxy
+            .requests()
+            .get(&("UpdateItem".to_owned(), "stalled"))
+            .copied()
+    };
+    while stalled().is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Its retry lands on another connection, and processing goes on to 200.
+    let retried = direct
+        .checkpoint(
+            &token,
+            &ExtendedSequenceNumber::TrimHorizon,
+            &CheckpointUpdate::at(at("100")),
+        )
+        .await
+        .unwrap();
+    direct
+        .checkpoint(&token, &retried, &CheckpointUpdate::at(at("200")))
+        .await
+        .unwrap();
+
+    // The partition heals and the first attempt arrives.
+    proxy.set(Fault::None);
+    let answer = first_attempt.await.unwrap().unwrap();
+    assert_eq!(answer, at("200"), "the checkpoint stored");
+    let late_requests = proxy.late_requests();
+    assert_eq!(late_requests.len(), 1, "{late_requests:?}");
+    assert_eq!(
+        late_requests[0].error_type.as_deref(),
+        Some("ConditionalCheckFailedException")
+    );
+    let stored = direct.get_lease(&lease.key).await.unwrap().unwrap();
+    assert_eq!(stored.checkpoint, at("200"));
+}
+
 #[tokio::test]
 async fn a_checkpoint_held_back_by_a_partition_and_delivered_late_fails_without_effect() {
     let (aws, through, _, proxy) = proxied().await;
@@ -131,7 +227,9 @@ async fn a_checkpoint_held_back_by_a_partition_and_delivered_late_fails_without_
     proxy.set(Fault::Stall);
     let late = tokio::spawn(async move {
         let update = CheckpointUpdate::at(ExtendedSequenceNumber::Latest);
-        cut_off.checkpoint(&token, &update).await
+        cut_off
+            .checkpoint(&token, &ExtendedSequenceNumber::TrimHorizon, &update)
+            .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Meanwhile another worker takes the lease over and checkpoints.
@@ -143,7 +241,11 @@ async fn a_checkpoint_held_back_by_a_partition_and_delivered_late_fails_without_
     )
     .unwrap();
     direct
-        .checkpoint(&other.token().unwrap(), &CheckpointUpdate::at(at.clone()))
+        .checkpoint(
+            &other.token().unwrap(),
+            &ExtendedSequenceNumber::TrimHorizon,
+            &CheckpointUpdate::at(at.clone()),
+        )
         .await
         .unwrap();
 
