@@ -24,9 +24,16 @@ use crate::{
 /// [`CheckpointWriteError::LeaseLost`] and changes nothing.
 #[async_trait]
 pub trait CheckpointWriter: Send + Sync + 'static {
-    /// Stores `update`. Throttling and transient failures are retried with
-    /// backoff inside; an error means the write did not happen.
-    async fn write(&self, update: &CheckpointUpdate) -> Result<(), CheckpointWriteError>;
+    /// Stores `update` and returns the checkpoint stored afterwards. A
+    /// store never moves a checkpoint back: if an earlier write whose answer
+    /// was lost stored a later checkpoint, that one stays (the pending fields
+    /// of `update` are written on top of it) and is returned. Throttling and
+    /// transient failures are retried with backoff inside; an error means the
+    /// write did not happen.
+    async fn write(
+        &self,
+        update: &CheckpointUpdate,
+    ) -> Result<ExtendedSequenceNumber, CheckpointWriteError>;
 }
 
 /// Why a [`CheckpointWriter`] could not store a checkpoint.
@@ -101,6 +108,9 @@ pub struct CheckpointProgress {
     pub last_delivered: ExtendedSequenceNumber,
     /// A write found the lease lost.
     pub lease_lost: bool,
+    /// The tracker was dropped (its shard consumer ended): checkpointers
+    /// still held by the processor write nothing more.
+    pub closed: bool,
     /// How many checkpoints were written.
     pub writes: u64,
 }
@@ -143,6 +153,7 @@ impl CheckpointTracker {
             checkpoint,
             pending_checkpoint,
             lease_lost: false,
+            closed: false,
             writes: 0,
         };
         Self {
@@ -189,6 +200,17 @@ impl CheckpointTracker {
     /// The progress so far.
     pub fn progress(&self) -> CheckpointProgress {
         self.shared.progress().clone()
+    }
+}
+
+/// When its consumer ends, the tracker goes and the processor's checkpointers
+/// stop writing: a consumer started later for the same lease (after its
+/// deadline moved on) has a tracker of its own, and the old one's idea of
+/// what was delivered (a batch dropped at the deadline) must not reach the
+/// lease.
+impl Drop for CheckpointTracker {
+    fn drop(&mut self) {
+        self.shared.progress().closed = true;
     }
 }
 
@@ -295,7 +317,7 @@ impl Checkpointer {
         let _in_order = self.shared.write_order.lock().await;
         {
             let progress = self.shared.progress();
-            if progress.lease_lost {
+            if progress.lease_lost || progress.closed {
                 return Err(CheckpointError::LeaseLost {
                     shard_id: shard_id.clone(),
                 });
@@ -319,9 +341,9 @@ impl Checkpointer {
             )?;
         }
         match self.shared.writer.write(&update).await {
-            Ok(()) => {
+            Ok(stored) => {
                 let mut progress = self.shared.progress();
-                progress.checkpoint = update.checkpoint;
+                progress.checkpoint = stored;
                 progress.pending_checkpoint = update.pending_checkpoint;
                 progress.writes += 1;
                 Ok(())
@@ -353,12 +375,15 @@ mod tests {
 
     #[async_trait]
     impl CheckpointWriter for Recording {
-        async fn write(&self, update: &CheckpointUpdate) -> Result<(), CheckpointWriteError> {
+        async fn write(
+            &self,
+            update: &CheckpointUpdate,
+        ) -> Result<ExtendedSequenceNumber, CheckpointWriteError> {
             if let Some(error) = self.fail_with.lock().unwrap().clone() {
                 return Err(error);
             }
             self.writes.lock().unwrap().push(update.clone());
-            Ok(())
+            Ok(update.checkpoint.clone())
         }
     }
 

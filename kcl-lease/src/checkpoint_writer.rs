@@ -24,18 +24,19 @@ pub struct LeaseCheckpointWriter<S: ?Sized> {
     token: LeaseToken,
     /// Past it, nothing is written.
     deadline: ProcessingDeadline,
-    /// The checkpoint last known stored under `token`: read with the lease,
-    /// then the result of each write.
-    stored: Mutex<ExtendedSequenceNumber>,
+    /// The checkpoint and pending checkpoint last known stored under
+    /// `token`: read with the lease, then the result of each write.
+    stored: Mutex<CheckpointUpdate>,
 }
 
 impl<S: LeaseStore + ?Sized> LeaseCheckpointWriter<S> {
-    /// Checkpoints of the lease `token` holds, read at `stored`, written to
-    /// `store` while `deadline` is open.
+    /// Checkpoints of the lease `token` holds, read with the checkpoint and
+    /// pending checkpoint in `stored`, written to `store` while `deadline`
+    /// is open.
     pub fn new(
         store: Arc<S>,
         token: LeaseToken,
-        stored: ExtendedSequenceNumber,
+        stored: CheckpointUpdate,
         deadline: ProcessingDeadline,
     ) -> Self {
         Self {
@@ -49,7 +50,10 @@ impl<S: LeaseStore + ?Sized> LeaseCheckpointWriter<S> {
 
 #[async_trait]
 impl<S: LeaseStore + ?Sized> CheckpointWriter for LeaseCheckpointWriter<S> {
-    async fn write(&self, update: &CheckpointUpdate) -> Result<(), CheckpointWriteError> {
+    async fn write(
+        &self,
+        update: &CheckpointUpdate,
+    ) -> Result<ExtendedSequenceNumber, CheckpointWriteError> {
         if !self.deadline.is_open() {
             metrics::counter!(crate::metrics::CHECKPOINT_WRITES, "outcome" => "deadline_passed")
                 .increment(1);
@@ -65,8 +69,12 @@ impl<S: LeaseStore + ?Sized> CheckpointWriter for LeaseCheckpointWriter<S> {
         let written = self.store.checkpoint(&self.token, &previous, update).await;
         let (outcome, result) = match written {
             Ok(stored) => {
-                *self.stored.lock().unwrap_or_else(PoisonError::into_inner) = stored;
-                ("ok", Ok(()))
+                *self.stored.lock().unwrap_or_else(PoisonError::into_inner) = CheckpointUpdate {
+                    checkpoint: stored.clone(),
+                    pending_checkpoint: update.pending_checkpoint.clone(),
+                    pending_checkpoint_state: None,
+                };
+                ("ok", Ok(stored))
             }
             Err(LeaseStoreError::LeaseLost { .. } | LeaseStoreError::NotFound { .. }) => {
                 ("lease_lost", Err(CheckpointWriteError::LeaseLost))
@@ -97,7 +105,7 @@ mod tests {
         let writer = LeaseCheckpointWriter::new(
             store.clone(),
             mine.token().unwrap(),
-            mine.checkpoint.clone(),
+            CheckpointUpdate::at(mine.checkpoint.clone()),
             ProcessingDeadline::unlimited(),
         );
         let tracker =
@@ -118,5 +126,71 @@ mod tests {
         assert!(error.is_lease_lost(), "{error}");
         let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
         assert_eq!(stored.checkpoint, at("100"));
+    }
+
+    /// A tracker over a lease of `store` held by worker-a, whose writes
+    /// pass through faults steered by the returned control.
+    async fn faulty_tracker(
+        store: &Arc<InMemoryLeaseStore>,
+    ) -> (CheckpointTracker, crate::faults::FaultControl) {
+        let lease = Lease::new("shardId-1", ExtendedSequenceNumber::TrimHorizon);
+        store.create_lease_if_absent(&lease).await.unwrap();
+        let mine = store.take_lease(&lease, "worker-a").await.unwrap();
+        let (faulty, control) = crate::faults::FaultyStore::new(Arc::clone(store));
+        let writer = LeaseCheckpointWriter::new(
+            Arc::new(faulty),
+            mine.token().unwrap(),
+            CheckpointUpdate::at(mine.checkpoint.clone()),
+            ProcessingDeadline::unlimited(),
+        );
+        let tracker =
+            CheckpointTracker::new("shardId-1", Arc::new(writer), mine.checkpoint.clone(), None);
+        (tracker, control)
+    }
+
+    #[tokio::test]
+    async fn a_checkpoint_prepared_after_a_lost_answer_is_stored_on_top_of_the_applied_one() {
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let (tracker, control) = faulty_tracker(&store).await;
+        let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();
+        tracker.delivered(at("200"));
+        let checkpointer = tracker.checkpointer();
+
+        // Checkpoint 100 takes effect, but its answer is an error.
+        control.apply_then_fail(1);
+        assert!(checkpointer.checkpoint_at("100", 0).await.is_err());
+        assert_eq!(
+            checkpointer.last_checkpoint(),
+            ExtendedSequenceNumber::TrimHorizon
+        );
+
+        // The prepare that follows is built on TRIM_HORIZON, yet it is stored,
+        // and the tracker learns where the checkpoint is.
+        checkpointer
+            .prepare_checkpoint(Some(at("200")), Some(b"state".to_vec()))
+            .await
+            .unwrap();
+        let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
+        assert_eq!(stored.checkpoint, at("100"));
+        assert_eq!(stored.pending_checkpoint, Some(at("200")));
+        assert_eq!(stored.pending_checkpoint_state, Some(b"state".to_vec()));
+        assert_eq!(checkpointer.last_checkpoint(), at("100"));
+    }
+
+    #[tokio::test]
+    async fn a_checkpointer_kept_past_its_consumer_writes_nothing() {
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let (tracker, _control) = faulty_tracker(&store).await;
+        let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();
+        // A batch was handed over, then dropped at the deadline; the
+        // consumer ended, and a processor kept its checkpointer.
+        tracker.delivered(at("200"));
+        let kept = tracker.checkpointer();
+        drop(tracker);
+
+        let error = kept.checkpoint().await.unwrap_err();
+        assert!(error.is_lease_lost(), "{error}");
+        let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
+        assert_eq!(stored.checkpoint, ExtendedSequenceNumber::TrimHorizon);
     }
 }

@@ -255,7 +255,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
     async fn checkpoint(
         &self,
         token: &LeaseToken,
-        previous: &ExtendedSequenceNumber,
+        previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
     ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
         let run = self.inner.checkpoint(token, previous, update);

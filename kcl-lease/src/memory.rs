@@ -122,7 +122,7 @@ impl LeaseStore for InMemoryLeaseStore {
     async fn checkpoint(
         &self,
         token: &LeaseToken,
-        _previous: &ExtendedSequenceNumber,
+        _previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
     ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
         // Each call is one atomic step here, so no request can land late:
@@ -133,14 +133,13 @@ impl LeaseStore for InMemoryLeaseStore {
             .get_mut(&token.key)
             .filter(|lease| held(lease, token))
             .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
-        if update.checkpoint < lease.checkpoint {
-            return Ok(lease.checkpoint.clone());
-        }
-        lease.checkpoint = update.checkpoint.clone();
+        // Never back: behind the stored checkpoint, only the pending fields
+        // are written, on top of it.
+        lease.checkpoint = lease.checkpoint.clone().max(update.checkpoint.clone());
         lease.pending_checkpoint = update.pending_checkpoint.clone();
         lease.pending_checkpoint_state = update.pending_checkpoint_state.clone();
         lease.owner_switches_since_checkpoint = 0;
-        Ok(update.checkpoint.clone())
+        Ok(lease.checkpoint.clone())
     }
 
     async fn record_start_timestamp(

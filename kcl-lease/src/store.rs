@@ -70,20 +70,22 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Writes a checkpoint, if `token` still processes the lease, and only
     /// forward: if the stored checkpoint is already past
-    /// `update.checkpoint`, nothing is written. Resets the owner-switch
-    /// count. Returns the checkpoint stored afterwards.
+    /// `update.checkpoint` (a write whose answer was lost stored it), it
+    /// stays, and only the pending fields of `update` are written. Resets
+    /// the owner-switch count. Returns the checkpoint stored afterwards.
     ///
-    /// `previous` is the checkpoint the caller believes stored (the last one
-    /// it wrote, or the one it read with the lease). A store whose requests
-    /// may land late (a request retried after a timeout can still be
-    /// applied after its retry, and after later writes) makes each request
-    /// conditional on it, so a late request changes nothing; when the guess
-    /// is wrong (a write whose answer was lost did take effect), it reads the
-    /// lease and tries again from what it finds.
+    /// `previous` is the checkpoint and pending checkpoint the caller
+    /// believes stored (the last ones it wrote, or the ones it read with the
+    /// lease; the state is not compared). A store whose requests may land
+    /// late (a request retried after a timeout can still be applied after
+    /// its retry, and after later writes) makes each request conditional on
+    /// them, so a late request changes nothing; when the guess is wrong (a
+    /// write whose answer was lost did take effect), it reads the lease and
+    /// tries again from what it finds.
     async fn checkpoint(
         &self,
         token: &LeaseToken,
-        previous: &ExtendedSequenceNumber,
+        previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
     ) -> Result<ExtendedSequenceNumber, LeaseStoreError>;
 

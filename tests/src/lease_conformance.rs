@@ -156,7 +156,7 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
     let token_a = held_by_a.token().unwrap();
     a.checkpoint(
         &token_a,
-        &ExtendedSequenceNumber::TrimHorizon,
+        &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
         &CheckpointUpdate::at(position("100")),
     )
     .await
@@ -170,7 +170,7 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
     assert_lost(
         a.checkpoint(
             &token_a,
-            &position("100"),
+            &CheckpointUpdate::at(position("100")),
             &CheckpointUpdate::at(position("200")),
         )
         .await,
@@ -184,7 +184,7 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
 
     b.checkpoint(
         &held_by_b.token().unwrap(),
-        &position("100"),
+        &CheckpointUpdate::at(position("100")),
         &CheckpointUpdate::at(position("150")),
     )
     .await
@@ -205,7 +205,7 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
     assert_lost(
         a.checkpoint(
             &token_a,
-            &position("150"),
+            &CheckpointUpdate::at(position("150")),
             &CheckpointUpdate::at(position("300")),
         )
         .await,
@@ -213,16 +213,20 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
 }
 
 /// A checkpoint only moves forward: a write behind the stored checkpoint
-/// changes nothing and answers with the stored one, while a write whose
-/// expected previous checkpoint is out of date (an earlier write took effect
-/// but its answer was lost) still lands.
+/// leaves it (writing only its pending fields) and answers with the stored
+/// one, while a write whose expected previous checkpoint is out of date (an
+/// earlier write took effect but its answer was lost) still lands.
 pub async fn checkpoints_only_move_forward(a: impl LeaseStore, b: impl LeaseStore) {
     let key = shard(1);
     let token = create_and_take(&a, &key, "worker-a").await.token().unwrap();
     let start = ExtendedSequenceNumber::TrimHorizon;
     let write = |previous: ExtendedSequenceNumber, update: CheckpointUpdate| {
         let (a, token) = (&a, &token);
-        async move { a.checkpoint(token, &previous, &update).await.unwrap() }
+        async move {
+            a.checkpoint(token, &CheckpointUpdate::at(previous), &update)
+                .await
+                .unwrap()
+        }
     };
 
     // The writer missed the answer to 200 and still expects TRIM_HORIZON.
@@ -236,12 +240,24 @@ pub async fn checkpoints_only_move_forward(a: impl LeaseStore, b: impl LeaseStor
     );
     assert_eq!(must_get(&b, &key).await.checkpoint, position("300"));
 
-    // Behind the stored checkpoint: nothing is written.
+    // Behind the stored checkpoint: it stays.
     assert_eq!(
         write(start.clone(), CheckpointUpdate::at(position("100"))).await,
         position("300")
     );
     assert_eq!(must_get(&b, &key).await.checkpoint, position("300"));
+
+    // A checkpoint prepared from behind is stored on top of it.
+    let prepared_behind = CheckpointUpdate {
+        checkpoint: position("100"),
+        pending_checkpoint: Some(position("350")),
+        pending_checkpoint_state: Some(b"state".to_vec()),
+    };
+    assert_eq!(write(start.clone(), prepared_behind).await, position("300"));
+    let stored = must_get(&b, &key).await;
+    assert_eq!(stored.checkpoint, position("300"));
+    assert_eq!(stored.pending_checkpoint, Some(position("350")));
+    assert_eq!(stored.pending_checkpoint_state, Some(b"state".to_vec()));
 
     // Sub-sequence numbers count.
     let user = |n| ExtendedSequenceNumber::record("300", n).unwrap();
@@ -279,7 +295,7 @@ pub async fn counters_grow_on_ownership_changes_only(a: impl LeaseStore, b: impl
     counters.push(must_get(&b, &key).await.counter);
     a.checkpoint(
         &taken.token().unwrap(),
-        &ExtendedSequenceNumber::TrimHorizon,
+        &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
         &CheckpointUpdate::at(position("5")),
     )
     .await
@@ -331,7 +347,7 @@ pub async fn a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease(
     assert_lost(
         b.checkpoint(
             &early_b,
-            &ExtendedSequenceNumber::TrimHorizon,
+            &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
             &CheckpointUpdate::at(position("1")),
         )
         .await,
@@ -340,7 +356,7 @@ pub async fn a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease(
     // The old owner checkpoints at its batch boundary and releases.
     a.checkpoint(
         &token_a,
-        &ExtendedSequenceNumber::TrimHorizon,
+        &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
         &CheckpointUpdate::at(position("42")),
     )
     .await
@@ -358,14 +374,14 @@ pub async fn a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease(
     assert_lost(
         a.checkpoint(
             &token_a,
-            &position("42"),
+            &CheckpointUpdate::at(position("42")),
             &CheckpointUpdate::at(position("43")),
         )
         .await,
     );
     b.checkpoint(
         &token_b,
-        &position("42"),
+        &CheckpointUpdate::at(position("42")),
         &CheckpointUpdate::at(position("43")),
     )
     .await
@@ -420,9 +436,13 @@ pub async fn pending_checkpoints_and_state_round_trip(a: impl LeaseStore, b: imp
         pending_checkpoint: Some(ExtendedSequenceNumber::record("20", 3).unwrap()),
         pending_checkpoint_state: Some(b"app state \x00\xff".to_vec()),
     };
-    a.checkpoint(&token, &ExtendedSequenceNumber::TrimHorizon, &prepared)
-        .await
-        .unwrap();
+    a.checkpoint(
+        &token,
+        &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
+        &prepared,
+    )
+    .await
+    .unwrap();
     let stored = must_get(&b, &key).await;
     assert_eq!(stored.checkpoint, prepared.checkpoint);
     assert_eq!(stored.pending_checkpoint, prepared.pending_checkpoint);
@@ -433,7 +453,7 @@ pub async fn pending_checkpoints_and_state_round_trip(a: impl LeaseStore, b: imp
 
     a.checkpoint(
         &token,
-        &position("10"),
+        &CheckpointUpdate::at(position("10")),
         &CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd),
     )
     .await
@@ -455,7 +475,7 @@ pub async fn a_deleted_lease_cannot_be_written(a: impl LeaseStore, b: impl Lease
     assert_lost(
         a.checkpoint(
             &held.token().unwrap(),
-            &ExtendedSequenceNumber::TrimHorizon,
+            &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
             &CheckpointUpdate::at(position("1")),
         )
         .await,

@@ -185,7 +185,11 @@ impl ShardConsumer {
         let writer = LeaseCheckpointWriter::new(
             Arc::clone(&context.store),
             start.token.clone(),
-            start.checkpoint.clone(),
+            kcl_lease::CheckpointUpdate {
+                checkpoint: start.checkpoint.clone(),
+                pending_checkpoint: start.pending_checkpoint.clone(),
+                pending_checkpoint_state: None,
+            },
             start.deadline.clone(),
         );
         let tracker = CheckpointTracker::new(

@@ -94,7 +94,11 @@ impl Fixture {
     async fn finish(&self, lease: &Lease) {
         let end = kcl_lease::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
         self.store
-            .checkpoint(&lease.token().unwrap(), &lease.checkpoint, &end)
+            .checkpoint(
+                &lease.token().unwrap(),
+                &kcl_lease::CheckpointUpdate::at(lease.checkpoint.clone()),
+                &end,
+            )
             .await
             .unwrap();
     }
@@ -566,7 +570,7 @@ async fn a_checkpoint_inside_an_aggregate_resumes_at_the_next_user_record() {
         .store
         .checkpoint(
             &lease.token().unwrap(),
-            &lease.checkpoint,
+            &kcl_lease::CheckpointUpdate::at(lease.checkpoint.clone()),
             &kcl_lease::CheckpointUpdate::at(at),
         )
         .await

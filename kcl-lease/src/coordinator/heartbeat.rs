@@ -202,14 +202,13 @@ impl Shared {
             }
             Err(LeaseStoreError::HeartbeatSuperseded { stored, .. }) => {
                 let mut state = heart.state();
+                // An equal value may be this very write, applied on an
+                // attempt whose answer was lost; a larger one is not ours.
                 let larger = stored > heartbeat.beat;
-                // Go above it, by a random step, so that two processes
-                // under one id never keep writing the same values.
-                let step = if larger {
-                    rand::random_range(1..=1000)
-                } else {
-                    1
-                };
+                // Go above it by a random step, equal or larger, so that two
+                // processes under one id never keep writing the same values
+                // in lockstep (each finding its value equal, neither larger).
+                let step = rand::random_range(1..=1000);
                 state.next_beat = state.next_beat.max(stored + step);
                 if larger {
                     state.larger_values += 1;

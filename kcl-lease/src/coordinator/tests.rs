@@ -69,7 +69,7 @@ async fn a_worker_that_cannot_heartbeat_stops_a_margin_before_others_may_take_ov
         let stale = store
             .checkpoint(
                 &before[key].token,
-                &ExtendedSequenceNumber::Latest,
+                &CheckpointUpdate::at(ExtendedSequenceNumber::Latest),
                 &CheckpointUpdate::at(ExtendedSequenceNumber::Latest),
             )
             .await;
@@ -503,6 +503,9 @@ async fn a_second_live_process_under_the_same_worker_id_stops_one_of_them() {
     let table = table_with(2).await;
     let (mut first, first_handle) = coordinator(&table, "a");
     let (mut second, second_handle) = coordinator(&table, "a");
+    // Started in the same microsecond: the same values, in lockstep.
+    first.shared.heart.set_next_beat(1_000);
+    second.shared.heart.set_next_beat(1_000);
     let t0 = Instant::now();
     first.heartbeat(at(t0)).await.unwrap();
     first.assignment_round(at(t0)).await.unwrap();

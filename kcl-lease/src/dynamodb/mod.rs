@@ -184,12 +184,12 @@ impl DynamoDbLeaseStore {
     }
 
     /// The write of `update` to the lease `token` holds, conditional on the
-    /// stored checkpoint being `previous` (so that a request that lands late
-    /// changes nothing).
+    /// stored checkpoint and pending checkpoint being `previous`'s (so that a
+    /// request that lands late changes nothing).
     fn checkpoint_request(
         &self,
         token: &LeaseToken,
-        previous: &ExtendedSequenceNumber,
+        previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
     ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         let mut set = vec![
@@ -198,27 +198,30 @@ impl DynamoDbLeaseStore {
             format!("{OWNER_SWITCHES} = :zero"),
         ];
         let mut remove = Vec::new();
-        // The Java KCL always writes the sub-sequence number; an item without
-        // one reads as 0.
-        let previous_sub = if previous.sub_sequence_number() == 0 {
-            format!(
-                "({CHECKPOINT_SUB_SEQUENCE} = :previous_sub OR attribute_not_exists({CHECKPOINT_SUB_SEQUENCE}))"
-            )
-        } else {
-            format!("{CHECKPOINT_SUB_SEQUENCE} = :previous_sub")
-        };
+        let (checkpoint_is, mut values) = stored_position_is(
+            CHECKPOINT,
+            CHECKPOINT_SUB_SEQUENCE,
+            ":previous",
+            Some(&previous.checkpoint),
+        );
+        let (pending_is, pending_values) = stored_position_is(
+            PENDING_CHECKPOINT,
+            PENDING_CHECKPOINT_SUB_SEQUENCE,
+            ":previous_pending",
+            previous.pending_checkpoint.as_ref(),
+        );
+        values.extend(pending_values);
         let mut request = self
             .client
             .update_item()
             .table_name(&self.lease_table)
             .key(LEASE_KEY, s(&token.key))
             .condition_expression(format!(
-                "{HELD_CONDITION} AND {CHECKPOINT} = :previous AND {previous_sub}"
+                "{HELD_CONDITION} AND {checkpoint_is} AND {pending_is}"
             ))
+            .set_expression_attribute_values(Some(values.into_iter().collect()))
             .expression_attribute_values(":counter", n(token.counter))
             .expression_attribute_values(":worker", s(&token.worker))
-            .expression_attribute_values(":previous", s(previous.checkpoint_str()))
-            .expression_attribute_values(":previous_sub", n(previous.sub_sequence_number()))
             .expression_attribute_values(":checkpoint", s(update.checkpoint.checkpoint_str()))
             .expression_attribute_values(
                 ":checkpoint_sub",
@@ -429,6 +432,42 @@ const CHECKPOINT_RACES: u32 = 5;
 const HELD_CONDITION: &str = "leaseCounter = :counter AND (checkpointOwner = :worker OR \
      (attribute_not_exists(checkpointOwner) AND leaseOwner = :worker))";
 
+/// The condition that the position stored in the attributes `name` and
+/// `sub_name` is `position` (`None`: no position), as the item reader
+/// reads it: an absent or NULL sub-sequence number is 0, and an absent,
+/// NULL or empty string is no position. Its values are named after
+/// `placeholder`.
+fn stored_position_is(
+    name: &str,
+    sub_name: &str,
+    placeholder: &str,
+    position: Option<&ExtendedSequenceNumber>,
+) -> (String, Vec<(String, AttributeValue)>) {
+    let null = format!("{placeholder}_null");
+    let mut values = Vec::new();
+    let Some(position) = position else {
+        values.push((null.clone(), s("NULL")));
+        let empty = format!("{placeholder}_empty");
+        let condition = format!(
+            "(attribute_not_exists({name}) OR attribute_type({name}, {null}) OR {name} = {empty})"
+        );
+        values.push((empty, s("")));
+        return (condition, values);
+    };
+    let sub = format!("{placeholder}_sub");
+    let sub_is = if position.sub_sequence_number() == 0 {
+        values.push((null.clone(), s("NULL")));
+        format!(
+            "({sub_name} = {sub} OR attribute_not_exists({sub_name}) OR attribute_type({sub_name}, {null}))"
+        )
+    } else {
+        format!("{sub_name} = {sub}")
+    };
+    values.push((placeholder.to_owned(), s(position.checkpoint_str())));
+    values.push((sub, n(position.sub_sequence_number())));
+    (format!("{name} = {placeholder} AND {sub_is}"), values)
+}
+
 /// The condition that a lease is still as `seen` in the fields that fence
 /// ownership, with its expression values.
 fn unchanged_condition(seen: &Lease) -> (String, Vec<(&'static str, AttributeValue)>) {
@@ -540,20 +579,23 @@ impl LeaseStore for DynamoDbLeaseStore {
     async fn checkpoint(
         &self,
         token: &LeaseToken,
-        previous: &ExtendedSequenceNumber,
+        previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
     ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
         let mut previous = previous.clone();
         for _ in 0..CHECKPOINT_RACES {
-            if update.checkpoint < previous {
-                return Ok(previous);
-            }
-            let request = self.checkpoint_request(token, &previous, update);
+            // Never back: behind the stored checkpoint, only the pending
+            // fields are written, on top of it.
+            let update = CheckpointUpdate {
+                checkpoint: update.checkpoint.clone().max(previous.checkpoint.clone()),
+                ..update.clone()
+            };
+            let request = self.checkpoint_request(token, &previous, &update);
             match self
                 .send("UpdateItem", &token.key, || request.clone().send())
                 .await?
             {
-                Ok(_) => return Ok(update.checkpoint.clone()),
+                Ok(_) => return Ok(update.checkpoint),
                 // The lease moved on, or the stored checkpoint is not the
                 // one expected: a write of ours whose answer was lost took
                 // effect, or an old one landed late. Only this token's
@@ -564,7 +606,11 @@ impl LeaseStore for DynamoDbLeaseStore {
                         .await?
                         .filter(|lease| lease.is_held_by(token))
                         .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
-                    previous = lease.checkpoint;
+                    previous = CheckpointUpdate {
+                        checkpoint: lease.checkpoint,
+                        pending_checkpoint: lease.pending_checkpoint,
+                        pending_checkpoint_state: None,
+                    };
                 }
             }
         }

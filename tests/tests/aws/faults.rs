@@ -129,7 +129,11 @@ async fn a_checkpoint_applied_but_answered_with_an_error_is_not_taken_for_a_lost
 
     proxy.set_once(Fault::AppliedThenServerError);
     let stored = store
-        .checkpoint(&token, &taken.checkpoint, &CheckpointUpdate::at(at.clone()))
+        .checkpoint(
+            &token,
+            &CheckpointUpdate::at(taken.checkpoint.clone()),
+            &CheckpointUpdate::at(at.clone()),
+        )
         .await
         .unwrap();
     assert_eq!(stored, at);
@@ -140,6 +144,51 @@ async fn a_checkpoint_applied_but_answered_with_an_error_is_not_taken_for_a_lost
     assert_eq!(applied, Some(1), "{:?}", proxy.requests());
     let stored = direct.get_lease(&lease.key).await.unwrap().unwrap();
     assert_eq!(stored.checkpoint, at);
+}
+
+/// Sends `update` through the proxy, which holds it (the proxy must be
+/// stalled), and gives up on it as a timed-out attempt does: the request
+/// stays in the network, to be delivered when the stall ends.
+async fn attempt_held_in_the_network(
+    proxy: &FaultProxy,
+    through: &LocalAws,
+    table: &str,
+    token: &kcl_lease::LeaseToken,
+    previous: CheckpointUpdate,
+    update: CheckpointUpdate,
+) {
+    let stalled = || {
+        proxy
+            .requests()
+            .get(&("UpdateItem".to_owned(), "stalled"))
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = stalled();
+    let store = DynamoDbLeaseStore::new(&through.dynamodb(), table);
+    let token = token.clone();
+    let attempt = tokio::spawn(async move { store.checkpoint(&token, &previous, &update).await });
+    while stalled() == before {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    attempt.abort();
+}
+
+/// Ends the stall and waits until the held requests have been delivered and
+/// answered; returns them.
+async fn deliver_late(
+    proxy: &FaultProxy,
+    count: usize,
+) -> Vec<kcl_tests::fault_proxy::LateRequest> {
+    proxy.set(Fault::None);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while proxy.late_requests().len() < count {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("held requests delivered");
+    proxy.late_requests()
 }
 
 /// A request of an earlier checkpoint that the network delivers late, after
@@ -156,48 +205,34 @@ async fn an_earlier_checkpoint_delivered_late_does_not_move_the_checkpoint_back(
     let taken = direct.take_lease(&lease, "worker").await.unwrap();
     let token = taken.token().expect("a token");
     let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();
+    let start = CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon);
 
     // The first attempt of checkpoint 100 hangs in the network.
     proxy.set(Fault::Stall);
-    let held_back = DynamoDbLeaseStore::new(&through.dynamodb(), &table);
-    let first_attempt = {
-        let token = token.clone();
-        tokio::spawn(async move {
-            let update = CheckpointUpdate::at(at("100"));
-            held_back
-                .checkpoint(&token, &ExtendedSequenceNumber::TrimHorizon, &update)
-                .await
-        })
-    };
-    let stalled = || {
-        proxy
-            .requests()
-            .get(&("UpdateItem".to_owned(), "stalled"))
-            .copied()
-    };
-    while stalled().is_none() {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let first = CheckpointUpdate::at(at("100"));
+    attempt_held_in_the_network(
+        &proxy,
+        &through,
+        &table,
+        &token,
+        start.clone(),
+        first.clone(),
+    )
+    .await;
 
     // Its retry lands on another connection, and processing goes on to 200.
-    let retried = direct
+    let retried = direct.checkpoint(&token, &start, &first).await.unwrap();
+    direct
         .checkpoint(
             &token,
-            &ExtendedSequenceNumber::TrimHorizon,
-            &CheckpointUpdate::at(at("100")),
+            &CheckpointUpdate::at(retried),
+            &CheckpointUpdate::at(at("200")),
         )
-        .await
-        .unwrap();
-    direct
-        .checkpoint(&token, &retried, &CheckpointUpdate::at(at("200")))
         .await
         .unwrap();
 
     // The partition heals and the first attempt arrives.
-    proxy.set(Fault::None);
-    let answer = first_attempt.await.unwrap().unwrap();
-    assert_eq!(answer, at("200"), "the checkpoint stored");
-    let late_requests = proxy.late_requests();
+    let late_requests = deliver_late(&proxy, 1).await;
     assert_eq!(late_requests.len(), 1, "{late_requests:?}");
     assert_eq!(
         late_requests[0].error_type.as_deref(),
@@ -205,6 +240,109 @@ async fn an_earlier_checkpoint_delivered_late_does_not_move_the_checkpoint_back(
     );
     let stored = direct.get_lease(&lease.key).await.unwrap().unwrap();
     assert_eq!(stored.checkpoint, at("200"));
+}
+
+/// The same for a prepared checkpoint: a first attempt of an earlier
+/// prepare, delivered late, does not replace the pending checkpoint and
+/// state prepared after it.
+#[tokio::test]
+async fn an_earlier_prepared_checkpoint_delivered_late_does_not_replace_a_later_one() {
+    let (aws, through, _, proxy) = proxied().await;
+    let table = unique_name("faults-late-prepare");
+    let direct = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    direct.ensure_tables().await.unwrap();
+    let lease = Lease::new("shardId-000000000000", ExtendedSequenceNumber::TrimHorizon);
+    direct.create_lease_if_absent(&lease).await.unwrap();
+    let taken = direct.take_lease(&lease, "worker").await.unwrap();
+    let token = taken.token().expect("a token");
+    let prepare = |n: &str, state: &[u8]| CheckpointUpdate {
+        checkpoint: ExtendedSequenceNumber::TrimHorizon,
+        pending_checkpoint: Some(ExtendedSequenceNumber::record(n, 0).unwrap()),
+        pending_checkpoint_state: Some(state.to_vec()),
+    };
+    let start = CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon);
+
+    proxy.set(Fault::Stall);
+    let first = prepare("100", b"first");
+    attempt_held_in_the_network(
+        &proxy,
+        &through,
+        &table,
+        &token,
+        start.clone(),
+        first.clone(),
+    )
+    .await;
+    direct.checkpoint(&token, &start, &first).await.unwrap();
+    let second = prepare("200", b"second");
+    direct.checkpoint(&token, &first, &second).await.unwrap();
+
+    let late_requests = deliver_late(&proxy, 1).await;
+    assert_eq!(
+        late_requests[0].error_type.as_deref(),
+        Some("ConditionalCheckFailedException"),
+        "{late_requests:?}"
+    );
+    let stored = direct.get_lease(&lease.key).await.unwrap().unwrap();
+    assert_eq!(stored.pending_checkpoint, second.pending_checkpoint);
+    assert_eq!(
+        stored.pending_checkpoint_state,
+        second.pending_checkpoint_state
+    );
+}
+
+/// An item whose sub-sequence numbers are stored as DynamoDB NULL (read as
+/// 0) can be checkpointed.
+#[tokio::test]
+async fn a_lease_with_null_sub_sequence_numbers_can_be_checkpointed() {
+    let aws = LocalAws::connect();
+    let table = unique_name("faults-null-sub");
+    let store = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    store.ensure_tables().await.unwrap();
+    let key = "shardId-000000000000";
+    let null = aws_sdk_dynamodb::types::AttributeValue::Null(true);
+    aws.dynamodb()
+        .put_item()
+        .table_name(&table)
+        .item(
+            "leaseKey",
+            aws_sdk_dynamodb::types::AttributeValue::S(key.into()),
+        )
+        .item(
+            "leaseCounter",
+            aws_sdk_dynamodb::types::AttributeValue::N("1".into()),
+        )
+        .item(
+            "leaseOwner",
+            aws_sdk_dynamodb::types::AttributeValue::S("worker".into()),
+        )
+        .item(
+            "checkpoint",
+            aws_sdk_dynamodb::types::AttributeValue::S("TRIM_HORIZON".into()),
+        )
+        .item("checkpointSubSequenceNumber", null.clone())
+        .item("pendingCheckpoint", null.clone())
+        .item(
+            "ownerSwitchesSinceCheckpoint",
+            aws_sdk_dynamodb::types::AttributeValue::N("0".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let lease = store.get_lease(key).await.unwrap().unwrap();
+    assert_eq!(lease.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+    let at = ExtendedSequenceNumber::record("100", 0).unwrap();
+    let stored = store
+        .checkpoint(
+            &lease.token().unwrap(),
+            &CheckpointUpdate::at(lease.checkpoint.clone()),
+            &CheckpointUpdate::at(at.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, at);
+    let requests = store.request_counts();
+    assert_eq!(requests.get("UpdateItem").copied(), Some(1), "{requests:?}");
 }
 
 #[tokio::test]
@@ -228,7 +366,11 @@ async fn a_checkpoint_held_back_by_a_partition_and_delivered_late_fails_without_
     let late = tokio::spawn(async move {
         let update = CheckpointUpdate::at(ExtendedSequenceNumber::Latest);
         cut_off
-            .checkpoint(&token, &ExtendedSequenceNumber::TrimHorizon, &update)
+            .checkpoint(
+                &token,
+                &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
+                &update,
+            )
             .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -243,7 +385,7 @@ async fn a_checkpoint_held_back_by_a_partition_and_delivered_late_fails_without_
     direct
         .checkpoint(
             &other.token().unwrap(),
-            &ExtendedSequenceNumber::TrimHorizon,
+            &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
             &CheckpointUpdate::at(at.clone()),
         )
         .await

@@ -84,7 +84,7 @@ async fn coordinators_share_leases_and_take_over_from_a_crashed_one() {
         let late = store
             .checkpoint(
                 token,
-                &ExtendedSequenceNumber::TrimHorizon,
+                &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
                 &CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd),
             )
             .await;

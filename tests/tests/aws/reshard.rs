@@ -245,7 +245,7 @@ async fn a_worker_recovers_a_parent_finished_before_its_child_leases_were_create
     store
         .checkpoint(
             &crashed.token().unwrap(),
-            &crashed.checkpoint,
+            &CheckpointUpdate::at(crashed.checkpoint.clone()),
             &CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd),
         )
         .await
