@@ -24,16 +24,16 @@ use crate::{
 /// [`CheckpointWriteError::LeaseLost`] and changes nothing.
 #[async_trait]
 pub trait CheckpointWriter: Send + Sync + 'static {
-    /// Stores `update` and returns the checkpoint stored afterwards. A
-    /// store never moves a checkpoint back: if an earlier write whose answer
-    /// was lost stored a later checkpoint, that one stays (the pending fields
-    /// of `update` are written on top of it) and is returned. Throttling and
-    /// transient failures are retried with backoff inside; an error means the
-    /// write did not happen.
+    /// Stores `update` and returns what is stored afterwards. A store never
+    /// moves a checkpoint back: if an earlier write whose answer was lost
+    /// stored a later checkpoint, that one stays, with the pending fields of
+    /// `update` written on top of it (see [`CheckpointUpdate::on_top_of`]).
+    /// Throttling and transient failures are retried with backoff inside; an
+    /// error means the write did not happen.
     async fn write(
         &self,
         update: &CheckpointUpdate,
-    ) -> Result<ExtendedSequenceNumber, CheckpointWriteError>;
+    ) -> Result<CheckpointUpdate, CheckpointWriteError>;
 }
 
 /// Why a [`CheckpointWriter`] could not store a checkpoint.
@@ -103,6 +103,14 @@ pub struct CheckpointProgress {
     pub checkpoint: ExtendedSequenceNumber,
     /// The pending (prepared) checkpoint stored, if any.
     pub pending_checkpoint: Option<ExtendedSequenceNumber>,
+    /// The application state stored with the pending checkpoint.
+    pub pending_checkpoint_state: Option<Vec<u8>>,
+    /// The furthest checkpoint the processor asked for and was answered
+    /// (or, after a start or restart, the checkpoint it resumed from). A
+    /// request behind it is a bug in the processor and is refused. It is
+    /// behind `checkpoint` only when a write whose answer was lost stored a
+    /// later checkpoint; requests between the two are already covered.
+    pub acknowledged: ExtendedSequenceNumber,
     /// The furthest position delivered to the processor: the last record
     /// given to it, or `SHARD_END` once it has been told the shard ended.
     pub last_delivered: ExtendedSequenceNumber,
@@ -140,18 +148,20 @@ pub struct CheckpointTracker {
 }
 
 impl CheckpointTracker {
-    /// A tracker for `shard_id`, resuming from the lease's `checkpoint` and
-    /// `pending_checkpoint`, writing through `writer`.
+    /// A tracker for `shard_id`, resuming from what the lease holds
+    /// (`stored`: its checkpoint, pending checkpoint and state), writing
+    /// through `writer`.
     pub fn new(
         shard_id: impl Into<String>,
         writer: Arc<dyn CheckpointWriter>,
-        checkpoint: ExtendedSequenceNumber,
-        pending_checkpoint: Option<ExtendedSequenceNumber>,
+        stored: CheckpointUpdate,
     ) -> Self {
         let progress = CheckpointProgress {
-            last_delivered: checkpoint.clone(),
-            checkpoint,
-            pending_checkpoint,
+            last_delivered: stored.checkpoint.clone(),
+            acknowledged: stored.checkpoint.clone(),
+            checkpoint: stored.checkpoint,
+            pending_checkpoint: stored.pending_checkpoint,
+            pending_checkpoint_state: stored.pending_checkpoint_state,
             lease_lost: false,
             closed: false,
             writes: 0,
@@ -191,10 +201,12 @@ impl CheckpointTracker {
     }
 
     /// Forgets deliveries after the last checkpoint: the records after it
-    /// will be delivered again (after a processor restart).
+    /// will be delivered again, to a restarted processor that resumes from
+    /// that checkpoint.
     pub fn rewind_to_checkpoint(&self) {
         let mut progress = self.shared.progress();
         progress.last_delivered = progress.checkpoint.clone();
+        progress.acknowledged = progress.checkpoint.clone();
     }
 
     /// The progress so far.
@@ -238,7 +250,7 @@ impl Checkpointer {
 
     /// Checkpoints after the last record delivered (or at `SHARD_END` once
     /// the shard has ended). Does not write if that position is already
-    /// checkpointed and nothing is pending.
+    /// checkpointed (or passed) and nothing is pending.
     pub async fn checkpoint(&self) -> Result<(), CheckpointError> {
         let position = self.shared.progress().last_delivered.clone();
         self.write(CheckpointUpdate::at(position), true).await
@@ -306,8 +318,8 @@ impl Checkpointer {
     }
 
     /// Validates and writes `update`. With `skip_if_current`, a plain
-    /// checkpoint at the position already stored (and nothing pending) is
-    /// not written again.
+    /// checkpoint at or behind the position already stored (and nothing
+    /// pending) is not written again.
     async fn write(
         &self,
         update: CheckpointUpdate,
@@ -316,35 +328,43 @@ impl Checkpointer {
         let shard_id = &self.shared.shard_id;
         let _in_order = self.shared.write_order.lock().await;
         {
-            let progress = self.shared.progress();
+            let mut progress = self.shared.progress();
             if progress.lease_lost || progress.closed {
                 return Err(CheckpointError::LeaseLost {
                     shard_id: shard_id.clone(),
                 });
             }
+            let plain =
+                update.pending_checkpoint.is_none() && progress.pending_checkpoint.is_none();
+            if skip_if_current && plain && update.checkpoint <= progress.checkpoint {
+                return Ok(());
+            }
             let target = update
                 .pending_checkpoint
                 .as_ref()
                 .unwrap_or(&update.checkpoint);
-            if skip_if_current
-                && update.pending_checkpoint.is_none()
-                && progress.pending_checkpoint.is_none()
-                && update.checkpoint == progress.checkpoint
-            {
-                return Ok(());
-            }
-            validate_checkpoint(target, &progress.checkpoint, &progress.last_delivered).map_err(
+            validate_checkpoint(target, &progress.acknowledged, &progress.last_delivered).map_err(
                 |reason| CheckpointError::Invalid {
                     shard_id: shard_id.clone(),
                     reason,
                 },
             )?;
+            // Behind the stored checkpoint yet not behind what this processor
+            // was answered: a write whose answer was lost covered it.
+            if plain && update.checkpoint < progress.checkpoint {
+                progress.acknowledged = update.checkpoint;
+                return Ok(());
+            }
         }
         match self.shared.writer.write(&update).await {
             Ok(stored) => {
                 let mut progress = self.shared.progress();
-                progress.checkpoint = stored;
-                progress.pending_checkpoint = update.pending_checkpoint;
+                if update.pending_checkpoint.is_none() {
+                    progress.acknowledged = update.checkpoint.max(progress.acknowledged.clone());
+                }
+                progress.checkpoint = stored.checkpoint;
+                progress.pending_checkpoint = stored.pending_checkpoint;
+                progress.pending_checkpoint_state = stored.pending_checkpoint_state;
                 progress.writes += 1;
                 Ok(())
             }
@@ -378,12 +398,12 @@ mod tests {
         async fn write(
             &self,
             update: &CheckpointUpdate,
-        ) -> Result<ExtendedSequenceNumber, CheckpointWriteError> {
+        ) -> Result<CheckpointUpdate, CheckpointWriteError> {
             if let Some(error) = self.fail_with.lock().unwrap().clone() {
                 return Err(error);
             }
             self.writes.lock().unwrap().push(update.clone());
-            Ok(update.checkpoint.clone())
+            Ok(update.clone())
         }
     }
 
@@ -396,8 +416,7 @@ mod tests {
         let tracker = CheckpointTracker::new(
             "shardId-000000000001",
             writer.clone(),
-            ExtendedSequenceNumber::TrimHorizon,
-            None,
+            CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
         );
         (tracker, writer)
     }

@@ -54,6 +54,11 @@ pub struct Journal {
     pub panic_on_shard_end: u32,
     /// `initialize` panics once `shard_ended` has been called.
     pub panic_in_initialize_after_shard_end: bool,
+    /// Prepare a checkpoint after each batch (at its last record, with
+    /// that record's data as state) instead of checkpointing.
+    pub prepare_batches: bool,
+    /// Every `initialize` input, in order.
+    pub initializations: Vec<InitializationInput>,
 }
 
 /// A processor that follows a shared [`Journal`].
@@ -71,6 +76,7 @@ impl RecordProcessor for Scripted {
         let mut journal = self.journal();
         let after_shard_end = journal.calls.iter().any(|c| c == "shard_ended");
         journal.calls.push(format!("init {}", input.checkpoint));
+        journal.initializations.push(input);
         if journal.panic_in_initialize_after_shard_end && after_shard_end {
             drop(journal);
             panic!("scripted panic in initialize");
@@ -79,7 +85,7 @@ impl RecordProcessor for Scripted {
     }
 
     async fn process_records(&mut self, input: ProcessRecordsInput) -> Result<(), ProcessorError> {
-        let checkpoint = {
+        let (checkpoint, prepare) = {
             let mut journal = self.journal();
             let first = &input.records[0].sequence_number;
             let last = &input.records[input.records.len() - 1].sequence_number;
@@ -101,9 +107,15 @@ impl RecordProcessor for Scripted {
             journal
                 .batch_times
                 .push((shard, tokio::time::Instant::now()));
-            journal.checkpoint_batches
+            (journal.checkpoint_batches, journal.prepare_batches)
         };
-        if checkpoint {
+        if prepare {
+            let last = &input.records[input.records.len() - 1];
+            input
+                .checkpointer
+                .prepare_checkpoint(None, Some(last.data.to_vec()))
+                .await?;
+        } else if checkpoint {
             input.checkpointer.checkpoint().await?;
         }
         Ok(())

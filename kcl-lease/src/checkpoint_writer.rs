@@ -3,9 +3,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use async_trait::async_trait;
-use kcl_checkpoint::{
-    CheckpointUpdate, CheckpointWriteError, CheckpointWriter, ExtendedSequenceNumber,
-};
+use kcl_checkpoint::{CheckpointUpdate, CheckpointWriteError, CheckpointWriter};
 
 use crate::{LeaseStore, LeaseStoreError, LeaseToken, ProcessingDeadline};
 
@@ -53,7 +51,7 @@ impl<S: LeaseStore + ?Sized> CheckpointWriter for LeaseCheckpointWriter<S> {
     async fn write(
         &self,
         update: &CheckpointUpdate,
-    ) -> Result<ExtendedSequenceNumber, CheckpointWriteError> {
+    ) -> Result<CheckpointUpdate, CheckpointWriteError> {
         if !self.deadline.is_open() {
             metrics::counter!(crate::metrics::CHECKPOINT_WRITES, "outcome" => "deadline_passed")
                 .increment(1);
@@ -69,11 +67,7 @@ impl<S: LeaseStore + ?Sized> CheckpointWriter for LeaseCheckpointWriter<S> {
         let written = self.store.checkpoint(&self.token, &previous, update).await;
         let (outcome, result) = match written {
             Ok(stored) => {
-                *self.stored.lock().unwrap_or_else(PoisonError::into_inner) = CheckpointUpdate {
-                    checkpoint: stored.clone(),
-                    pending_checkpoint: update.pending_checkpoint.clone(),
-                    pending_checkpoint_state: None,
-                };
+                *self.stored.lock().unwrap_or_else(PoisonError::into_inner) = stored.clone();
                 ("ok", Ok(stored))
             }
             Err(LeaseStoreError::LeaseLost { .. } | LeaseStoreError::NotFound { .. }) => {
@@ -108,8 +102,11 @@ mod tests {
             CheckpointUpdate::at(mine.checkpoint.clone()),
             ProcessingDeadline::unlimited(),
         );
-        let tracker =
-            CheckpointTracker::new("shardId-1", Arc::new(writer), mine.checkpoint.clone(), None);
+        let tracker = CheckpointTracker::new(
+            "shardId-1",
+            Arc::new(writer),
+            CheckpointUpdate::at(mine.checkpoint.clone()),
+        );
         let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();
 
         tracker.delivered(at("200"));
@@ -143,8 +140,11 @@ mod tests {
             CheckpointUpdate::at(mine.checkpoint.clone()),
             ProcessingDeadline::unlimited(),
         );
-        let tracker =
-            CheckpointTracker::new("shardId-1", Arc::new(writer), mine.checkpoint.clone(), None);
+        let tracker = CheckpointTracker::new(
+            "shardId-1",
+            Arc::new(writer),
+            CheckpointUpdate::at(mine.checkpoint.clone()),
+        );
         (tracker, control)
     }
 
@@ -175,6 +175,74 @@ mod tests {
         assert_eq!(stored.pending_checkpoint, Some(at("200")));
         assert_eq!(stored.pending_checkpoint_state, Some(b"state".to_vec()));
         assert_eq!(checkpointer.last_checkpoint(), at("100"));
+    }
+
+    #[tokio::test]
+    async fn positions_covered_by_a_checkpoint_whose_answer_was_lost_are_accepted() {
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let (tracker, control) = faulty_tracker(&store).await;
+        let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();
+        let checkpointer = tracker.checkpointer();
+
+        // Checkpoint 150 takes effect, its answer is an error, and the
+        // processor is restarted from the checkpoint it knows (TRIM_HORIZON).
+        tracker.delivered(at("150"));
+        control.apply_then_fail(1);
+        assert!(checkpointer.checkpoint_at("150", 0).await.is_err());
+        tracker.rewind_to_checkpoint();
+
+        // The records are delivered again; the first checkpoint learns of 150.
+        tracker.delivered(at("120"));
+        checkpointer.checkpoint_at("120", 0).await.unwrap();
+        assert_eq!(checkpointer.last_checkpoint(), at("150"));
+        // Positions up to 150 were checkpointed already: accepted, not
+        // written, never refused as moving back.
+        tracker.delivered(at("140"));
+        checkpointer.checkpoint_at("130", 0).await.unwrap();
+        checkpointer.checkpoint_at("140", 0).await.unwrap();
+        checkpointer.checkpoint().await.unwrap();
+        let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
+        assert_eq!(stored.checkpoint, at("150"));
+        // Behind what this processor itself checkpointed is still a bug.
+        let error = checkpointer.checkpoint_at("125", 0).await.unwrap_err();
+        assert!(
+            matches!(
+                error,
+                kcl_checkpoint::CheckpointError::Invalid {
+                    reason: kcl_checkpoint::InvalidCheckpoint::BehindLastCheckpoint { .. },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+
+        tracker.delivered(at("160"));
+        checkpointer.checkpoint().await.unwrap();
+        let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
+        assert_eq!(stored.checkpoint, at("160"));
+    }
+
+    #[tokio::test]
+    async fn a_pending_checkpoint_behind_the_stored_checkpoint_is_not_stored() {
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let (tracker, control) = faulty_tracker(&store).await;
+        let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();
+        let checkpointer = tracker.checkpointer();
+        tracker.delivered(at("150"));
+        control.apply_then_fail(1);
+        assert!(checkpointer.checkpoint_at("150", 0).await.is_err());
+
+        // Prepared at 120 on top of TRIM_HORIZON, but 150 is stored: the
+        // pending checkpoint is already passed and must not be stored behind.
+        checkpointer
+            .prepare_checkpoint(Some(at("120")), Some(b"state".to_vec()))
+            .await
+            .unwrap();
+        let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
+        assert_eq!(stored.checkpoint, at("150"));
+        assert_eq!(stored.pending_checkpoint, None);
+        assert_eq!(stored.pending_checkpoint_state, None);
+        assert_eq!(tracker.progress().pending_checkpoint, None);
     }
 
     #[tokio::test]

@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use kcl_checkpoint::ExtendedSequenceNumber;
 use tokio::sync::watch;
 
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounts, WorkerHeartbeat};
@@ -257,7 +256,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
         token: &LeaseToken,
         previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
-    ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
+    ) -> Result<CheckpointUpdate, LeaseStoreError> {
         let run = self.inner.checkpoint(token, previous, update);
         self.call(Call::Checkpoint, run).await
     }

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use kcl_checkpoint::ExtendedSequenceNumber;
 
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WorkerHeartbeat};
 use crate::{Lease, LeaseStoreError, LeaseToken};
@@ -124,7 +123,7 @@ impl LeaseStore for InMemoryLeaseStore {
         token: &LeaseToken,
         _previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
-    ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
+    ) -> Result<CheckpointUpdate, LeaseStoreError> {
         // Each call is one atomic step here, so no request can land late:
         // only the forward-only rule applies.
         let mut tables = self.tables("UpdateItem");
@@ -135,11 +134,12 @@ impl LeaseStore for InMemoryLeaseStore {
             .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
         // Never back: behind the stored checkpoint, only the pending fields
         // are written, on top of it.
-        lease.checkpoint = lease.checkpoint.clone().max(update.checkpoint.clone());
-        lease.pending_checkpoint = update.pending_checkpoint.clone();
-        lease.pending_checkpoint_state = update.pending_checkpoint_state.clone();
+        let written = update.on_top_of(&lease.checkpoint);
+        lease.checkpoint = written.checkpoint.clone();
+        lease.pending_checkpoint = written.pending_checkpoint.clone();
+        lease.pending_checkpoint_state = written.pending_checkpoint_state.clone();
         lease.owner_switches_since_checkpoint = 0;
-        Ok(lease.checkpoint.clone())
+        Ok(written)
     }
 
     async fn record_start_timestamp(

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 pub use kcl_checkpoint::CheckpointUpdate;
-use kcl_checkpoint::ExtendedSequenceNumber;
 
 use crate::{Lease, LeaseStoreError, LeaseToken};
 
@@ -71,8 +70,11 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Writes a checkpoint, if `token` still processes the lease, and only
     /// forward: if the stored checkpoint is already past
     /// `update.checkpoint` (a write whose answer was lost stored it), it
-    /// stays, and only the pending fields of `update` are written. Resets
-    /// the owner-switch count. Returns the checkpoint stored afterwards.
+    /// stays, and only the pending fields of `update` are written, unless
+    /// the pending checkpoint is not past it either (then none is stored;
+    /// see [`CheckpointUpdate::on_top_of`]). Resets the owner-switch count.
+    /// Returns the checkpoint, pending checkpoint and state stored
+    /// afterwards.
     ///
     /// `previous` is the checkpoint and pending checkpoint the caller
     /// believes stored (the last ones it wrote, or the ones it read with the
@@ -87,7 +89,7 @@ pub trait LeaseStore: Send + Sync + 'static {
         token: &LeaseToken,
         previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
-    ) -> Result<ExtendedSequenceNumber, LeaseStoreError>;
+    ) -> Result<CheckpointUpdate, LeaseStoreError>;
 
     /// Records where reading began ([`Lease::start_timestamp`]), if `token`
     /// still processes the lease. A moment recorded before (by an earlier

@@ -213,8 +213,8 @@ pub async fn a_stale_owner_can_neither_checkpoint_nor_release(
 }
 
 /// A checkpoint only moves forward: a write behind the stored checkpoint
-/// leaves it (writing only its pending fields) and answers with the stored
-/// one, while a write whose expected previous checkpoint is out of date (an
+/// leaves it (writing only its pending fields, unless the pending checkpoint
+/// is not past it either) and answers with what is stored, while a write whose expected previous checkpoint is out of date (an
 /// earlier write took effect but its answer was lost) still lands.
 pub async fn checkpoints_only_move_forward(a: impl LeaseStore, b: impl LeaseStore) {
     let key = shard(1);
@@ -226,6 +226,7 @@ pub async fn checkpoints_only_move_forward(a: impl LeaseStore, b: impl LeaseStor
             a.checkpoint(token, &CheckpointUpdate::at(previous), &update)
                 .await
                 .unwrap()
+                .checkpoint
         }
     };
 
@@ -258,6 +259,23 @@ pub async fn checkpoints_only_move_forward(a: impl LeaseStore, b: impl LeaseStor
     assert_eq!(stored.checkpoint, position("300"));
     assert_eq!(stored.pending_checkpoint, Some(position("350")));
     assert_eq!(stored.pending_checkpoint_state, Some(b"state".to_vec()));
+
+    // Prepared from behind at a position already passed: no pending
+    // checkpoint is stored behind the checkpoint, and the answer says so.
+    let passed_behind = CheckpointUpdate {
+        checkpoint: position("100"),
+        pending_checkpoint: Some(position("250")),
+        pending_checkpoint_state: Some(b"state".to_vec()),
+    };
+    let answer = a
+        .checkpoint(&token, &CheckpointUpdate::at(start.clone()), &passed_behind)
+        .await
+        .unwrap();
+    assert_eq!(answer, CheckpointUpdate::at(position("300")));
+    let stored = must_get(&b, &key).await;
+    assert_eq!(stored.checkpoint, position("300"));
+    assert_eq!(stored.pending_checkpoint, None);
+    assert_eq!(stored.pending_checkpoint_state, None);
 
     // Sub-sequence numbers count.
     let user = |n| ExtendedSequenceNumber::record("300", n).unwrap();

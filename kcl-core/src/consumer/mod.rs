@@ -182,22 +182,18 @@ impl ShardConsumer {
         start: ShardStart,
         signals: watch::Receiver<ConsumerSignal>,
     ) -> Self {
+        let stored = kcl_lease::CheckpointUpdate {
+            checkpoint: start.checkpoint.clone(),
+            pending_checkpoint: start.pending_checkpoint.clone(),
+            pending_checkpoint_state: start.pending_checkpoint_state.clone(),
+        };
         let writer = LeaseCheckpointWriter::new(
             Arc::clone(&context.store),
             start.token.clone(),
-            kcl_lease::CheckpointUpdate {
-                checkpoint: start.checkpoint.clone(),
-                pending_checkpoint: start.pending_checkpoint.clone(),
-                pending_checkpoint_state: None,
-            },
+            stored.clone(),
             start.deadline.clone(),
         );
-        let tracker = CheckpointTracker::new(
-            start.shard_id.clone(),
-            Arc::new(writer),
-            start.checkpoint.clone(),
-            start.pending_checkpoint.clone(),
-        );
+        let tracker = CheckpointTracker::new(start.shard_id.clone(), Arc::new(writer), stored);
         let failures = unlimited(&context.retry_policy.backoff());
         let start_timestamp = start.start_timestamp;
         Self {
@@ -294,7 +290,7 @@ impl ShardConsumer {
                 pending_checkpoint_state: progress
                     .pending_checkpoint
                     .as_ref()
-                    .and(self.start.pending_checkpoint_state.clone()),
+                    .and(progress.pending_checkpoint_state.clone()),
             };
             let factory = &self.context.factory;
             let processor = self

@@ -146,7 +146,7 @@ impl Fixture {
             token: lease.token().unwrap(),
             checkpoint: lease.checkpoint.clone(),
             pending_checkpoint: lease.pending_checkpoint.clone(),
-            pending_checkpoint_state: None,
+            pending_checkpoint_state: lease.pending_checkpoint_state.clone(),
             parent_shard_ids: lease.parent_shard_ids.clone(),
             hash_key_range: lease.hash_key_range,
             deadline: self.deadline.clone(),
@@ -273,6 +273,29 @@ async fn a_panic_restarts_the_processor_from_the_last_checkpoint() {
         .count();
     assert_eq!(inits, 3, "the first processor and one per panic");
     assert_eq!(context.stats.snapshot().processor_panics, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_processor_is_given_the_pending_checkpoint_with_its_own_state() {
+    let fixture = Fixture::new(9).await;
+    {
+        let mut journal = fixture.journal.lock().unwrap();
+        journal.prepare_batches = true;
+        journal.panic.insert("r4".into(), 1);
+    }
+    fixture.run_until_processed(9).await;
+
+    let journal = fixture.journal.lock().unwrap();
+    let restarted = &journal.initializations[1];
+    assert_eq!(
+        restarted.pending_checkpoint,
+        Some(journal.processed[2].position())
+    );
+    assert_eq!(
+        restarted.pending_checkpoint_state.as_deref(),
+        Some(&b"r2"[..]),
+        "the state prepared with the pending checkpoint"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -222,6 +222,7 @@ impl DynamoDbLeaseStore {
             .set_expression_attribute_values(Some(values.into_iter().collect()))
             .expression_attribute_values(":counter", n(token.counter))
             .expression_attribute_values(":worker", s(&token.worker))
+            .expression_attribute_values(NULL_TYPE, s("NULL"))
             .expression_attribute_values(":checkpoint", s(update.checkpoint.checkpoint_str()))
             .expression_attribute_values(
                 ":checkpoint_sub",
@@ -428,9 +429,21 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E>) -> ErrorClass {
 /// not happen.
 const CHECKPOINT_RACES: u32 = 5;
 
-/// The condition that `token` still processes the lease.
+/// The condition that `token` still processes the lease. Uses
+/// [`NULL_TYPE`], like [`absent`].
 const HELD_CONDITION: &str = "leaseCounter = :counter AND (checkpointOwner = :worker OR \
-     (attribute_not_exists(checkpointOwner) AND leaseOwner = :worker))";
+     ((attribute_not_exists(checkpointOwner) OR attribute_type(checkpointOwner, :null_type)) \
+     AND leaseOwner = :worker))";
+
+/// The expression value naming DynamoDB's NULL type: every request whose
+/// condition uses [`absent`] or [`HELD_CONDITION`] binds it (to "NULL").
+const NULL_TYPE: &str = ":null_type";
+
+/// The condition that the attribute `name` holds nothing, as the item
+/// reader reads it: absent, or DynamoDB NULL. Uses [`NULL_TYPE`].
+fn absent(name: &str) -> String {
+    format!("(attribute_not_exists({name}) OR attribute_type({name}, {NULL_TYPE}))")
+}
 
 /// The condition that the position stored in the attributes `name` and
 /// `sub_name` is `position` (`None`: no position), as the item reader
@@ -471,21 +484,21 @@ fn stored_position_is(
 /// The condition that a lease is still as `seen` in the fields that fence
 /// ownership, with its expression values.
 fn unchanged_condition(seen: &Lease) -> (String, Vec<(&'static str, AttributeValue)>) {
-    let mut values = vec![(":seen_counter", n(seen.counter))];
+    let mut values = vec![(":seen_counter", n(seen.counter)), (NULL_TYPE, s("NULL"))];
     let mut condition = String::from("leaseCounter = :seen_counter");
     match &seen.owner {
         Some(owner) => {
             condition.push_str(" AND leaseOwner = :seen_owner");
             values.push((":seen_owner", s(owner)));
         }
-        None => condition.push_str(" AND attribute_not_exists(leaseOwner)"),
+        None => condition.push_str(&format!(" AND {}", absent(LEASE_OWNER))),
     }
     match &seen.checkpoint_owner {
         Some(checkpoint_owner) => {
             condition.push_str(" AND checkpointOwner = :seen_checkpoint_owner");
             values.push((":seen_checkpoint_owner", s(checkpoint_owner)));
         }
-        None => condition.push_str(" AND attribute_not_exists(checkpointOwner)"),
+        None => condition.push_str(&format!(" AND {}", absent(CHECKPOINT_OWNER))),
     }
     (condition, values)
 }
@@ -566,10 +579,14 @@ impl LeaseStore for DynamoDbLeaseStore {
         let request = self
             .client
             .update_item()
-            .update_expression(format!("SET {LEASE_OWNER} = :to, {CHECKPOINT_OWNER} = :from"))
-            .condition_expression(
-                "leaseCounter = :counter AND leaseOwner = :from AND attribute_not_exists(checkpointOwner)",
-            )
+            .update_expression(format!(
+                "SET {LEASE_OWNER} = :to, {CHECKPOINT_OWNER} = :from"
+            ))
+            .condition_expression(format!(
+                "leaseCounter = :counter AND leaseOwner = :from AND {}",
+                absent(CHECKPOINT_OWNER)
+            ))
+            .expression_attribute_values(NULL_TYPE, s("NULL"))
             .expression_attribute_values(":to", s(to))
             .expression_attribute_values(":from", s(from))
             .expression_attribute_values(":counter", n(seen.counter));
@@ -581,21 +598,18 @@ impl LeaseStore for DynamoDbLeaseStore {
         token: &LeaseToken,
         previous: &CheckpointUpdate,
         update: &CheckpointUpdate,
-    ) -> Result<ExtendedSequenceNumber, LeaseStoreError> {
+    ) -> Result<CheckpointUpdate, LeaseStoreError> {
         let mut previous = previous.clone();
         for _ in 0..CHECKPOINT_RACES {
             // Never back: behind the stored checkpoint, only the pending
             // fields are written, on top of it.
-            let update = CheckpointUpdate {
-                checkpoint: update.checkpoint.clone().max(previous.checkpoint.clone()),
-                ..update.clone()
-            };
+            let update = update.on_top_of(&previous.checkpoint);
             let request = self.checkpoint_request(token, &previous, &update);
             match self
                 .send("UpdateItem", &token.key, || request.clone().send())
                 .await?
             {
-                Ok(_) => return Ok(update.checkpoint),
+                Ok(_) => return Ok(update),
                 // The lease moved on, or the stored checkpoint is not the
                 // one expected: a write of ours whose answer was lost took
                 // effect, or an old one landed late. Only this token's
@@ -634,6 +648,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .client
             .update_item()
             .condition_expression(HELD_CONDITION)
+            .expression_attribute_values(NULL_TYPE, s("NULL"))
             .expression_attribute_values(":counter", n(token.counter))
             .expression_attribute_values(":worker", s(&token.worker))
             .expression_attribute_values(":at", n(epoch_millis(at)))
@@ -664,6 +679,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .table_name(&self.lease_table)
             .key(LEASE_KEY, s(&token.key))
             .condition_expression(HELD_CONDITION)
+            .expression_attribute_values(NULL_TYPE, s("NULL"))
             .expression_attribute_values(":counter", n(token.counter))
             .expression_attribute_values(":worker", s(&token.worker))
             .expression_attribute_values(
@@ -691,9 +707,11 @@ impl LeaseStore for DynamoDbLeaseStore {
             .update_expression(format!(
                 "REMOVE {LEASE_OWNER} SET {LEASE_COUNTER} = {LEASE_COUNTER} + :one"
             ))
-            .condition_expression(
-                "leaseCounter = :counter AND attribute_not_exists(checkpointOwner) AND leaseOwner = :worker",
-            );
+            .condition_expression(format!(
+                "leaseCounter = :counter AND {} AND leaseOwner = :worker",
+                absent(CHECKPOINT_OWNER)
+            ))
+            .expression_attribute_values(NULL_TYPE, s("NULL"));
         match self
             .send_conditional("UpdateItem", &token.key, || plain.clone().send())
             .await

@@ -136,7 +136,7 @@ async fn a_checkpoint_applied_but_answered_with_an_error_is_not_taken_for_a_lost
         )
         .await
         .unwrap();
-    assert_eq!(stored, at);
+    assert_eq!(stored, CheckpointUpdate::at(at.clone()));
     let applied = proxy
         .requests()
         .get(&("UpdateItem".to_owned(), "applied_then_server_error"))
@@ -223,11 +223,7 @@ async fn an_earlier_checkpoint_delivered_late_does_not_move_the_checkpoint_back(
     // Its retry lands on another connection, and processing goes on to 200.
     let retried = direct.checkpoint(&token, &start, &first).await.unwrap();
     direct
-        .checkpoint(
-            &token,
-            &CheckpointUpdate::at(retried),
-            &CheckpointUpdate::at(at("200")),
-        )
+        .checkpoint(&token, &retried, &CheckpointUpdate::at(at("200")))
         .await
         .unwrap();
 
@@ -291,10 +287,11 @@ async fn an_earlier_prepared_checkpoint_delivered_late_does_not_replace_a_later_
     );
 }
 
-/// An item whose sub-sequence numbers are stored as DynamoDB NULL (read as
-/// 0) can be checkpointed.
+/// An item whose sub-sequence numbers and handoff marker are stored as
+/// DynamoDB NULL (read as 0 and as absent) can be checkpointed, handed over
+/// and released; one whose owner is NULL (read as unowned) can be taken.
 #[tokio::test]
-async fn a_lease_with_null_sub_sequence_numbers_can_be_checkpointed() {
+async fn a_lease_with_null_attributes_can_be_checkpointed_handed_over_and_taken() {
     let aws = LocalAws::connect();
     let table = unique_name("faults-null-sub");
     let store = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
@@ -322,6 +319,7 @@ async fn a_lease_with_null_sub_sequence_numbers_can_be_checkpointed() {
         )
         .item("checkpointSubSequenceNumber", null.clone())
         .item("pendingCheckpoint", null.clone())
+        .item("checkpointOwner", null.clone())
         .item(
             "ownerSwitchesSinceCheckpoint",
             aws_sdk_dynamodb::types::AttributeValue::N("0".into()),
@@ -340,9 +338,53 @@ async fn a_lease_with_null_sub_sequence_numbers_can_be_checkpointed() {
         )
         .await
         .unwrap();
-    assert_eq!(stored, at);
+    assert_eq!(stored, CheckpointUpdate::at(at.clone()));
     let requests = store.request_counts();
     assert_eq!(requests.get("UpdateItem").copied(), Some(1), "{requests:?}");
+    let lease = store.get_lease(key).await.unwrap().unwrap();
+    let handing = store.request_handoff(&lease, "receiver").await.unwrap();
+    store.release_lease(&lease.token().unwrap()).await.unwrap();
+    let received = store.get_lease(key).await.unwrap().unwrap();
+    assert_eq!(received.owner.as_deref(), Some("receiver"));
+    assert_eq!(received.counter, handing.counter + 1);
+
+    // A lease whose owner and handoff marker are NULL is unowned: it can be
+    // taken, and the taker can checkpoint it and give it up.
+    let unowned = "shardId-000000000001";
+    aws.dynamodb()
+        .put_item()
+        .table_name(&table)
+        .item(
+            "leaseKey",
+            aws_sdk_dynamodb::types::AttributeValue::S(unowned.into()),
+        )
+        .item(
+            "leaseCounter",
+            aws_sdk_dynamodb::types::AttributeValue::N("4".into()),
+        )
+        .item("leaseOwner", null.clone())
+        .item("checkpointOwner", null.clone())
+        .item(
+            "checkpoint",
+            aws_sdk_dynamodb::types::AttributeValue::S("TRIM_HORIZON".into()),
+        )
+        .send()
+        .await
+        .unwrap();
+    let seen = store.get_lease(unowned).await.unwrap().unwrap();
+    assert_eq!(seen.owner, None);
+    let taken = store.take_lease(&seen, "worker").await.unwrap();
+    store
+        .checkpoint(
+            &taken.token().unwrap(),
+            &CheckpointUpdate::at(taken.checkpoint.clone()),
+            &CheckpointUpdate::at(at.clone()),
+        )
+        .await
+        .unwrap();
+    store.release_lease(&taken.token().unwrap()).await.unwrap();
+    let released = store.get_lease(unowned).await.unwrap().unwrap();
+    assert_eq!((released.owner, released.checkpoint), (None, at));
 }
 
 #[tokio::test]
