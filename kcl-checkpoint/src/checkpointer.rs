@@ -28,8 +28,10 @@ pub trait CheckpointWriter: Send + Sync + 'static {
     /// moves a checkpoint back: if an earlier write whose answer was lost
     /// stored a later checkpoint, that one stays, with the pending fields of
     /// `update` written on top of it (see [`CheckpointUpdate::on_top_of`]).
-    /// Throttling and transient failures are retried with backoff inside; an
-    /// error means the write did not happen.
+    /// Throttling and transient failures are retried with backoff inside.
+    /// After [`CheckpointWriteError::LeaseLost`] nothing was written; after
+    /// [`CheckpointWriteError::Failed`] the write may still have taken
+    /// effect (its answer was lost), which a later write finds out.
     async fn write(
         &self,
         update: &CheckpointUpdate,
@@ -50,9 +52,9 @@ pub enum CheckpointWriteError {
 /// Why a checkpoint was not written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum CheckpointError {
-    /// The position is not allowed (behind the last checkpoint, past the last
-    /// record delivered, or not a record position). A bug in the processor:
-    /// nothing was written.
+    /// The position is not allowed (behind the last checkpoint the
+    /// processor was answered, past the last record delivered, or not a
+    /// record position). A bug in the processor: nothing was written.
     #[error("checkpoint refused for shard {shard_id}: {reason}")]
     Invalid {
         /// The shard.
@@ -201,12 +203,24 @@ impl CheckpointTracker {
     }
 
     /// Forgets deliveries after the last checkpoint: the records after it
-    /// will be delivered again, to a restarted processor that resumes from
-    /// that checkpoint.
+    /// will be delivered again.
     pub fn rewind_to_checkpoint(&self) {
         let mut progress = self.shared.progress();
         progress.last_delivered = progress.checkpoint.clone();
-        progress.acknowledged = progress.checkpoint.clone();
+    }
+
+    /// Starts over from what the lease holds, read again for a restarted
+    /// processor (a write whose answer was lost may have stored more than
+    /// this tracker knows): its checkpoint, pending checkpoint and state,
+    /// with nothing delivered past the checkpoint.
+    pub fn resume_from(&self, stored: CheckpointUpdate) {
+        let mut progress = self.shared.progress();
+        let checkpoint = stored.checkpoint.max(progress.checkpoint.clone());
+        progress.last_delivered = checkpoint.clone();
+        progress.acknowledged = checkpoint.clone();
+        progress.checkpoint = checkpoint;
+        progress.pending_checkpoint = stored.pending_checkpoint;
+        progress.pending_checkpoint_state = stored.pending_checkpoint_state;
     }
 
     /// The progress so far.

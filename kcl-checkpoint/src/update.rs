@@ -29,23 +29,17 @@ impl CheckpointUpdate {
     /// What to store when `stored` is the checkpoint already in place: a
     /// checkpoint never moves back, so one behind `stored` becomes `stored`
     /// (a write whose answer was lost got there first). A pending
-    /// checkpoint that this leaves at or behind the checkpoint has been
-    /// passed already and is dropped with its state; otherwise the pending
-    /// fields are kept as they are.
+    /// checkpoint behind the resulting checkpoint has been passed already
+    /// and is dropped with its state; otherwise the pending fields are kept
+    /// as they are.
     pub fn on_top_of(&self, stored: &ExtendedSequenceNumber) -> Self {
-        if self.checkpoint >= *stored {
-            return self.clone();
-        }
-        let passed = self
-            .pending_checkpoint
-            .as_ref()
-            .is_some_and(|pending| pending <= stored);
-        if passed {
-            return Self::at(stored.clone());
-        }
-        Self {
-            checkpoint: stored.clone(),
-            ..self.clone()
+        let checkpoint = self.checkpoint.clone().max(stored.clone());
+        match &self.pending_checkpoint {
+            Some(pending) if *pending < checkpoint => Self::at(checkpoint),
+            _ => Self {
+                checkpoint,
+                ..self.clone()
+            },
         }
     }
 }
@@ -98,15 +92,32 @@ mod tests {
 
     #[test]
     fn a_pending_checkpoint_already_passed_is_dropped_with_its_state() {
-        for pending in ["120", "150"] {
-            assert_eq!(
-                prepared("100", pending).on_top_of(&at("150")),
-                CheckpointUpdate::at(at("150"))
-            );
-        }
+        assert_eq!(
+            prepared("100", "120").on_top_of(&at("150")),
+            CheckpointUpdate::at(at("150"))
+        );
+        // A pending checkpoint at the checkpoint is kept, whichever write
+        // got there first.
+        assert_eq!(
+            prepared("100", "150").on_top_of(&at("150")),
+            CheckpointUpdate {
+                checkpoint: at("150"),
+                ..prepared("100", "150")
+            }
+        );
         assert_eq!(
             prepared("100", "120").on_top_of(&ExtendedSequenceNumber::ShardEnd),
             CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd)
+        );
+        // Also when the update itself carries the later checkpoint (its
+        // writer learned of it from an earlier answer).
+        assert_eq!(
+            prepared("150", "140").on_top_of(&at("150")),
+            CheckpointUpdate::at(at("150"))
+        );
+        assert_eq!(
+            prepared("150", "140").on_top_of(&at("100")),
+            CheckpointUpdate::at(at("150"))
         );
     }
 }

@@ -6,8 +6,9 @@ use crate::ExtendedSequenceNumber;
 /// Why a checkpoint position was refused. Nothing was written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidCheckpoint {
-    /// The position is behind the shard's last checkpoint: checkpoints never
-    /// move backwards.
+    /// The position is behind the shard's last checkpoint (the last one the
+    /// processor asked for and was answered, or the one it resumed from):
+    /// checkpoints never move backwards.
     #[error("checkpoint {requested} is behind the last checkpoint {last}")]
     BehindLastCheckpoint {
         /// The position asked for.

@@ -57,6 +57,9 @@ pub struct Journal {
     /// Prepare a checkpoint after each batch (at its last record, with
     /// that record's data as state) instead of checkpointing.
     pub prepare_batches: bool,
+    /// Panic when a checkpoint or prepared checkpoint fails (as a processor
+    /// that unwraps it does).
+    pub panic_on_checkpoint_error: bool,
     /// Every `initialize` input, in order.
     pub initializations: Vec<InitializationInput>,
 }
@@ -85,7 +88,7 @@ impl RecordProcessor for Scripted {
     }
 
     async fn process_records(&mut self, input: ProcessRecordsInput) -> Result<(), ProcessorError> {
-        let (checkpoint, prepare) = {
+        let (checkpoint, prepare, panic_on_error) = {
             let mut journal = self.journal();
             let first = &input.records[0].sequence_number;
             let last = &input.records[input.records.len() - 1].sequence_number;
@@ -107,16 +110,28 @@ impl RecordProcessor for Scripted {
             journal
                 .batch_times
                 .push((shard, tokio::time::Instant::now()));
-            (journal.checkpoint_batches, journal.prepare_batches)
+            (
+                journal.checkpoint_batches,
+                journal.prepare_batches,
+                journal.panic_on_checkpoint_error,
+            )
         };
-        if prepare {
+        let written = if prepare {
             let last = &input.records[input.records.len() - 1];
             input
                 .checkpointer
                 .prepare_checkpoint(None, Some(last.data.to_vec()))
-                .await?;
+                .await
         } else if checkpoint {
-            input.checkpointer.checkpoint().await?;
+            input.checkpointer.checkpoint().await
+        } else {
+            Ok(())
+        };
+        if let Err(error) = written {
+            if panic_on_error {
+                panic!("scripted panic on a failed checkpoint: {error}");
+            }
+            return Err(error.into());
         }
         Ok(())
     }

@@ -46,6 +46,14 @@ impl<S: LeaseStore + ?Sized> LeaseCheckpointWriter<S> {
     }
 }
 
+impl<S: ?Sized> LeaseCheckpointWriter<S> {
+    /// Takes `stored` as what the lease holds now (read again, after a
+    /// processor restart), so the next write's condition expects it.
+    pub fn resume_from(&self, stored: CheckpointUpdate) {
+        *self.stored.lock().unwrap_or_else(PoisonError::into_inner) = stored;
+    }
+}
+
 #[async_trait]
 impl<S: LeaseStore + ?Sized> CheckpointWriter for LeaseCheckpointWriter<S> {
     async fn write(
@@ -203,6 +211,14 @@ mod tests {
         checkpointer.checkpoint().await.unwrap();
         let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
         assert_eq!(stored.checkpoint, at("150"));
+        // Nor is a pending checkpoint stored behind it.
+        checkpointer
+            .prepare_checkpoint(None, Some(b"state".to_vec()))
+            .await
+            .unwrap();
+        let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
+        assert_eq!(stored.pending_checkpoint, None);
+        assert_eq!(stored.pending_checkpoint_state, None);
         // Behind what this processor itself checkpointed is still a bug.
         let error = checkpointer.checkpoint_at("125", 0).await.unwrap_err();
         assert!(

@@ -25,6 +25,7 @@ macro_rules! lease_store_conformance {
             counters_grow_on_ownership_changes_only,
             a_handoff_lets_the_old_owner_checkpoint_then_passes_the_lease,
             only_one_handoff_at_a_time,
+            a_lease_being_handed_over_can_be_taken,
             a_plain_release_frees_the_lease,
             pending_checkpoints_and_state_round_trip,
             a_deleted_lease_cannot_be_written,
@@ -427,6 +428,32 @@ pub async fn only_one_handoff_at_a_time(a: impl LeaseStore, b: impl LeaseStore) 
     assert_lost(
         b.request_handoff(&must_get(&b, &free).await, "worker-b")
             .await,
+    );
+}
+
+/// A lease whose handoff is under way (both holders gone, say) can be taken
+/// by a third worker; the taker ends the handoff and the old holder is
+/// fenced out.
+pub async fn a_lease_being_handed_over_can_be_taken(a: impl LeaseStore, b: impl LeaseStore) {
+    let key = shard(1);
+    let held = create_and_take(&a, &key, "worker-a").await;
+    let handing = b
+        .request_handoff(&must_get(&b, &key).await, "worker-b")
+        .await
+        .unwrap();
+    assert!(handing.handoff_in_progress());
+    let taken = b.take_lease(&handing, "worker-c").await.unwrap();
+    assert_eq!(taken.owner.as_deref(), Some("worker-c"));
+    assert_eq!(taken.checkpoint_owner, None);
+    assert_eq!(taken.counter, handing.counter + 1);
+    assert_eq!(must_get(&a, &key).await, taken);
+    assert_lost(
+        a.checkpoint(
+            &held.token().unwrap(),
+            &CheckpointUpdate::at(held.checkpoint.clone()),
+            &CheckpointUpdate::at(position("10")),
+        )
+        .await,
     );
 }
 

@@ -164,7 +164,12 @@ pub struct ShardConsumer {
     context: Arc<ConsumerContext>,
     start: ShardStart,
     signals: watch::Receiver<ConsumerSignal>,
+    /// Writes the shard's checkpoints to its lease; the tracker's writer.
+    writer: Arc<LeaseCheckpointWriter<dyn LeaseStore>>,
     tracker: CheckpointTracker,
+    /// A processor was restarted: the lease is read again before the next
+    /// one is initialized.
+    resync: bool,
     processor: Option<Box<dyn RecordProcessor>>,
     fetcher: Option<FetcherTask>,
     child_shards: Vec<ChildShard>,
@@ -187,20 +192,22 @@ impl ShardConsumer {
             pending_checkpoint: start.pending_checkpoint.clone(),
             pending_checkpoint_state: start.pending_checkpoint_state.clone(),
         };
-        let writer = LeaseCheckpointWriter::new(
+        let writer = Arc::new(LeaseCheckpointWriter::new(
             Arc::clone(&context.store),
             start.token.clone(),
             stored.clone(),
             start.deadline.clone(),
-        );
-        let tracker = CheckpointTracker::new(start.shard_id.clone(), Arc::new(writer), stored);
+        ));
+        let tracker = CheckpointTracker::new(start.shard_id.clone(), writer.clone(), stored);
         let failures = unlimited(&context.retry_policy.backoff());
         let start_timestamp = start.start_timestamp;
         Self {
             context,
             start,
             signals,
+            writer,
             tracker,
+            resync: false,
             processor: None,
             fetcher: None,
             child_shards: Vec::new(),
@@ -280,6 +287,11 @@ impl ShardConsumer {
                 ConsumerSignal::Run => {}
             }
             if let Some(event) = self.make_start_durable().await {
+                return event;
+            }
+            if self.resync
+                && let Some(event) = self.resync_with_lease().await
+            {
                 return event;
             }
             let progress = self.tracker.progress();
@@ -544,11 +556,46 @@ impl ShardConsumer {
     }
 
     /// Drops the processor and the fetcher; the next ones start after the
-    /// last checkpoint.
+    /// checkpoint stored (read again before the new processor starts).
     fn restart_from_checkpoint(&mut self) {
         self.processor = None;
         self.fetcher = None;
         self.tracker.rewind_to_checkpoint();
+        self.resync = true;
+    }
+
+    /// Reads the lease again before a restarted processor starts: a write
+    /// whose answer was lost may have stored a later checkpoint, or another
+    /// pending checkpoint and state, than the tracker knows, and the new
+    /// processor resumes from what is stored. Retried until read.
+    async fn resync_with_lease(&mut self) -> Option<ConsumerEvent> {
+        loop {
+            let read = tokio::select! {
+                biased;
+                () = must_stop(&mut self.signals, &self.start.deadline) => return Some(ConsumerEvent::LeaseLost),
+                read = self.context.store.get_lease(&self.start.token.key) => read,
+            };
+            match read {
+                Ok(Some(lease)) if lease.is_held_by(&self.start.token) => {
+                    let stored = kcl_lease::CheckpointUpdate {
+                        checkpoint: lease.checkpoint,
+                        pending_checkpoint: lease.pending_checkpoint,
+                        pending_checkpoint_state: lease.pending_checkpoint_state,
+                    };
+                    self.writer.resume_from(stored.clone());
+                    self.tracker.resume_from(stored);
+                    self.resync = false;
+                    return None;
+                }
+                Ok(_) => return Some(ConsumerEvent::LeaseLost),
+                Err(error) => {
+                    warn!(%error, "could not read the lease again for the restarted processor; retrying");
+                    if let Some(event) = self.pause_after_failure().await {
+                        return Some(event);
+                    }
+                }
+            }
+        }
     }
 
     /// Tells the processor why it stops.
@@ -706,6 +753,7 @@ impl ShardConsumer {
                 }
                 Err(panic) => {
                     self.processor = None;
+                    self.resync = true;
                     error!(panic = %panic, "processor panicked in shard_ended; delivering the shard end again");
                 }
             }

@@ -299,6 +299,57 @@ async fn a_restarted_processor_is_given_the_pending_checkpoint_with_its_own_stat
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_restarted_processor_is_given_what_a_write_whose_answer_was_lost_stored() {
+    let mut fixture = Fixture::new(9).await;
+    // The lease holds a pending checkpoint from an earlier owner.
+    let lease = fixture.lease().await;
+    let old = kcl_lease::CheckpointUpdate {
+        checkpoint: lease.checkpoint.clone(),
+        pending_checkpoint: Some(ExtendedSequenceNumber::record("1", 0).unwrap()),
+        pending_checkpoint_state: Some(b"old".to_vec()),
+    };
+    fixture
+        .store
+        .checkpoint(
+            &lease.token().unwrap(),
+            &kcl_lease::CheckpointUpdate::at(lease.checkpoint.clone()),
+            &old,
+        )
+        .await
+        .unwrap();
+    // The first prepared checkpoint is stored, but answered with an error,
+    // and the processor panics on it.
+    let (faulty, faults) = kcl_lease::faults::FaultyStore::new(fixture.store.clone());
+    faults.only(&[kcl_lease::faults::Call::Checkpoint]);
+    faults.apply_then_fail(1);
+    fixture.consumer_store = Some(Arc::new(faulty));
+    {
+        let mut journal = fixture.journal.lock().unwrap();
+        journal.prepare_batches = true;
+        journal.panic_on_checkpoint_error = true;
+    }
+    fixture.run_until_processed(9).await;
+
+    let journal = fixture.journal.lock().unwrap();
+    assert_eq!(
+        journal.initializations[0]
+            .pending_checkpoint_state
+            .as_deref(),
+        Some(&b"old"[..])
+    );
+    let restarted = &journal.initializations[1];
+    assert_eq!(
+        restarted.pending_checkpoint,
+        Some(journal.processed[2].position()),
+        "the pending checkpoint stored, not the one known before"
+    );
+    assert_eq!(
+        restarted.pending_checkpoint_state.as_deref(),
+        Some(&b"r2"[..])
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_policy_that_gives_up_skips_the_batch_visibly() {
     let mut fixture = Fixture::new(9).await;
     fixture.policy = ProcessorRetryPolicy::SkipBatchAfter {

@@ -484,7 +484,7 @@ fn stored_position_is(
 /// The condition that a lease is still as `seen` in the fields that fence
 /// ownership, with its expression values.
 fn unchanged_condition(seen: &Lease) -> (String, Vec<(&'static str, AttributeValue)>) {
-    let mut values = vec![(":seen_counter", n(seen.counter)), (NULL_TYPE, s("NULL"))];
+    let mut values = vec![(":seen_counter", n(seen.counter))];
     let mut condition = String::from("leaseCounter = :seen_counter");
     match &seen.owner {
         Some(owner) => {
@@ -499,6 +499,10 @@ fn unchanged_condition(seen: &Lease) -> (String, Vec<(&'static str, AttributeVal
             values.push((":seen_checkpoint_owner", s(checkpoint_owner)));
         }
         None => condition.push_str(&format!(" AND {}", absent(CHECKPOINT_OWNER))),
+    }
+    // DynamoDB refuses a request that binds a value no expression uses.
+    if seen.owner.is_none() || seen.checkpoint_owner.is_none() {
+        values.push((NULL_TYPE, s("NULL")));
     }
     (condition, values)
 }
