@@ -10,6 +10,7 @@
 //! stored checkpoint never moves backwards even when a processor checkpoints
 //! from several tasks at once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -80,8 +81,10 @@ pub enum CheckpointError {
         /// The shard.
         shard_id: String,
     },
-    /// The lease table could not be written, even after retrying with
-    /// backoff. The checkpoint may be tried again later.
+    /// The lease table did not confirm the write, even after retrying with
+    /// backoff. The write may still have taken effect (its answer was
+    /// lost); the checkpoint may be tried again later, and a later write
+    /// finds out.
     #[error("checkpoint of shard {shard_id} could not be stored: {message}")]
     Unavailable {
         /// The shard.
@@ -128,6 +131,9 @@ pub struct CheckpointProgress {
 struct Shared {
     shard_id: String,
     writer: Arc<dyn CheckpointWriter>,
+    /// Which processor the checkpointers handed out now belong to; one
+    /// from an earlier (replaced) processor writes nothing.
+    generation: AtomicU64,
     progress: Mutex<CheckpointProgress>,
     /// Held across each write so writes reach the store in order.
     write_order: tokio::sync::Mutex<()>,
@@ -172,6 +178,7 @@ impl CheckpointTracker {
             shared: Arc::new(Shared {
                 shard_id: shard_id.into(),
                 writer,
+                generation: AtomicU64::new(0),
                 progress: Mutex::new(progress),
                 write_order: tokio::sync::Mutex::new(()),
             }),
@@ -182,7 +189,23 @@ impl CheckpointTracker {
     pub fn checkpointer(&self) -> Checkpointer {
         Checkpointer {
             shared: Arc::clone(&self.shared),
+            generation: self.shared.generation.load(Ordering::SeqCst),
         }
+    }
+
+    /// The processor was replaced: every checkpointer handed out so far
+    /// writes nothing more (its calls fail with
+    /// [`CheckpointError::LeaseLost`]), so a task the old processor left
+    /// behind cannot checkpoint records delivered to the new one. A write
+    /// of theirs already under way may still finish; see
+    /// [`settled`](Self::settled).
+    pub fn retire_checkpointers(&self) {
+        self.shared.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Resolves once no checkpoint write is under way.
+    pub async fn settled(&self) {
+        drop(self.shared.write_order.lock().await);
     }
 
     /// Records that everything up to `position` has been handed to the
@@ -215,10 +238,12 @@ impl CheckpointTracker {
     /// with nothing delivered past the checkpoint.
     pub fn resume_from(&self, stored: CheckpointUpdate) {
         let mut progress = self.shared.progress();
-        let checkpoint = stored.checkpoint.max(progress.checkpoint.clone());
-        progress.last_delivered = checkpoint.clone();
-        progress.acknowledged = checkpoint.clone();
-        progress.checkpoint = checkpoint;
+        // The checkpoint never moves back, even if this tracker knows of a
+        // later one than the lease read.
+        let stored = stored.on_top_of(&progress.checkpoint);
+        progress.last_delivered = stored.checkpoint.clone();
+        progress.acknowledged = stored.checkpoint.clone();
+        progress.checkpoint = stored.checkpoint;
         progress.pending_checkpoint = stored.pending_checkpoint;
         progress.pending_checkpoint_state = stored.pending_checkpoint_state;
     }
@@ -245,6 +270,8 @@ impl Drop for CheckpointTracker {
 #[derive(Clone)]
 pub struct Checkpointer {
     shared: Arc<Shared>,
+    /// The processor generation this checkpointer was handed to.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Checkpointer {
@@ -343,7 +370,8 @@ impl Checkpointer {
         let _in_order = self.shared.write_order.lock().await;
         {
             let mut progress = self.shared.progress();
-            if progress.lease_lost || progress.closed {
+            let retired = self.generation != self.shared.generation.load(Ordering::SeqCst);
+            if progress.lease_lost || progress.closed || retired {
                 return Err(CheckpointError::LeaseLost {
                     shard_id: shard_id.clone(),
                 });
@@ -405,6 +433,10 @@ mod tests {
     struct Recording {
         writes: Mutex<Vec<CheckpointUpdate>>,
         fail_with: Mutex<Option<CheckpointWriteError>>,
+        /// Told when a write begins.
+        entered: tokio::sync::Notify,
+        /// A write waits here while a test holds it.
+        gate: tokio::sync::Mutex<()>,
     }
 
     #[async_trait]
@@ -413,6 +445,8 @@ mod tests {
             &self,
             update: &CheckpointUpdate,
         ) -> Result<CheckpointUpdate, CheckpointWriteError> {
+            self.entered.notify_one();
+            drop(self.gate.lock().await);
             if let Some(error) = self.fail_with.lock().unwrap().clone() {
                 return Err(error);
             }
@@ -433,6 +467,72 @@ mod tests {
             CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
         );
         (tracker, writer)
+    }
+
+    #[tokio::test]
+    async fn a_replaced_processors_checkpointers_write_nothing_once_its_write_under_way_is_done() {
+        let (tracker, writer) = tracker();
+        tracker.delivered(at("200"));
+        let old = tracker.checkpointer();
+        let gate = writer.gate.lock().await;
+        let under_way = tokio::spawn({
+            let old = old.clone();
+            async move { old.checkpoint_at("200", 0).await }
+        });
+        writer.entered.notified().await;
+
+        // The processor panics and is replaced while its write is under way.
+        tracker.rewind_to_checkpoint();
+        tracker.retire_checkpointers();
+        let mut settled = std::pin::pin!(tracker.settled());
+        tokio::select! {
+            biased;
+            () = &mut settled => panic!("settled while a write was under way"),
+            () = std::future::ready(()) => {}
+        }
+        drop(gate);
+        under_way.await.unwrap().unwrap();
+        settled.await;
+
+        // The lease is read again: the new processor starts from 200.
+        tracker.resume_from(CheckpointUpdate::at(at("200")));
+        let progress = tracker.progress();
+        assert_eq!(progress.checkpoint, at("200"));
+        assert_eq!(progress.acknowledged, at("200"));
+        assert_eq!(progress.last_delivered, at("200"));
+        let error = old.checkpoint_at("200", 0).await.unwrap_err();
+        assert!(error.is_lease_lost(), "{error}");
+        tracker.delivered(at("250"));
+        tracker.checkpointer().checkpoint().await.unwrap();
+        assert_eq!(
+            *writer.writes.lock().unwrap(),
+            [
+                CheckpointUpdate::at(at("200")),
+                CheckpointUpdate::at(at("250"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn resuming_from_an_older_read_keeps_the_later_checkpoint_and_drops_a_passed_pending_one()
+    {
+        let (tracker, _writer) = tracker();
+        tracker.delivered(at("200"));
+        tracker
+            .checkpointer()
+            .checkpoint_at("200", 0)
+            .await
+            .unwrap();
+        tracker.resume_from(CheckpointUpdate {
+            checkpoint: at("50"),
+            pending_checkpoint: Some(at("150")),
+            pending_checkpoint_state: Some(b"state".to_vec()),
+        });
+        let progress = tracker.progress();
+        assert_eq!(progress.checkpoint, at("200"));
+        assert_eq!(progress.pending_checkpoint, None);
+        assert_eq!(progress.pending_checkpoint_state, None);
+        assert_eq!(progress.last_delivered, at("200"));
     }
 
     #[tokio::test]

@@ -239,6 +239,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fetcher_restart_keeps_what_the_running_processor_may_checkpoint() {
+        let store = Arc::new(InMemoryLeaseStore::new());
+        let (tracker, control) = faulty_tracker(&store).await;
+        let at = |n: &str| ExtendedSequenceNumber::record(n, 0).unwrap();
+        let checkpointer = tracker.checkpointer();
+        tracker.delivered(at("150"));
+        control.apply_then_fail(1);
+        assert!(checkpointer.checkpoint_at("150", 0).await.is_err());
+        checkpointer.checkpoint_at("120", 0).await.unwrap();
+        assert_eq!(checkpointer.last_checkpoint(), at("150"));
+
+        // The fetcher restarts after the checkpoint; the processor, still
+        // the same, checkpoints a batch it was given before.
+        tracker.rewind_to_checkpoint();
+        checkpointer.checkpoint_at("130", 0).await.unwrap();
+        let stored = store.get_lease("shardId-1").await.unwrap().unwrap();
+        assert_eq!(stored.checkpoint, at("150"));
+    }
+
+    #[tokio::test]
     async fn a_pending_checkpoint_behind_the_stored_checkpoint_is_not_stored() {
         let store = Arc::new(InMemoryLeaseStore::new());
         let (tracker, control) = faulty_tracker(&store).await;

@@ -558,17 +558,32 @@ impl ShardConsumer {
     /// Drops the processor and the fetcher; the next ones start after the
     /// checkpoint stored (read again before the new processor starts).
     fn restart_from_checkpoint(&mut self) {
-        self.processor = None;
+        self.replace_processor();
         self.fetcher = None;
         self.tracker.rewind_to_checkpoint();
+    }
+
+    /// Drops the processor after a panic. Checkpointers it handed to tasks
+    /// of its own write nothing more, and the lease is read again before
+    /// the next processor starts.
+    fn replace_processor(&mut self) {
+        self.processor = None;
+        self.tracker.retire_checkpointers();
         self.resync = true;
     }
 
     /// Reads the lease again before a restarted processor starts: a write
     /// whose answer was lost may have stored a later checkpoint, or another
     /// pending checkpoint and state, than the tracker knows, and the new
-    /// processor resumes from what is stored. Retried until read.
+    /// processor resumes from what is stored. A write of the old processor
+    /// still under way is waited for first, so the read sees it. Retried
+    /// until read.
     async fn resync_with_lease(&mut self) -> Option<ConsumerEvent> {
+        tokio::select! {
+            biased;
+            () = must_stop(&mut self.signals, &self.start.deadline) => return Some(ConsumerEvent::LeaseLost),
+            () = self.tracker.settled() => {}
+        }
         loop {
             let read = tokio::select! {
                 biased;
@@ -752,8 +767,7 @@ impl ShardConsumer {
                     error!(%error, "processor failed in shard_ended; delivering the shard end again");
                 }
                 Err(panic) => {
-                    self.processor = None;
-                    self.resync = true;
+                    self.replace_processor();
                     error!(panic = %panic, "processor panicked in shard_ended; delivering the shard end again");
                 }
             }

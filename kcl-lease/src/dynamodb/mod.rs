@@ -870,3 +870,60 @@ fn unreachable_condition(operation: &'static str) -> LeaseStoreError {
         message: "ConditionalCheckFailedException for a request without a condition".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `:name` placeholders an expression uses.
+    fn placeholders(expression: &str) -> BTreeSet<String> {
+        let mut found = BTreeSet::new();
+        let mut rest = expression;
+        while let Some(at) = rest.find(':') {
+            let name: String = rest[at + 1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            found.insert(format!(":{name}"));
+            rest = &rest[at + 1 + name.len()..];
+        }
+        found
+    }
+
+    /// DynamoDB refuses a request that binds a value its expressions do not
+    /// use, or uses one it does not bind.
+    #[test]
+    fn the_unchanged_condition_binds_exactly_the_values_it_uses() {
+        for owner in [None, Some("worker-a")] {
+            for checkpoint_owner in [None, Some("worker-b")] {
+                let mut lease = Lease::new("shardId-1", ExtendedSequenceNumber::TrimHorizon);
+                lease.owner = owner.map(str::to_owned);
+                lease.checkpoint_owner = checkpoint_owner.map(str::to_owned);
+                let (condition, values) = unchanged_condition(&lease);
+                let bound: BTreeSet<String> =
+                    values.iter().map(|(name, _)| (*name).to_owned()).collect();
+                assert_eq!(placeholders(&condition), bound, "{condition}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stored_position_condition_binds_exactly_the_values_it_uses() {
+        let positions = [
+            None,
+            Some(ExtendedSequenceNumber::TrimHorizon),
+            Some(ExtendedSequenceNumber::record("100", 0).unwrap()),
+            Some(ExtendedSequenceNumber::record("100", 3).unwrap()),
+        ];
+        for position in &positions {
+            let (condition, values) = stored_position_is(
+                CHECKPOINT,
+                CHECKPOINT_SUB_SEQUENCE,
+                ":previous",
+                position.as_ref(),
+            );
+            let bound: BTreeSet<String> = values.into_iter().map(|(name, _)| name).collect();
+            assert_eq!(placeholders(&condition), bound, "{condition}");
+        }
+    }
+}
