@@ -233,8 +233,8 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
         self.call(Call::EnsureTables, self.inner.ensure_tables())
             .await
     }
-    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
-        self.call(Call::ListLeases, self.inner.list_leases()).await
+    async fn list_table(&self) -> Result<crate::LeaseTableListing, LeaseStoreError> {
+        self.call(Call::ListLeases, self.inner.list_table()).await
     }
     async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
         self.call(Call::GetLease, self.inner.get_lease(key)).await

@@ -9,6 +9,9 @@
 //!   [`InMemoryLeaseStore`]. Every write that depends on ownership is
 //!   conditional on the owner and the lease counter (fencing): a worker that
 //!   lost a lease gets [`LeaseStoreError::LeaseLost`] and changes nothing.
+//! - [`listing`]: what a scan of the lease table finds; items that are
+//!   not this worker's leases (the Java KCL 3.5's other items, multi-stream
+//!   leases, unreadable items) are skipped and never written.
 //! - [`liveness`]: workers heartbeat one item each, in a table of their own,
 //!   instead of renewing every lease; a lease expires when its owner's
 //!   heartbeat has not changed for the failover time, judged by the
@@ -35,6 +38,7 @@ pub mod dynamodb;
 mod error;
 pub mod faults;
 mod lease;
+pub mod listing;
 pub mod liveness;
 mod memory;
 pub mod metrics;
@@ -47,6 +51,7 @@ pub use deadline::{Liveness, ProcessingDeadline};
 pub use dynamodb::DynamoDbLeaseStore;
 pub use error::LeaseStoreError;
 pub use lease::{HashKeyRange, Lease, LeaseToken};
+pub use listing::{LeaseTableListing, SkippedItem, SkippedKind};
 pub use memory::InMemoryLeaseStore;
 pub use store::{
     CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WRITE_OPERATIONS, WorkerHeartbeat,

@@ -2,13 +2,16 @@
 //! for unit tests and large simulations. The conformance suite in
 //! `kcl-tests` runs against both to keep them the same.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
 
+use crate::dynamodb::item::{classify_item, multi_stream_of_key};
+use crate::listing::{SkippedItem, SkippedItemsReport, SkippedKind};
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WorkerHeartbeat};
-use crate::{Lease, LeaseStoreError, LeaseToken};
+use crate::{Lease, LeaseStoreError, LeaseTableListing, LeaseToken};
 
 /// An in-memory lease table and workers table. Clones share the same tables,
 /// like several clients of one DynamoDB table; each clone counts its own
@@ -17,11 +20,16 @@ use crate::{Lease, LeaseStoreError, LeaseToken};
 pub struct InMemoryLeaseStore {
     tables: Arc<Mutex<Tables>>,
     requests: Arc<RequestCounter>,
+    /// Skipped items, reported once each.
+    skipped_report: Arc<SkippedItemsReport>,
 }
 
 #[derive(Debug, Default)]
 struct Tables {
     leases: BTreeMap<String, Lease>,
+    /// Items of the lease table that are not leases of one stream (put
+    /// with [`InMemoryLeaseStore::put_item`]), as a scan reports them.
+    skipped: BTreeMap<String, SkippedKind>,
     heartbeats: BTreeMap<String, WorkerHeartbeat>,
 }
 
@@ -31,11 +39,30 @@ impl InMemoryLeaseStore {
         Self::default()
     }
 
+    /// Writes a raw lease-table item as DynamoDB's `PutItem` would
+    /// (replacing any item with its key), read the way the DynamoDB store
+    /// reads it: a lease, or an item scans skip. For fixtures, such as
+    /// the items the Java KCL writes.
+    pub fn put_item(&self, item: &HashMap<String, AttributeValue>) {
+        let mut tables = self.tables("PutItem");
+        match classify_item(item) {
+            Ok(lease) => {
+                tables.skipped.remove(&lease.key);
+                tables.leases.insert(lease.key.clone(), lease);
+            }
+            Err(skipped) => {
+                tables.leases.remove(&skipped.key);
+                tables.skipped.insert(skipped.key, skipped.kind);
+            }
+        }
+    }
+
     /// Another client of the same tables, with its own request counts.
     pub fn client(&self) -> Self {
         Self {
             tables: Arc::clone(&self.tables),
             requests: Arc::default(),
+            skipped_report: Arc::clone(&self.skipped_report),
         }
     }
 
@@ -69,17 +96,39 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(())
     }
 
-    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
-        Ok(self.tables("Scan").leases.values().cloned().collect())
+    async fn list_table(&self) -> Result<LeaseTableListing, LeaseStoreError> {
+        let tables = self.tables("Scan");
+        let listing = LeaseTableListing {
+            leases: tables.leases.values().cloned().collect(),
+            skipped: tables
+                .skipped
+                .iter()
+                .map(|(key, kind)| SkippedItem {
+                    key: key.clone(),
+                    kind: kind.clone(),
+                })
+                .collect(),
+        };
+        drop(tables);
+        self.skipped_report.report("in-memory", &listing.skipped);
+        Ok(listing)
     }
 
     async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
-        Ok(self.tables("GetItem").leases.get(key).cloned())
+        let tables = self.tables("GetItem");
+        if let Some(kind) = tables.skipped.get(key) {
+            return Err(LeaseStoreError::InvalidItem {
+                lease_key: key.to_owned(),
+                reason: kind.to_string(),
+            });
+        }
+        Ok(tables.leases.get(key).cloned())
     }
 
     async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
         let mut tables = self.tables("PutItem");
-        if tables.leases.contains_key(&lease.key) {
+        // Any item with the key, lease or not, stays as it is.
+        if tables.leases.contains_key(&lease.key) || tables.skipped.contains_key(&lease.key) {
             return Ok(false);
         }
         tables.leases.insert(lease.key.clone(), lease.clone());
@@ -200,7 +249,14 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
-        self.tables("DeleteItem").leases.remove(key);
+        let mut tables = self.tables("DeleteItem");
+        if tables.skipped.contains_key(key) || multi_stream_of_key(key).is_some() {
+            return Err(LeaseStoreError::InvalidItem {
+                lease_key: key.to_owned(),
+                reason: "not a lease of a single-stream application; left alone".into(),
+            });
+        }
+        tables.leases.remove(key);
         Ok(())
     }
 

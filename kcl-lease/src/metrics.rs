@@ -23,6 +23,10 @@ pub const LIVENESS_LOSSES: &str = "kcl_liveness_losses_total";
 /// `deadline_passed`, `failed`).
 pub const CHECKPOINT_WRITES: &str = "kcl_checkpoint_writes_total";
 
+/// Items of the lease table this worker leaves alone, as of its latest
+/// scan: label `kind` (`not_a_lease`, `multi_stream_lease`, `malformed`).
+pub const LEASE_TABLE_SKIPPED_ITEMS: &str = "kcl_lease_table_skipped_items";
+
 /// Describes the lease layer's metrics to the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(
@@ -38,4 +42,8 @@ pub fn describe() {
         "Times the processing deadline passed without a confirmed heartbeat"
     );
     metrics::describe_counter!(CHECKPOINT_WRITES, "Checkpoint writes, by outcome");
+    metrics::describe_gauge!(
+        LEASE_TABLE_SKIPPED_ITEMS,
+        "Lease table items left alone (not leases of this application's stream), by kind"
+    );
 }

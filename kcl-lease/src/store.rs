@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 pub use kcl_checkpoint::CheckpointUpdate;
 
-use crate::{Lease, LeaseStoreError, LeaseToken};
+use crate::{Lease, LeaseStoreError, LeaseTableListing, LeaseToken};
 
 /// A worker's liveness signal as stored in the workers table. Other workers
 /// judge it alive while its value keeps changing, by their own clocks.
@@ -44,8 +44,16 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// waits until they are active.
     async fn ensure_tables(&self) -> Result<(), LeaseStoreError>;
 
-    /// Every lease in the table.
-    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError>;
+    /// Every item of the lease table: the leases, and the items that are not
+    /// leases this worker uses (see [`crate::listing`]), which are reported
+    /// (logged once, counted) and never written. An unreadable item does not
+    /// fail the scan.
+    async fn list_table(&self) -> Result<LeaseTableListing, LeaseStoreError>;
+
+    /// Every lease in the table (the leases of [`list_table`](Self::list_table)).
+    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+        Ok(self.list_table().await?.leases)
+    }
 
     /// One lease, or `None` if it does not exist.
     async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError>;

@@ -65,6 +65,22 @@ pub enum SchedulerError {
     /// The lease coordinator stopped on its own.
     #[error("lease coordinator stopped: {0}")]
     Coordinator(String),
+    /// The lease table belongs to an application of another kind (a Java
+    /// KCL multi-stream application): nothing was written to it. Give this
+    /// application a table of its own (its application name).
+    #[error(
+        "lease table {table} holds {count} lease(s) of a multi-stream application (for example \
+         {example}); this worker consumes one stream and writes nothing to it. Use another \
+         application name, or stop the application that owns the table first and migrate it"
+    )]
+    MultiStreamTable {
+        /// The lease table.
+        table: String,
+        /// How many multi-stream leases it holds.
+        count: usize,
+        /// One of their keys.
+        example: String,
+    },
 }
 
 /// Stops a running [`Scheduler`] cleanly. Cheap to clone.
@@ -201,6 +217,7 @@ impl Scheduler {
             stream = %config.stream_name,
             "worker starting"
         );
+        refuse_a_multi_stream_table(&*context.store, &config.application_name).await?;
         context
             .store
             .ensure_tables()
@@ -643,6 +660,34 @@ async fn stopped(flag: &mut watch::Receiver<bool>) {
 /// Reads the lease fresh (the held snapshot may predate checkpoints written
 /// since) and runs its consumer, unless the lease has moved on, the
 /// processing deadline passes, or the consumer is told to stop first.
+/// Refuses to start on a lease table that holds multi-stream leases,
+/// before anything is written (a table that does not exist yet is fine).
+async fn refuse_a_multi_stream_table(
+    store: &dyn LeaseStore,
+    table: &str,
+) -> Result<(), SchedulerError> {
+    let listing = match store.list_table().await {
+        Ok(listing) => listing,
+        Err(LeaseStoreError::Refused { code, .. }) if code == "ResourceNotFoundException" => {
+            return Ok(());
+        }
+        Err(error) => return Err(SchedulerError::LeaseTable(error)),
+    };
+    let multi_stream: Vec<_> = listing
+        .skipped
+        .iter()
+        .filter(|item| matches!(item.kind, kcl_lease::SkippedKind::MultiStreamLease { .. }))
+        .collect();
+    match multi_stream.first() {
+        None => Ok(()),
+        Some(first) => Err(SchedulerError::MultiStreamTable {
+            table: table.to_owned(),
+            count: multi_stream.len(),
+            example: first.key.clone(),
+        }),
+    }
+}
+
 async fn start_consumer(
     context: Arc<ConsumerContext>,
     token: LeaseToken,

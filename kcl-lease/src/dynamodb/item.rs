@@ -15,9 +15,12 @@
 //! | `startingHashKey`, `endingHashKey` | S | [`Lease::hash_key_range`] |
 //! | `checkpointOwner` | S | [`Lease::checkpoint_owner`] |
 //! | `startingTimestampMillis` | N | [`Lease::start_timestamp`] (this project's own) |
+//! | `entityType` | S | `LEASE` on every lease this project creates, as the Java KCL 3.5 writes it |
 //!
 //! Attributes this project does not know (the Java KCL 3.x adds some) are
-//! ignored when reading and left alone by every update.
+//! ignored when reading and left alone by every update. Items that are not
+//! leases of a single-stream application (see [`crate::listing`]) are
+//! recognised when a scan reads them and skipped.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,6 +29,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_checkpoint::ExtendedSequenceNumber;
 
+use crate::listing::{SkippedItem, SkippedKind};
 use crate::{HashKeyRange, Lease, LeaseStoreError};
 
 pub(crate) const LEASE_KEY: &str = "leaseKey";
@@ -43,6 +47,13 @@ pub(crate) const STARTING_HASH_KEY: &str = "startingHashKey";
 pub(crate) const ENDING_HASH_KEY: &str = "endingHashKey";
 pub(crate) const CHECKPOINT_OWNER: &str = "checkpointOwner";
 pub(crate) const STARTING_TIMESTAMP_MILLIS: &str = "startingTimestampMillis";
+/// What an item of the lease table is (Java KCL 3.5); absent on leases
+/// written by earlier versions.
+pub(crate) const ENTITY_TYPE: &str = "entityType";
+/// The [`ENTITY_TYPE`] of a lease.
+pub(crate) const LEASE_ENTITY: &str = "LEASE";
+/// The stream of a Java multi-stream lease (`account:stream:epoch`).
+pub(crate) const STREAM_NAME: &str = "streamName";
 
 /// A DynamoDB item.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -59,6 +70,7 @@ pub(crate) fn n(value: u64) -> AttributeValue {
 pub(crate) fn lease_to_item(lease: &Lease) -> Item {
     let mut item = Item::new();
     item.insert(LEASE_KEY.into(), s(&lease.key));
+    item.insert(ENTITY_TYPE.into(), s(LEASE_ENTITY));
     item.insert(LEASE_COUNTER.into(), n(lease.counter));
     if let Some(owner) = &lease.owner {
         item.insert(LEASE_OWNER.into(), s(owner));
@@ -115,6 +127,66 @@ pub(crate) fn lease_to_item(lease: &Lease) -> Item {
 pub(crate) fn epoch_millis(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// Sorts an item of the lease table: a lease this worker uses, or an item
+/// it skips (see [`crate::listing`]). Never fails: an item that cannot be
+/// read is a skipped item too.
+pub(crate) fn classify_item(item: &Item) -> Result<Lease, SkippedItem> {
+    let key = match item.get(LEASE_KEY) {
+        Some(AttributeValue::S(key)) => key.clone(),
+        _ => String::new(),
+    };
+    let skipped = |kind| SkippedItem {
+        key: key.clone(),
+        kind,
+    };
+    match item.get(ENTITY_TYPE) {
+        None | Some(AttributeValue::Null(_)) => {}
+        Some(AttributeValue::S(entity)) if entity == LEASE_ENTITY => {}
+        Some(AttributeValue::S(entity)) => {
+            return Err(skipped(SkippedKind::NotALease {
+                entity_type: Some(entity.clone()),
+            }));
+        }
+        Some(_) => {
+            return Err(skipped(SkippedKind::NotALease {
+                entity_type: Some("(not a string)".to_owned()),
+            }));
+        }
+    }
+    if let Some(AttributeValue::S(stream)) = item.get(STREAM_NAME) {
+        return Err(skipped(SkippedKind::MultiStreamLease {
+            stream: stream.clone(),
+        }));
+    }
+    if let Some(stream) = multi_stream_of_key(&key) {
+        return Err(skipped(SkippedKind::MultiStreamLease {
+            stream: stream.to_owned(),
+        }));
+    }
+    if matches!(item.get(CHECKPOINT), None | Some(AttributeValue::Null(_))) {
+        return Err(skipped(SkippedKind::NotALease { entity_type: None }));
+    }
+    lease_from_item(item).map_err(|error| {
+        skipped(SkippedKind::Malformed {
+            reason: match error {
+                LeaseStoreError::InvalidItem { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })
+    })
+}
+
+/// The stream part (`account:stream:epoch`) of a Java multi-stream lease
+/// key `account:stream:epoch:shardId`, if `key` is one.
+pub(crate) fn multi_stream_of_key(key: &str) -> Option<&str> {
+    let mut parts = key.splitn(4, ':');
+    let (account, stream, epoch, shard) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    let well_formed = digits(account) && !stream.is_empty() && digits(epoch) && !shard.is_empty();
+    well_formed.then(|| &key[..account.len() + stream.len() + epoch.len() + 2])
 }
 
 /// Reads a lease item written by this project or by the Java KCL.
@@ -294,9 +366,90 @@ mod tests {
     }
 
     #[test]
-    fn writes_what_the_java_kcl_writes() {
+    fn writes_what_the_java_kcl_3_5_writes() {
         let lease = lease_from_item(&written_by_java_kcl()).unwrap();
-        assert_eq!(lease_to_item(&lease), written_by_java_kcl());
+        let mut java_3_5 = written_by_java_kcl();
+        java_3_5.insert("entityType".into(), s("LEASE"));
+        assert_eq!(lease_to_item(&lease), java_3_5);
+        assert_eq!(lease_from_item(&java_3_5).unwrap(), lease);
+    }
+
+    #[test]
+    fn leases_of_every_java_version_are_classified_as_leases() {
+        let older = written_by_java_kcl();
+        let mut java_3_5 = older.clone();
+        java_3_5.insert("entityType".into(), s("LEASE"));
+        java_3_5.insert("throughputKBps".into(), AttributeValue::N("12.5".into()));
+        for item in [older, java_3_5] {
+            assert_eq!(classify_item(&item), Ok(lease_from_item(&item).unwrap()));
+        }
+    }
+
+    #[test]
+    fn items_that_are_not_leases_of_one_stream_are_skipped_with_the_reason() {
+        let skipped = |item: Item| classify_item(&item).unwrap_err();
+        let metrics = java_item(&[
+            ("leaseKey", s("worker-a")),
+            ("entityType", s("WORKER_METRIC_STATS")),
+            ("lut", AttributeValue::N("1752500000".into())),
+        ]);
+        assert_eq!(
+            skipped(metrics),
+            SkippedItem {
+                key: "worker-a".into(),
+                kind: SkippedKind::NotALease {
+                    entity_type: Some("WORKER_METRIC_STATS".into())
+                }
+            }
+        );
+        let untyped = java_item(&[("leaseKey", s("Leader")), ("ownerName", s("worker-a"))]);
+        assert_eq!(
+            skipped(untyped).kind,
+            SkippedKind::NotALease { entity_type: None }
+        );
+
+        let mut multi_stream = written_by_java_kcl();
+        multi_stream.insert(
+            "leaseKey".into(),
+            s("123456789012:orders:1700000000:shardId-000000000001"),
+        );
+        let by_key = skipped(multi_stream.clone());
+        assert_eq!(
+            by_key.kind,
+            SkippedKind::MultiStreamLease {
+                stream: "123456789012:orders:1700000000".into()
+            }
+        );
+        multi_stream.insert("leaseKey".into(), s("renamed"));
+        multi_stream.insert("streamName".into(), s("123456789012:orders:1700000000"));
+        assert_eq!(skipped(multi_stream).kind, by_key.kind);
+
+        let mut unreadable = written_by_java_kcl();
+        unreadable.insert("leaseCounter".into(), AttributeValue::S("many".into()));
+        let unreadable = skipped(unreadable);
+        assert_eq!(unreadable.key, "shardId-000000000001");
+        assert!(
+            matches!(&unreadable.kind, SkippedKind::Malformed { reason } if reason.contains("leaseCounter")),
+            "{unreadable:?}"
+        );
+    }
+
+    #[test]
+    fn only_well_formed_multi_stream_keys_name_a_stream() {
+        assert_eq!(
+            multi_stream_of_key("1:a:2:shardId-000000000000"),
+            Some("1:a:2")
+        );
+        for key in [
+            "shardId-000000000000",
+            "a:b:2:shard",
+            "1:b:x:shard",
+            "1::2:shard",
+            "1:b:2:",
+            "1:b:2",
+        ] {
+            assert_eq!(multi_stream_of_key(key), None, "{key}");
+        }
     }
 
     #[test]

@@ -37,8 +37,9 @@ use kcl_checkpoint::ExtendedSequenceNumber;
 use tracing::info;
 
 use crate::backoff::{Backoff, BackoffConfig, retry_with_backoff};
+use crate::listing::SkippedItemsReport;
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WorkerHeartbeat};
-use crate::{Lease, LeaseStoreError, LeaseToken};
+use crate::{Lease, LeaseStoreError, LeaseTableListing, LeaseToken};
 use item::*;
 
 const WORKER_ID: &str = "workerId";
@@ -65,6 +66,8 @@ pub struct DynamoDbLeaseStore {
     workers_table: String,
     backoff: BackoffConfig,
     requests: Arc<RequestCounter>,
+    /// Items of the lease table this store skips, reported once each.
+    skipped: Arc<SkippedItemsReport>,
 }
 
 impl DynamoDbLeaseStore {
@@ -92,6 +95,7 @@ impl DynamoDbLeaseStore {
             lease_table,
             backoff: BackoffConfig::default(),
             requests: Arc::default(),
+            skipped: Arc::default(),
         }
     }
 
@@ -514,9 +518,17 @@ impl LeaseStore for DynamoDbLeaseStore {
         self.ensure_table(&self.workers_table, WORKER_ID).await
     }
 
-    async fn list_leases(&self) -> Result<Vec<Lease>, LeaseStoreError> {
+    async fn list_table(&self) -> Result<LeaseTableListing, LeaseStoreError> {
         let items = self.scan_all(&self.lease_table).await?;
-        items.iter().map(lease_from_item).collect()
+        let mut listing = LeaseTableListing::default();
+        for item in &items {
+            match classify_item(item) {
+                Ok(lease) => listing.leases.push(lease),
+                Err(skipped) => listing.skipped.push(skipped),
+            }
+        }
+        self.skipped.report(&self.lease_table, &listing.skipped);
+        Ok(listing)
     }
 
     async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
@@ -530,7 +542,16 @@ impl LeaseStore for DynamoDbLeaseStore {
             .send("GetItem", &self.lease_table, || get.clone().send())
             .await?
             .map_err(|ConditionFailed| unreachable_condition("GetItem"))?;
-        output.item.as_ref().map(lease_from_item).transpose()
+        output
+            .item
+            .as_ref()
+            .map(|item| {
+                classify_item(item).map_err(|skipped| LeaseStoreError::InvalidItem {
+                    lease_key: key.to_owned(),
+                    reason: skipped.kind.to_string(),
+                })
+            })
+            .transpose()
     }
 
     async fn create_lease_if_absent(&self, lease: &Lease) -> Result<bool, LeaseStoreError> {
@@ -737,14 +758,29 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+        // Only ever a lease of one stream: never another application's item,
+        // even if a caller named one.
+        let not_ours = || LeaseStoreError::InvalidItem {
+            lease_key: key.to_owned(),
+            reason: "not a lease of a single-stream application; left alone".into(),
+        };
+        if multi_stream_of_key(key).is_some() {
+            return Err(not_ours());
+        }
         let delete = self
             .client
             .delete_item()
             .table_name(&self.lease_table)
-            .key(LEASE_KEY, s(key));
+            .key(LEASE_KEY, s(key))
+            .condition_expression(format!(
+                "attribute_not_exists({LEASE_KEY}) OR (attribute_exists({CHECKPOINT}) AND \
+                 attribute_not_exists({STREAM_NAME}) AND \
+                 (attribute_not_exists({ENTITY_TYPE}) OR {ENTITY_TYPE} = :lease_entity))"
+            ))
+            .expression_attribute_values(":lease_entity", s(LEASE_ENTITY));
         self.send("DeleteItem", &self.lease_table, || delete.clone().send())
             .await?
-            .map_err(|ConditionFailed| unreachable_condition("DeleteItem"))
+            .map_err(|ConditionFailed| not_ours())
             .map(drop)
     }
 

@@ -7,6 +7,7 @@ mod bad_input;
 mod fanout;
 mod faults;
 mod fleet;
+mod java_tables;
 mod kpl;
 mod lease_coordinator;
 mod lease_store;

@@ -1,0 +1,205 @@
+//! Lease-table items in the exact layouts the Java KCL writes them, for the
+//! migration tests: leases as 2.x and 3.0–3.4 write them (no `entityType`)
+//! and as 3.5 writes them (`entityType` `LEASE`, `throughputKBps`), Java
+//! multi-stream leases (key `account:stream:epoch:shardId`, with
+//! `streamName` and `shardId`), and the other items the Java KCL 3.5 keeps
+//! in the lease table in its single-table layout: worker metrics, the
+//! leader lock, and the client-version and table migration states.
+//!
+//! Layouts as the Java KCL's serializers write them
+//! (`DynamoDBLeaseSerializer`, `DynamoDBMultiStreamLeaseSerializer`,
+//! `WorkerMetricStats`, `CoordinatorState`, `MigrationState`,
+//! `TableMigrationState`, and the DynamoDB lock client's lock item).
+
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::primitives::Blob;
+use aws_sdk_dynamodb::types::AttributeValue;
+
+/// A DynamoDB item.
+pub type Item = HashMap<String, AttributeValue>;
+
+fn s(value: &str) -> AttributeValue {
+    AttributeValue::S(value.to_owned())
+}
+
+fn n(value: impl ToString) -> AttributeValue {
+    AttributeValue::N(value.to_string())
+}
+
+fn item(attributes: Vec<(&str, AttributeValue)>) -> Item {
+    attributes
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+}
+
+/// A lease as the Java KCL 2.x and 3.0–3.4 write it: no `entityType`.
+/// Unowned when `owner` is `None`.
+pub fn lease_2x(shard_id: &str, checkpoint: &str, sub_sequence: u64, owner: Option<&str>) -> Item {
+    let mut lease = item(vec![
+        ("leaseKey", s(shard_id)),
+        ("leaseCounter", n(17)),
+        ("ownerSwitchesSinceCheckpoint", n(0)),
+        ("checkpoint", s(checkpoint)),
+        ("checkpointSubSequenceNumber", n(sub_sequence)),
+    ]);
+    if let Some(owner) = owner {
+        lease.insert("leaseOwner".into(), s(owner));
+    }
+    lease
+}
+
+/// A lease as the Java KCL 3.5 writes it: `entityType` `LEASE` and the
+/// shard's measured throughput.
+pub fn lease_3_5(shard_id: &str, checkpoint: &str, sub_sequence: u64, owner: Option<&str>) -> Item {
+    let mut lease = lease_2x(shard_id, checkpoint, sub_sequence, owner);
+    lease.insert("entityType".into(), s("LEASE"));
+    lease.insert("throughputKBps".into(), n("12.5"));
+    lease
+}
+
+/// Adds the shard's hash key range to a lease item, as the Java KCL's
+/// shard syncer records it.
+pub fn with_hash_range(mut lease: Item, start: u128, end: u128) -> Item {
+    lease.insert("startingHashKey".into(), s(&start.to_string()));
+    lease.insert("endingHashKey".into(), s(&end.to_string()));
+    lease
+}
+
+/// Adds a prepared checkpoint with its state to a lease item.
+pub fn with_pending(mut lease: Item, pending: &str, sub_sequence: u64, state: &[u8]) -> Item {
+    lease.insert("pendingCheckpoint".into(), s(pending));
+    lease.insert("pendingCheckpointSubSequenceNumber".into(), n(sub_sequence));
+    lease.insert(
+        "pendingCheckpointState".into(),
+        AttributeValue::B(Blob::new(state.to_vec())),
+    );
+    lease
+}
+
+/// Adds a parent and children to a lease item (a shard of a split or a
+/// merge).
+pub fn with_lineage(mut lease: Item, parents: &[&str], children: &[&str]) -> Item {
+    let set = |ids: &[&str]| AttributeValue::Ss(ids.iter().map(|id| (*id).to_owned()).collect());
+    if !parents.is_empty() {
+        lease.insert("parentShardId".into(), set(parents));
+    }
+    if !children.is_empty() {
+        lease.insert("childShardIds".into(), set(children));
+    }
+    lease
+}
+
+/// A lease of a Java multi-stream application, as 3.5 writes it: keyed
+/// `account:stream:epoch:shardId`, with the stream identifier in
+/// `streamName` and the shard in `shardId`.
+pub fn multi_stream_lease(
+    account: &str,
+    stream: &str,
+    epoch: u64,
+    shard_id: &str,
+    checkpoint: &str,
+) -> Item {
+    let stream_id = format!("{account}:{stream}:{epoch}");
+    let mut lease = lease_3_5(
+        &format!("{stream_id}:{shard_id}"),
+        checkpoint,
+        0,
+        Some("java-worker"),
+    );
+    lease.insert("streamName".into(), s(&stream_id));
+    lease.insert("shardId".into(), s(shard_id));
+    lease
+}
+
+/// A worker-metrics item of the Java KCL 3.5 (single-table layout).
+pub fn worker_metrics(worker: &str) -> Item {
+    let list = |values: &[&str]| AttributeValue::L(values.iter().map(n).collect());
+    item(vec![
+        ("leaseKey", s(worker)),
+        ("entityType", s("WORKER_METRIC_STATS")),
+        ("lut", n(1_752_500_000)),
+        (
+            "sts",
+            AttributeValue::M([("C".to_owned(), list(&["10.5", "12.0"]))].into()),
+        ),
+        (
+            "opr",
+            AttributeValue::M([("C".to_owned(), list(&["100"]))].into()),
+        ),
+        ("sup", n(1)),
+        ("slu", n(1_752_500_000)),
+    ])
+}
+
+/// The leader lock of a Java KCL 3.5 fleet, as the DynamoDB lock client
+/// writes it into the lease table.
+pub fn leader_lock(owner: &str) -> Item {
+    item(vec![
+        ("leaseKey", s("Leader")),
+        ("entityType", s("LEADER")),
+        ("ownerName", s(owner)),
+        ("leaseDuration", s("120000")),
+        (
+            "recordVersionNumber",
+            s("3f1c2c9e-8a4b-4c51-9a7e-2b8f0d2e6c11"),
+        ),
+    ])
+}
+
+fn history(field: &str, value: &str) -> AttributeValue {
+    AttributeValue::L(vec![AttributeValue::M(
+        [
+            (field.to_owned(), s(value)),
+            ("mb".to_owned(), s("java-worker")),
+            ("mts".to_owned(), n(1_752_500_000_000u64)),
+        ]
+        .into(),
+    )])
+}
+
+/// The client-version migration state of a Java KCL 3.5 fleet.
+pub fn client_version_migration() -> Item {
+    item(vec![
+        ("leaseKey", s("Migration3.0")),
+        ("entityType", s("CLIENT_VERSION_MIGRATION")),
+        ("cv", s("CLIENT_VERSION_3X")),
+        ("mb", s("java-worker")),
+        ("mts", n(1_752_500_000_123u64)),
+        ("h", history("cv", "CLIENT_VERSION_INIT")),
+    ])
+}
+
+/// The table migration state of a Java KCL 3.5 fleet that moved from 3.x's
+/// separate tables to the single-table layout.
+pub fn table_migration() -> Item {
+    item(vec![
+        ("leaseKey", s("TableMigration3.5")),
+        ("entityType", s("TABLE_MIGRATION")),
+        ("tm", s("TABLE_MIGRATION_STATUS_COMPLETE")),
+        ("mb", s("java-worker")),
+        ("mts", n(1_752_600_000_000u64)),
+        ("h", history("tm", "TABLE_MIGRATION_STATUS_PENDING")),
+    ])
+}
+
+/// Every item other than leases that a stopped Java KCL 3.5 fleet of two
+/// workers leaves in its lease table.
+pub fn java_3_5_items_other_than_leases() -> Vec<Item> {
+    vec![
+        worker_metrics("java-worker-1"),
+        worker_metrics("java-worker-2"),
+        leader_lock("java-worker-1"),
+        client_version_migration(),
+        table_migration(),
+    ]
+}
+
+/// The `leaseKey` of an item.
+pub fn key_of(item: &Item) -> &str {
+    match item.get("leaseKey") {
+        Some(AttributeValue::S(key)) => key,
+        _ => "",
+    }
+}

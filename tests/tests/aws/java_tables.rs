@@ -1,0 +1,470 @@
+//! Lease tables as the Java KCL leaves them: a stopped Java KCL 3.5 fleet's
+//! single-table layout (leases beside worker metrics, the leader lock and
+//! migration items), leases of 2.x and 3.0–3.4 without `entityType`, and a
+//! multi-stream application's table. Leases are read with their
+//! checkpoints, every other item is left exactly as it was, and a
+//! single-stream worker refuses a multi-stream table without writing.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_kinesis::primitives::Blob;
+use kcl_core::checkpoint::{Checkpointer, ExtendedSequenceNumber};
+use kcl_core::{
+    InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor, Scheduler,
+    SchedulerError,
+};
+use kcl_lease::{
+    CheckpointUpdate, DynamoDbLeaseStore, InMemoryLeaseStore, LeaseStore, LeaseStoreError,
+    SkippedKind,
+};
+use kcl_tests::java_kcl::{self, Item, key_of};
+use kcl_tests::stream::{create_stream, open_shards};
+use kcl_tests::{LocalAws, unique_name};
+
+/// Writes `items` into the DynamoDB table `table` as they are.
+async fn put_items(client: &aws_sdk_dynamodb::Client, table: &str, items: &[Item]) {
+    for item in items {
+        client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .expect("put a fixture item");
+    }
+}
+
+/// Checks that each of `items` is stored in `table` exactly as it was
+/// written.
+async fn assert_unchanged(client: &aws_sdk_dynamodb::Client, table: &str, items: &[Item]) {
+    for item in items {
+        assert_eq!(
+            stored_item(client, table, key_of(item)).await.as_ref(),
+            Some(item),
+            "{} changed",
+            key_of(item)
+        );
+    }
+}
+
+/// Creates a lease table as the Java KCL does (key `leaseKey`), and
+/// nothing else.
+async fn create_lease_table(client: &aws_sdk_dynamodb::Client, table: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create the lease table");
+}
+
+/// Reads the item `key` of `table` as it is stored.
+async fn stored_item(client: &aws_sdk_dynamodb::Client, table: &str, key: &str) -> Option<Item> {
+    client
+        .get_item()
+        .table_name(table)
+        .key("leaseKey", AttributeValue::S(key.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get an item")
+        .item
+}
+
+/// The leases of a stopped Java KCL 3.5 fleet over two shards: one leased
+/// by 3.5 and checkpointed mid-shard inside an aggregate, one written by
+/// 2.x, unowned and finished, with a child.
+fn java_leases() -> Vec<Item> {
+    vec![
+        java_kcl::lease_3_5(
+            "shardId-000000000000",
+            "49590338271490256608559692538361571095921575989136588898",
+            3,
+            Some("java-worker-1"),
+        ),
+        java_kcl::with_lineage(
+            java_kcl::lease_2x("shardId-000000000001", "SHARD_END", 0, None),
+            &[],
+            &["shardId-000000000002"],
+        ),
+    ]
+}
+
+/// What a store of the Java 3.5 table must list, and how it may use it.
+async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
+    let listing = store.list_table().await.expect("list the table");
+    let leases: BTreeSet<_> = listing.leases.iter().map(|l| l.key.as_str()).collect();
+    assert_eq!(
+        leases,
+        BTreeSet::from(["shardId-000000000000", "shardId-000000000001"])
+    );
+    let mid_shard = listing
+        .leases
+        .iter()
+        .find(|l| l.key == "shardId-000000000000")
+        .unwrap();
+    assert_eq!(
+        mid_shard.checkpoint,
+        ExtendedSequenceNumber::record(
+            "49590338271490256608559692538361571095921575989136588898",
+            3
+        )
+        .unwrap()
+    );
+    assert_eq!(mid_shard.owner.as_deref(), Some("java-worker-1"));
+    let finished = listing
+        .leases
+        .iter()
+        .find(|l| l.key == "shardId-000000000001")
+        .unwrap();
+    assert_eq!(finished.checkpoint, ExtendedSequenceNumber::ShardEnd);
+    assert_eq!(
+        finished.child_shard_ids,
+        BTreeSet::from(["shardId-000000000002".to_owned()])
+    );
+
+    let mut skipped: Vec<_> = listing
+        .skipped
+        .iter()
+        .map(|item| (item.key.as_str(), item.kind.clone()))
+        .collect();
+    skipped.sort_by_key(|(key, _)| *key);
+    let not_a_lease = |entity: &str| SkippedKind::NotALease {
+        entity_type: Some(entity.into()),
+    };
+    assert_eq!(
+        skipped,
+        [
+            ("Leader", not_a_lease("LEADER")),
+            ("Migration3.0", not_a_lease("CLIENT_VERSION_MIGRATION")),
+            ("TableMigration3.5", not_a_lease("TABLE_MIGRATION")),
+            ("java-worker-1", not_a_lease("WORKER_METRIC_STATS")),
+            ("java-worker-2", not_a_lease("WORKER_METRIC_STATS")),
+        ]
+    );
+
+    // The leases are used as leases; the other items cannot be deleted or
+    // read as leases, and a new lease is not created over one.
+    let taken = store
+        .take_lease(mid_shard, "rust-worker")
+        .await
+        .expect("take the Java lease");
+    let next = ExtendedSequenceNumber::record(
+        "49590338271490256608559692538361571095921575989136588898",
+        4,
+    )
+    .unwrap();
+    store
+        .checkpoint(
+            &taken.token().unwrap(),
+            &CheckpointUpdate::at(taken.checkpoint.clone()),
+            &CheckpointUpdate::at(next.clone()),
+        )
+        .await
+        .expect("checkpoint the Java lease");
+    store
+        .delete_lease("shardId-000000000001")
+        .await
+        .expect("delete the finished lease");
+    for key in ["Leader", "java-worker-1", "Migration3.0"] {
+        assert!(
+            matches!(
+                store.delete_lease(key).await,
+                Err(LeaseStoreError::InvalidItem { .. })
+            ),
+            "{key} deleted"
+        );
+        assert!(store.get_lease(key).await.is_err(), "{key} read as a lease");
+        let over = kcl_lease::Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
+        assert!(!store.create_lease_if_absent(&over).await.unwrap(), "{key}");
+    }
+    let after = store.list_table().await.unwrap();
+    assert_eq!(after.skipped.len(), 5, "{after:?}");
+    assert_eq!(after.leases.len(), 1);
+    assert_eq!(after.leases[0].checkpoint, next);
+}
+
+#[tokio::test]
+async fn a_java_3_5_table_lists_its_leases_and_leaves_everything_else_alone_in_memory() {
+    let store = InMemoryLeaseStore::new();
+    for item in java_leases()
+        .iter()
+        .chain(&java_kcl::java_3_5_items_other_than_leases())
+    {
+        store.put_item(item);
+    }
+    lists_the_leases_and_leaves_the_rest(&store).await;
+}
+
+#[tokio::test]
+async fn a_java_3_5_table_lists_its_leases_and_leaves_everything_else_alone_on_dynamodb() {
+    let aws = LocalAws::connect();
+    let table = unique_name("java-3-5");
+    let store = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    store.ensure_tables().await.unwrap();
+    let others = java_kcl::java_3_5_items_other_than_leases();
+    put_items(&aws.dynamodb(), &table, &java_leases()).await;
+    put_items(&aws.dynamodb(), &table, &others).await;
+
+    lists_the_leases_and_leaves_the_rest(&store).await;
+    assert_unchanged(&aws.dynamodb(), &table, &others).await;
+    // The lease the Java KCL wrote keeps its own attributes.
+    let lease = stored_item(&aws.dynamodb(), &table, "shardId-000000000000")
+        .await
+        .unwrap();
+    assert_eq!(lease["throughputKBps"], AttributeValue::N("12.5".into()));
+    assert_eq!(lease["entityType"], AttributeValue::S("LEASE".into()));
+}
+
+/// Keeps what a worker delivers: every record's shard and data, and every
+/// initialization input.
+#[derive(Clone, Default)]
+struct Seen {
+    records: Arc<Mutex<Vec<(String, String)>>>,
+    inits: Arc<Mutex<Vec<InitializationInput>>>,
+}
+
+struct Recording {
+    shard: String,
+    seen: Seen,
+}
+
+#[async_trait]
+impl RecordProcessor for Recording {
+    async fn initialize(&mut self, input: InitializationInput) -> Result<(), ProcessorError> {
+        self.seen.inits.lock().unwrap().push(input);
+        Ok(())
+    }
+
+    async fn process_records(&mut self, input: ProcessRecordsInput) -> Result<(), ProcessorError> {
+        self.seen
+            .records
+            .lock()
+            .unwrap()
+            .extend(input.records.iter().map(|record| {
+                (
+                    self.shard.clone(),
+                    String::from_utf8_lossy(&record.data).into_owned(),
+                )
+            }));
+        input.checkpointer.checkpoint().await?;
+        Ok(())
+    }
+
+    async fn shard_ended(&mut self, checkpointer: Checkpointer) -> Result<(), ProcessorError> {
+        checkpointer.checkpoint().await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_resumes_a_java_3_5_table_after_each_checkpoint_and_changes_nothing_else() {
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let stream = unique_name("java-3-5-resume");
+    let table = unique_name("java-3-5-resume-app");
+    create_stream(&kinesis, &stream, 2).await;
+    let shards = open_shards(&kinesis, &stream).await;
+
+    // Ten records on each shard, their sequence numbers noted.
+    let mut written: Vec<(String, String, String)> = Vec::new();
+    for n in 0..20 {
+        let (shard, start, _) = &shards[n % 2];
+        let data = format!("record-{n}");
+        let put = kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("any")
+            .explicit_hash_key(start.to_string())
+            .data(Blob::new(data.as_bytes()))
+            .send()
+            .await
+            .expect("put a record");
+        assert_eq!(put.shard_id(), shard);
+        written.push((shard.clone(), put.sequence_number().to_owned(), data));
+    }
+    let on = |shard: &str| -> Vec<&(String, String, String)> {
+        written.iter().filter(|(s, _, _)| s == shard).collect()
+    };
+    let (first, second) = (&shards[0], &shards[1]);
+    // The Java fleet checkpointed the first shard after its fourth record
+    // (leased, 3.5 layout) and the second after its seventh (2.x layout,
+    // with a prepared checkpoint after its eighth).
+    let first_checkpoint = &on(&first.0)[3].1;
+    let second_checkpoint = &on(&second.0)[6].1;
+    let second_pending = &on(&second.0)[7].1;
+    let leases = vec![
+        java_kcl::with_hash_range(
+            java_kcl::lease_3_5(&first.0, first_checkpoint, 0, Some("java-worker-1")),
+            first.1,
+            first.2,
+        ),
+        java_kcl::with_pending(
+            java_kcl::with_hash_range(
+                java_kcl::lease_2x(&second.0, second_checkpoint, 0, None),
+                second.1,
+                second.2,
+            ),
+            second_pending,
+            0,
+            b"java state",
+        ),
+    ];
+    let others = java_kcl::java_3_5_items_other_than_leases();
+    let store = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    store.ensure_tables().await.unwrap();
+    put_items(&aws.dynamodb(), &table, &leases).await;
+    put_items(&aws.dynamodb(), &table, &others).await;
+
+    let seen = Seen::default();
+    let scheduler = Scheduler::builder()
+        .application_name(&table)
+        .stream_name(&stream)
+        .worker_id("rust-worker")
+        .failover_time(Duration::from_secs(2))
+        .assignment_interval(Duration::from_millis(500))
+        .aws_clients(&kinesis, &aws.dynamodb())
+        .build({
+            let seen = seen.clone();
+            move |shard: &str| Recording {
+                shard: shard.to_owned(),
+                seen: seen.clone(),
+            }
+        })
+        .expect("valid settings");
+    let shutdown = scheduler.shutdown_handle();
+    let task = tokio::spawn(scheduler.run());
+
+    let expected: BTreeSet<(String, String)> = on(&first.0)[4..]
+        .iter()
+        .chain(&on(&second.0)[7..])
+        .map(|(shard, _, data)| (shard.clone(), data.clone()))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.records.lock().unwrap().len() < expected.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "processed {:?}, expected {expected:?}",
+            seen.records.lock().unwrap()
+        );
+        assert!(!task.is_finished(), "the worker stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.shutdown();
+    task.await.unwrap().expect("the worker stops cleanly");
+
+    let processed: Vec<_> = seen.records.lock().unwrap().clone();
+    assert_eq!(
+        processed.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "exactly the records after each checkpoint"
+    );
+    assert_eq!(processed.len(), expected.len(), "nothing twice");
+    let inits = seen.inits.lock().unwrap().clone();
+    let second_init = inits
+        .iter()
+        .find(|input| input.shard_id == second.0)
+        .expect("the second shard was initialized");
+    assert_eq!(
+        second_init.pending_checkpoint,
+        Some(ExtendedSequenceNumber::record(second_pending, 0).unwrap())
+    );
+    assert_eq!(
+        second_init.pending_checkpoint_state.as_deref(),
+        Some(&b"java state"[..])
+    );
+    assert_unchanged(&aws.dynamodb(), &table, &others).await;
+}
+
+#[tokio::test]
+async fn a_single_stream_worker_refuses_a_multi_stream_table_and_writes_nothing() {
+    let aws = LocalAws::connect();
+    let table = unique_name("java-multi-stream-app");
+    create_lease_table(&aws.dynamodb(), &table).await;
+    let items = vec![
+        java_kcl::multi_stream_lease(
+            "123456789012",
+            "orders",
+            1_700_000_000,
+            "shardId-000000000000",
+            "TRIM_HORIZON",
+        ),
+        java_kcl::multi_stream_lease(
+            "123456789012",
+            "payments",
+            1_700_000_001,
+            "shardId-000000000000",
+            "49590338271490256608559692538361571095921575989136588898",
+        ),
+        java_kcl::leader_lock("java-worker-1"),
+    ];
+    put_items(&aws.dynamodb(), &table, &items).await;
+
+    let scheduler = Scheduler::builder()
+        .application_name(&table)
+        .stream_name("orders")
+        .worker_id("rust-worker")
+        .aws_clients(&aws.kinesis(), &aws.dynamodb())
+        .build(|shard: &str| Recording {
+            shard: shard.to_owned(),
+            seen: Seen::default(),
+        })
+        .expect("valid settings");
+    let error = tokio::time::timeout(Duration::from_secs(30), scheduler.run())
+        .await
+        .expect("the worker refuses at once")
+        .unwrap_err();
+    match &error {
+        SchedulerError::MultiStreamTable {
+            table: named,
+            count,
+            ..
+        } => {
+            assert_eq!(named, &table);
+            assert_eq!(*count, 2);
+        }
+        other => panic!("expected MultiStreamTable, got {other}"),
+    }
+    assert!(error.to_string().contains(&table), "{error}");
+    let scanned = aws
+        .dynamodb()
+        .scan()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(scanned.len(), items.len());
+    assert_unchanged(&aws.dynamodb(), &table, &items).await;
+    // Nor was its workers table created.
+    let workers = aws
+        .dynamodb()
+        .describe_table()
+        .table_name(format!("{table}-Workers"))
+        .send()
+        .await;
+    assert!(workers.is_err(), "the workers table was created");
+}
