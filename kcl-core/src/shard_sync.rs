@@ -24,7 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kcl_checkpoint::ExtendedSequenceNumber;
-use kcl_lease::{Lease, LeaseStore, LeaseStoreError};
+use kcl_lease::{Lease, LeaseStore, LeaseStoreError, LeaseTableListing, SkippedKind};
 use tracing::{debug, info};
 
 use crate::kinesis::{Kinesis, KinesisError, ShardDescription};
@@ -123,6 +123,29 @@ pub fn leases_to_create(
     created
 }
 
+/// The leases of `listing`, and in place of each lease that cannot be read
+/// (see [`kcl_lease::listing`]) one that has not started: its shard gets no
+/// new lease over it, and its relatives are decided as if it waited at
+/// `TRIM_HORIZON`, which never skips a record of theirs (a child of it
+/// starts at `TRIM_HORIZON`, not at `LATEST`).
+fn with_unreadable(listing: &LeaseTableListing) -> Vec<Lease> {
+    let unreadable = listing.skipped.iter().filter(|item| {
+        matches!(
+            item.kind,
+            SkippedKind::Malformed { .. } | SkippedKind::NotALease { entity_type: None }
+        )
+    });
+    listing
+        .leases
+        .iter()
+        .cloned()
+        .chain(
+            unreadable
+                .map(|item| Lease::new(item.key.clone(), ExtendedSequenceNumber::TrimHorizon)),
+        )
+        .collect()
+}
+
 /// Lists `stream`'s shards and creates the leases [`leases_to_create`]
 /// names.
 pub async fn sync_shards(
@@ -139,11 +162,11 @@ pub async fn sync_shards(
                 stream: stream.to_owned(),
                 source,
             })?;
-    let leases = store.list_leases().await?;
-    let to_create = leases_to_create(&shards, &leases, initial);
+    let listing = store.list_table().await?;
+    let to_create = leases_to_create(&shards, &with_unreadable(&listing), initial);
     let mut report = SyncReport {
         shards,
-        leases,
+        leases: listing.leases,
         created: Vec::new(),
     };
     for lease in to_create {
@@ -340,5 +363,47 @@ mod tests {
                 ("s-2", "TRIM_HORIZON".into())
             ]
         );
+    }
+}
+
+#[cfg(test)]
+mod sync_tests {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    use kcl_lease::InMemoryLeaseStore;
+
+    use super::*;
+    use crate::kinesis::InMemoryKinesis;
+
+    #[tokio::test]
+    async fn a_child_of_a_lease_that_cannot_be_read_starts_at_trim_horizon() {
+        let kinesis = InMemoryKinesis::new();
+        let parent = kinesis.create_stream("orders", 1).remove(0);
+        let children = kinesis.split_shard("orders", &parent, u128::MAX / 2);
+        let store = InMemoryLeaseStore::new();
+        // The parent's lease is in the table, but cannot be read.
+        store.put_item(
+            &[
+                ("leaseKey", AttributeValue::S(parent.clone())),
+                ("leaseCounter", AttributeValue::S("many".into())),
+                ("checkpoint", AttributeValue::S("TRIM_HORIZON".into())),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect(),
+        );
+
+        let report = sync_shards(&kinesis, &store, "orders", &ExtendedSequenceNumber::Latest)
+            .await
+            .unwrap();
+        assert_eq!(report.created.len(), 2, "{report:?}");
+        assert!(!report.created.contains(&parent));
+        for child in &children {
+            let lease = store.get_lease(child).await.unwrap().unwrap();
+            assert_eq!(
+                lease.checkpoint,
+                ExtendedSequenceNumber::TrimHorizon,
+                "{child}"
+            );
+        }
     }
 }

@@ -60,6 +60,36 @@ pub enum SkippedKind {
     },
 }
 
+impl SkippedItem {
+    /// Whether the item belongs to a Java multi-stream application: one of
+    /// its leases, or the stream information it keeps for one of its
+    /// streams (`entityType` `STREAM`, keyed `account:stream:epoch`).
+    pub fn belongs_to_a_multi_stream_application(&self) -> bool {
+        match &self.kind {
+            SkippedKind::MultiStreamLease { .. } => true,
+            SkippedKind::NotALease {
+                entity_type: Some(entity),
+            } => entity == "STREAM" && is_stream_identifier(&self.key),
+            _ => false,
+        }
+    }
+}
+
+/// Whether `text` is a Java multi-stream stream identifier:
+/// `account:stream:epoch`, account and epoch in digits.
+fn is_stream_identifier(text: &str) -> bool {
+    let parts: Vec<&str> = text.split(':').collect();
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    matches!(parts.as_slice(), [account, stream, epoch] if digits(account) && !stream.is_empty() && digits(epoch))
+}
+
+/// The stream part (`account:stream:epoch`) of a Java multi-stream lease
+/// key `account:stream:epoch:shardId`, if `key` is one.
+pub(crate) fn multi_stream_of_key(key: &str) -> Option<&str> {
+    let (stream, shard) = key.rsplit_once(':')?;
+    (is_stream_identifier(stream) && !shard.is_empty()).then_some(stream)
+}
+
 impl SkippedKind {
     /// The metric label for this kind.
     pub fn label(&self) -> &'static str {
@@ -89,12 +119,17 @@ impl std::fmt::Display for SkippedKind {
 }
 
 /// Reports skipped items: each key is logged the first time it is seen
-/// (unreadable leases as errors, others as information), and the gauge is
-/// set to the counts of the latest scan.
+/// (damaged leases as errors, others as information), and the gauge is set
+/// to the counts of the latest scan.
 #[derive(Debug, Default)]
 pub(crate) struct SkippedItemsReport {
     logged: Mutex<HashSet<String>>,
 }
+
+/// At most this many new skipped items are logged one by one per scan; the
+/// rest are summed up in one line (a large table of another application
+/// would flood the log otherwise).
+const LOGGED_PER_SCAN: usize = 10;
 
 impl SkippedItemsReport {
     pub(crate) fn report(&self, table: &str, skipped: &[SkippedItem]) {
@@ -102,31 +137,44 @@ impl SkippedItemsReport {
             .logged
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for item in skipped {
-            if !logged.insert(item.key.clone()) {
-                continue;
-            }
+        let new: Vec<&SkippedItem> = skipped
+            .iter()
+            .filter(|item| logged.insert(item.key.clone()))
+            .collect();
+        for item in new.iter().take(LOGGED_PER_SCAN) {
             match &item.kind {
-                SkippedKind::Malformed { .. } => error!(
-                    table,
-                    key = %item.key,
-                    "lease table item skipped: {}; fix or delete it to have its shard processed",
-                    item.kind
-                ),
-                kind => info!(
-                    table,
-                    key = %item.key,
-                    "lease table item left alone: {kind}"
-                ),
+                // A damaged lease: its shard is not processed until it is
+                // repaired.
+                SkippedKind::Malformed { .. } | SkippedKind::NotALease { entity_type: None } => {
+                    error!(
+                        table,
+                        key = %item.key,
+                        "lease table item skipped: {}; repair or delete it to have its shard \
+                         processed",
+                        item.kind
+                    )
+                }
+                kind => info!(table, key = %item.key, "lease table item left alone: {kind}"),
             }
+        }
+        if new.len() > LOGGED_PER_SCAN {
+            info!(
+                table,
+                more = new.len() - LOGGED_PER_SCAN,
+                "more lease table items left alone (see the kcl_lease_table_skipped_items gauge)"
+            );
         }
         for kind in ["not_a_lease", "multi_stream_lease", "malformed"] {
             let count = skipped
                 .iter()
                 .filter(|item| item.kind.label() == kind)
                 .count();
-            metrics::gauge!(crate::metrics::LEASE_TABLE_SKIPPED_ITEMS, "kind" => kind)
-                .set(count as f64);
+            metrics::gauge!(
+                crate::metrics::LEASE_TABLE_SKIPPED_ITEMS,
+                "table" => table.to_owned(),
+                "kind" => kind
+            )
+            .set(count as f64);
         }
     }
 }

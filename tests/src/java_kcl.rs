@@ -184,8 +184,20 @@ pub fn table_migration() -> Item {
     ])
 }
 
-/// Every item other than leases that a stopped Java KCL 3.5 fleet of two
-/// workers leaves in its lease table.
+/// The stream information the Java KCL 3.5 keeps when told to track it,
+/// keyed by the stream's identifier: its name for a single-stream
+/// application, `account:stream:epoch` for a multi-stream one.
+pub fn stream_info(stream_identifier: &str) -> Item {
+    item(vec![
+        ("leaseKey", s(stream_identifier)),
+        ("entityType", s("STREAM")),
+        ("streamId", s("a1b2c3d4e5")),
+    ])
+}
+
+/// Every item other than leases that a stopped single-stream Java KCL 3.5
+/// fleet of two workers, tracking its stream's information, leaves in its
+/// lease table.
 pub fn java_3_5_items_other_than_leases() -> Vec<Item> {
     vec![
         worker_metrics("java-worker-1"),
@@ -193,6 +205,7 @@ pub fn java_3_5_items_other_than_leases() -> Vec<Item> {
         leader_lock("java-worker-1"),
         client_version_migration(),
         table_migration(),
+        stream_info("orders"),
     ]
 }
 

@@ -69,14 +69,15 @@ pub enum SchedulerError {
     /// KCL multi-stream application): nothing was written to it. Give this
     /// application a table of its own (its application name).
     #[error(
-        "lease table {table} holds {count} lease(s) of a multi-stream application (for example \
+        "lease table {table} holds {count} item(s) of a multi-stream application (for example \
          {example}); this worker consumes one stream and writes nothing to it. Use another \
          application name, or stop the application that owns the table first and migrate it"
     )]
     MultiStreamTable {
         /// The lease table.
         table: String,
-        /// How many multi-stream leases it holds.
+        /// How many items of a multi-stream application it holds (leases
+        /// and stream information).
         count: usize,
         /// One of their keys.
         example: String,
@@ -660,7 +661,8 @@ async fn stopped(flag: &mut watch::Receiver<bool>) {
 /// Reads the lease fresh (the held snapshot may predate checkpoints written
 /// since) and runs its consumer, unless the lease has moved on, the
 /// processing deadline passes, or the consumer is told to stop first.
-/// Refuses to start on a lease table that holds multi-stream leases,
+/// Refuses to start on a lease table that holds items of a multi-stream
+/// application (leases, or the stream information of one of its streams),
 /// before anything is written (a table that does not exist yet is fine).
 async fn refuse_a_multi_stream_table(
     store: &dyn LeaseStore,
@@ -676,7 +678,7 @@ async fn refuse_a_multi_stream_table(
     let multi_stream: Vec<_> = listing
         .skipped
         .iter()
-        .filter(|item| matches!(item.kind, kcl_lease::SkippedKind::MultiStreamLease { .. }))
+        .filter(|item| item.belongs_to_a_multi_stream_application())
         .collect();
     match multi_stream.first() {
         None => Ok(()),

@@ -29,6 +29,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_checkpoint::ExtendedSequenceNumber;
 
+pub(crate) use crate::listing::multi_stream_of_key;
 use crate::listing::{SkippedItem, SkippedKind};
 use crate::{HashKeyRange, Lease, LeaseStoreError};
 
@@ -141,19 +142,14 @@ pub(crate) fn classify_item(item: &Item) -> Result<Lease, SkippedItem> {
         key: key.clone(),
         kind,
     };
-    match item.get(ENTITY_TYPE) {
-        None | Some(AttributeValue::Null(_)) => {}
-        Some(AttributeValue::S(entity)) if entity == LEASE_ENTITY => {}
-        Some(AttributeValue::S(entity)) => {
-            return Err(skipped(SkippedKind::NotALease {
-                entity_type: Some(entity.clone()),
-            }));
-        }
-        Some(_) => {
-            return Err(skipped(SkippedKind::NotALease {
-                entity_type: Some("(not a string)".to_owned()),
-            }));
-        }
+    // As the Java KCL 3.5 reads it: a string other than LEASE is another
+    // kind of item; absent (or not a string) is a lease.
+    if let Some(AttributeValue::S(entity)) = item.get(ENTITY_TYPE)
+        && entity != LEASE_ENTITY
+    {
+        return Err(skipped(SkippedKind::NotALease {
+            entity_type: Some(entity.clone()),
+        }));
     }
     if let Some(AttributeValue::S(stream)) = item.get(STREAM_NAME) {
         return Err(skipped(SkippedKind::MultiStreamLease {
@@ -178,17 +174,6 @@ pub(crate) fn classify_item(item: &Item) -> Result<Lease, SkippedItem> {
     })
 }
 
-/// The stream part (`account:stream:epoch`) of a Java multi-stream lease
-/// key `account:stream:epoch:shardId`, if `key` is one.
-pub(crate) fn multi_stream_of_key(key: &str) -> Option<&str> {
-    let mut parts = key.splitn(4, ':');
-    let (account, stream, epoch, shard) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    let well_formed = digits(account) && !stream.is_empty() && digits(epoch) && !shard.is_empty();
-    well_formed.then(|| &key[..account.len() + stream.len() + epoch.len() + 2])
-}
-
 /// Reads a lease item written by this project or by the Java KCL.
 pub(crate) fn lease_from_item(item: &Item) -> Result<Lease, LeaseStoreError> {
     let key = match item.get(LEASE_KEY) {
@@ -209,9 +194,25 @@ pub(crate) fn lease_from_item(item: &Item) -> Result<Lease, LeaseStoreError> {
         }),
         _ => None,
     };
+    // The Java KCL requires both numbers too; and attributes this project
+    // updates in place (ADD, arithmetic, if_not_exists) must not be NULL.
+    let required = |name: &str| {
+        reader
+            .number(name)?
+            .ok_or_else(|| invalid(&key, format!("no {name} number")))
+    };
+    let (counter, owner_switches) = (required(LEASE_COUNTER)?, required(OWNER_SWITCHES)?);
+    for name in [CHILD_SHARD_IDS, STARTING_TIMESTAMP_MILLIS] {
+        if matches!(item.get(name), Some(AttributeValue::Null(_))) {
+            return Err(invalid(
+                &key,
+                format!("{name} is NULL; remove the attribute instead"),
+            ));
+        }
+    }
     Ok(Lease {
         owner: reader.string(LEASE_OWNER)?.map(str::to_owned),
-        counter: reader.number(LEASE_COUNTER)?.unwrap_or(0),
+        counter,
         checkpoint,
         pending_checkpoint: reader.position(PENDING_CHECKPOINT, PENDING_CHECKPOINT_SUB_SEQUENCE)?,
         pending_checkpoint_state: match item.get(PENDING_CHECKPOINT_STATE) {
@@ -224,7 +225,7 @@ pub(crate) fn lease_from_item(item: &Item) -> Result<Lease, LeaseStoreError> {
                 ));
             }
         },
-        owner_switches_since_checkpoint: reader.number(OWNER_SWITCHES)?.unwrap_or(0),
+        owner_switches_since_checkpoint: owner_switches,
         parent_shard_ids: reader.string_set(PARENT_SHARD_IDS)?,
         child_shard_ids: reader.string_set(CHILD_SHARD_IDS)?,
         hash_key_range,
@@ -423,6 +424,29 @@ mod tests {
         multi_stream.insert("leaseKey".into(), s("renamed"));
         multi_stream.insert("streamName".into(), s("123456789012:orders:1700000000"));
         assert_eq!(skipped(multi_stream).kind, by_key.kind);
+
+        for (name, value) in [
+            ("leaseCounter", None),
+            ("leaseCounter", Some(AttributeValue::Null(true))),
+            ("ownerSwitchesSinceCheckpoint", None),
+            ("childShardIds", Some(AttributeValue::Null(true))),
+            ("startingTimestampMillis", Some(AttributeValue::Null(true))),
+        ] {
+            let mut item = written_by_java_kcl();
+            match value {
+                Some(value) => item.insert(name.into(), value),
+                None => item.remove(name),
+            };
+            assert!(
+                matches!(&skipped(item).kind, SkippedKind::Malformed { reason } if reason.contains(name)),
+                "{name}"
+            );
+        }
+        // An entityType that is not a string is read as the Java KCL reads
+        // it: a lease.
+        let mut odd_entity = written_by_java_kcl();
+        odd_entity.insert("entityType".into(), AttributeValue::Null(true));
+        assert!(classify_item(&odd_entity).is_ok());
 
         let mut unreadable = written_by_java_kcl();
         unreadable.insert("leaseCounter".into(), AttributeValue::S("many".into()));

@@ -227,6 +227,8 @@ impl DynamoDbLeaseStore {
             .expression_attribute_values(":counter", n(token.counter))
             .expression_attribute_values(":worker", s(&token.worker))
             .expression_attribute_values(NULL_TYPE, s("NULL"))
+            .expression_attribute_values(":string_type", s("S"))
+            .expression_attribute_values(":lease_entity", s(LEASE_ENTITY))
             .expression_attribute_values(":checkpoint", s(update.checkpoint.checkpoint_str()))
             .expression_attribute_values(
                 ":checkpoint_sub",
@@ -433,11 +435,37 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E>) -> ErrorClass {
 /// not happen.
 const CHECKPOINT_RACES: u32 = 5;
 
-/// The condition that `token` still processes the lease. Uses
-/// [`NULL_TYPE`], like [`absent`].
+/// The condition that the item is a lease of a single-stream application,
+/// as a scan sorts items ([`classify_item`]): no `streamName`, and an
+/// `entityType` that is absent, not a string, or `LEASE`. Every write that
+/// depends on ownership includes it, so no item a scan skips is ever
+/// written. Its values are bound by [`bind_our_lease`].
+const OUR_LEASE: &str = "attribute_not_exists(streamName) AND (attribute_not_exists(entityType) \
+     OR NOT attribute_type(entityType, :string_type) OR entityType = :lease_entity)";
+
+/// The values [`OUR_LEASE`] uses.
+fn our_lease_values() -> [(&'static str, AttributeValue); 2] {
+    [(":string_type", s("S")), (":lease_entity", s(LEASE_ENTITY))]
+}
+
+/// Binds the values of [`OUR_LEASE`] to `request`.
+fn bind_our_lease(
+    mut request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    for (name, value) in our_lease_values() {
+        request = request.expression_attribute_values(name, value);
+    }
+    request
+}
+
+/// The condition that `token` still processes the lease (which is ours:
+/// [`OUR_LEASE`]). Uses [`NULL_TYPE`], like [`absent`], and the values of
+/// [`OUR_LEASE`].
 const HELD_CONDITION: &str = "leaseCounter = :counter AND (checkpointOwner = :worker OR \
      ((attribute_not_exists(checkpointOwner) OR attribute_type(checkpointOwner, :null_type)) \
-     AND leaseOwner = :worker))";
+     AND leaseOwner = :worker)) AND attribute_not_exists(streamName) AND \
+     (attribute_not_exists(entityType) OR NOT attribute_type(entityType, :string_type) \
+     OR entityType = :lease_entity)";
 
 /// The expression value naming DynamoDB's NULL type: every request whose
 /// condition uses [`absent`] or [`HELD_CONDITION`] binds it (to "NULL").
@@ -508,6 +536,8 @@ fn unchanged_condition(seen: &Lease) -> (String, Vec<(&'static str, AttributeVal
     if seen.owner.is_none() || seen.checkpoint_owner.is_none() {
         values.push((NULL_TYPE, s("NULL")));
     }
+    condition.push_str(&format!(" AND {OUR_LEASE}"));
+    values.extend(our_lease_values());
     (condition, values)
 }
 
@@ -608,14 +638,14 @@ impl LeaseStore for DynamoDbLeaseStore {
                 "SET {LEASE_OWNER} = :to, {CHECKPOINT_OWNER} = :from"
             ))
             .condition_expression(format!(
-                "leaseCounter = :counter AND leaseOwner = :from AND {}",
+                "leaseCounter = :counter AND leaseOwner = :from AND {} AND {OUR_LEASE}",
                 absent(CHECKPOINT_OWNER)
             ))
             .expression_attribute_values(NULL_TYPE, s("NULL"))
             .expression_attribute_values(":to", s(to))
             .expression_attribute_values(":from", s(from))
             .expression_attribute_values(":counter", n(seen.counter));
-        self.update_lease(&seen.key, request).await
+        self.update_lease(&seen.key, bind_our_lease(request)).await
     }
 
     async fn checkpoint(
@@ -640,11 +670,13 @@ impl LeaseStore for DynamoDbLeaseStore {
                 // effect, or an old one landed late. Only this token's
                 // holder writes checkpoints, so try again from what is there.
                 Err(ConditionFailed) => {
-                    let lease = self
-                        .get_lease(&token.key)
-                        .await?
-                        .filter(|lease| lease.is_held_by(token))
-                        .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
+                    let lease = match self.get_lease(&token.key).await {
+                        // It is no longer a lease of ours at all.
+                        Err(LeaseStoreError::InvalidItem { .. }) => None,
+                        read => read?,
+                    }
+                    .filter(|lease| lease.is_held_by(token))
+                    .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
                     previous = CheckpointUpdate {
                         checkpoint: lease.checkpoint,
                         pending_checkpoint: lease.pending_checkpoint,
@@ -674,6 +706,8 @@ impl LeaseStore for DynamoDbLeaseStore {
             .update_item()
             .condition_expression(HELD_CONDITION)
             .expression_attribute_values(NULL_TYPE, s("NULL"))
+            .expression_attribute_values(":string_type", s("S"))
+            .expression_attribute_values(":lease_entity", s(LEASE_ENTITY))
             .expression_attribute_values(":counter", n(token.counter))
             .expression_attribute_values(":worker", s(&token.worker))
             .expression_attribute_values(":at", n(epoch_millis(at)))
@@ -705,6 +739,8 @@ impl LeaseStore for DynamoDbLeaseStore {
             .key(LEASE_KEY, s(&token.key))
             .condition_expression(HELD_CONDITION)
             .expression_attribute_values(NULL_TYPE, s("NULL"))
+            .expression_attribute_values(":string_type", s("S"))
+            .expression_attribute_values(":lease_entity", s(LEASE_ENTITY))
             .expression_attribute_values(":counter", n(token.counter))
             .expression_attribute_values(":worker", s(&token.worker))
             .expression_attribute_values(
@@ -726,6 +762,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .expression_attribute_values(":counter", n(token.counter))
             .expression_attribute_values(":worker", s(&token.worker))
             .expression_attribute_values(":one", n(1));
+        let base = bind_our_lease(base);
         // A plain release: the lease becomes unowned.
         let plain = base
             .clone()
@@ -733,7 +770,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 "REMOVE {LEASE_OWNER} SET {LEASE_COUNTER} = {LEASE_COUNTER} + :one"
             ))
             .condition_expression(format!(
-                "leaseCounter = :counter AND {} AND leaseOwner = :worker",
+                "leaseCounter = :counter AND {} AND leaseOwner = :worker AND {OUR_LEASE}",
                 absent(CHECKPOINT_OWNER)
             ))
             .expression_attribute_values(NULL_TYPE, s("NULL"));
@@ -750,7 +787,9 @@ impl LeaseStore for DynamoDbLeaseStore {
                 "REMOVE {CHECKPOINT_OWNER} SET {LEASE_COUNTER} = {LEASE_COUNTER} + :one, \
                  {OWNER_SWITCHES} = if_not_exists({OWNER_SWITCHES}, :zero) + :one"
             ))
-            .condition_expression("leaseCounter = :counter AND checkpointOwner = :worker")
+            .condition_expression(format!(
+                "leaseCounter = :counter AND checkpointOwner = :worker AND {OUR_LEASE}"
+            ))
             .expression_attribute_values(":zero", n(0));
         self.send_conditional("UpdateItem", &token.key, || complete_handoff.clone().send())
             .await
@@ -758,14 +797,20 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
-        // Only ever a lease of one stream: never another application's item,
-        // even if a caller named one.
-        let not_ours = || LeaseStoreError::InvalidItem {
+        // Only ever a lease of one stream, as a scan sorts items: never
+        // another application's item or an unreadable lease, even if a
+        // caller named one. The item is read and sorted first; the delete is
+        // conditional on the types that sorting relied on, so an item
+        // replaced in between is not deleted either.
+        let not_ours = |reason: String| LeaseStoreError::InvalidItem {
             lease_key: key.to_owned(),
-            reason: "not a lease of a single-stream application; left alone".into(),
+            reason: format!("{reason}; left alone"),
         };
         if multi_stream_of_key(key).is_some() {
-            return Err(not_ours());
+            return Err(not_ours("a lease of a multi-stream application".into()));
+        }
+        if let Err(LeaseStoreError::InvalidItem { reason, .. }) = self.get_lease(key).await {
+            return Err(not_ours(reason));
         }
         let delete = self
             .client
@@ -773,14 +818,20 @@ impl LeaseStore for DynamoDbLeaseStore {
             .table_name(&self.lease_table)
             .key(LEASE_KEY, s(key))
             .condition_expression(format!(
-                "attribute_not_exists({LEASE_KEY}) OR (attribute_exists({CHECKPOINT}) AND \
-                 attribute_not_exists({STREAM_NAME}) AND \
-                 (attribute_not_exists({ENTITY_TYPE}) OR {ENTITY_TYPE} = :lease_entity))"
+                "attribute_not_exists({LEASE_KEY}) OR (attribute_type({CHECKPOINT}, :string_type) \
+                 AND attribute_type({LEASE_COUNTER}, :number_type) \
+                 AND attribute_type({OWNER_SWITCHES}, :number_type) AND {OUR_LEASE})"
             ))
-            .expression_attribute_values(":lease_entity", s(LEASE_ENTITY));
+            .set_expression_attribute_values(Some(
+                our_lease_values()
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value))
+                    .chain([(":number_type".to_owned(), s("N"))])
+                    .collect(),
+            ));
         self.send("DeleteItem", &self.lease_table, || delete.clone().send())
             .await?
-            .map_err(|ConditionFailed| not_ours())
+            .map_err(|ConditionFailed| not_ours("changed into an item that is not a lease".into()))
             .map(drop)
     }
 

@@ -362,6 +362,10 @@ async fn a_lease_with_null_attributes_can_be_checkpointed_handed_over_and_taken(
             "leaseCounter",
             aws_sdk_dynamodb::types::AttributeValue::N("4".into()),
         )
+        .item(
+            "ownerSwitchesSinceCheckpoint",
+            aws_sdk_dynamodb::types::AttributeValue::N("0".into()),
+        )
         .item("leaseOwner", null.clone())
         .item("checkpointOwner", null.clone())
         .item(

@@ -112,6 +112,60 @@ fn java_leases() -> Vec<Item> {
     ]
 }
 
+/// Leases a single-stream worker skips: a multi-stream application's (its
+/// counter and owner as a caller might guess them: 17, `java-worker`), and
+/// one that cannot be read.
+fn leases_not_ours() -> Vec<Item> {
+    let mut unreadable = java_kcl::lease_3_5("shardId-000000000009", "TRIM_HORIZON", 0, None);
+    unreadable.insert("leaseCounter".into(), AttributeValue::S("many".into()));
+    vec![
+        java_kcl::multi_stream_lease(
+            "123456789012",
+            "payments",
+            1_700_000_000,
+            "shardId-000000000000",
+            "TRIM_HORIZON",
+        ),
+        unreadable,
+    ]
+}
+
+/// Tries every write on the leases of [`leases_not_ours`], as if a caller
+/// had them: each fails and changes nothing.
+async fn writes_nothing_to_leases_not_ours(store: &impl LeaseStore) {
+    for key in [
+        "123456789012:payments:1700000000:shardId-000000000000",
+        "shardId-000000000009",
+    ] {
+        let mut guessed = kcl_lease::Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
+        guessed.owner = Some("java-worker".into());
+        guessed.counter = 17;
+        let outcome = store.take_lease(&guessed, "rust-worker").await;
+        assert!(outcome.is_err(), "{key} taken: {outcome:?}");
+        let outcome = store.request_handoff(&guessed, "rust-worker").await;
+        assert!(outcome.is_err(), "{key} handed over: {outcome:?}");
+        let token = guessed.token().unwrap();
+        let outcome = store
+            .checkpoint(
+                &token,
+                &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
+                &CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(LeaseStoreError::LeaseLost { .. })),
+            "{key} checkpointed: {outcome:?}"
+        );
+        let outcome = store.release_lease(&token).await;
+        assert!(outcome.is_err(), "{key} released: {outcome:?}");
+        let outcome = store.delete_lease(key).await;
+        assert!(
+            matches!(outcome, Err(LeaseStoreError::InvalidItem { .. })),
+            "{key} deleted: {outcome:?}"
+        );
+    }
+}
+
 /// What a store of the Java 3.5 table must list, and how it may use it.
 async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
     let listing = store.list_table().await.expect("list the table");
@@ -154,6 +208,9 @@ async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
     let not_a_lease = |entity: &str| SkippedKind::NotALease {
         entity_type: Some(entity.into()),
     };
+    let (not_ours, skipped): (Vec<_>, Vec<_>) = skipped
+        .into_iter()
+        .partition(|(key, _)| key.starts_with("123456789012:") || *key == "shardId-000000000009");
     assert_eq!(
         skipped,
         [
@@ -162,8 +219,11 @@ async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
             ("TableMigration3.5", not_a_lease("TABLE_MIGRATION")),
             ("java-worker-1", not_a_lease("WORKER_METRIC_STATS")),
             ("java-worker-2", not_a_lease("WORKER_METRIC_STATS")),
+            ("orders", not_a_lease("STREAM")),
         ]
     );
+    let kinds: Vec<_> = not_ours.iter().map(|(_, kind)| kind.label()).collect();
+    assert_eq!(kinds, ["multi_stream_lease", "malformed"]);
 
     // The leases are used as leases; the other items cannot be deleted or
     // read as leases, and a new lease is not created over one.
@@ -200,8 +260,9 @@ async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
         let over = kcl_lease::Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
         assert!(!store.create_lease_if_absent(&over).await.unwrap(), "{key}");
     }
+    writes_nothing_to_leases_not_ours(store).await;
     let after = store.list_table().await.unwrap();
-    assert_eq!(after.skipped.len(), 5, "{after:?}");
+    assert_eq!(after.skipped.len(), 8, "{after:?}");
     assert_eq!(after.leases.len(), 1);
     assert_eq!(after.leases[0].checkpoint, next);
 }
@@ -212,6 +273,7 @@ async fn a_java_3_5_table_lists_its_leases_and_leaves_everything_else_alone_in_m
     for item in java_leases()
         .iter()
         .chain(&java_kcl::java_3_5_items_other_than_leases())
+        .chain(&leases_not_ours())
     {
         store.put_item(item);
     }
@@ -224,7 +286,8 @@ async fn a_java_3_5_table_lists_its_leases_and_leaves_everything_else_alone_on_d
     let table = unique_name("java-3-5");
     let store = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
     store.ensure_tables().await.unwrap();
-    let others = java_kcl::java_3_5_items_other_than_leases();
+    let mut others = java_kcl::java_3_5_items_other_than_leases();
+    others.extend(leases_not_ours());
     put_items(&aws.dynamodb(), &table, &java_leases()).await;
     put_items(&aws.dynamodb(), &table, &others).await;
 
@@ -400,10 +463,7 @@ async fn a_worker_resumes_a_java_3_5_table_after_each_checkpoint_and_changes_not
 
 #[tokio::test]
 async fn a_single_stream_worker_refuses_a_multi_stream_table_and_writes_nothing() {
-    let aws = LocalAws::connect();
-    let table = unique_name("java-multi-stream-app");
-    create_lease_table(&aws.dynamodb(), &table).await;
-    let items = vec![
+    let leases = vec![
         java_kcl::multi_stream_lease(
             "123456789012",
             "orders",
@@ -420,6 +480,23 @@ async fn a_single_stream_worker_refuses_a_multi_stream_table_and_writes_nothing(
         ),
         java_kcl::leader_lock("java-worker-1"),
     ];
+    refuses_and_writes_nothing(leases, 2).await;
+    // A multi-stream application that has created no lease yet, but keeps
+    // its streams' information.
+    let streams_only = vec![
+        java_kcl::stream_info("123456789012:orders:1700000000"),
+        java_kcl::leader_lock("java-worker-1"),
+    ];
+    refuses_and_writes_nothing(streams_only, 1).await;
+}
+
+/// Starts a single-stream worker on a lease table holding `items`, of which
+/// `count` belong to a multi-stream application: it refuses, naming the
+/// table, and the table is as it was.
+async fn refuses_and_writes_nothing(items: Vec<Item>, count: usize) {
+    let aws = LocalAws::connect();
+    let table = unique_name("java-multi-stream-app");
+    create_lease_table(&aws.dynamodb(), &table).await;
     put_items(&aws.dynamodb(), &table, &items).await;
 
     let scheduler = Scheduler::builder()
@@ -439,11 +516,11 @@ async fn a_single_stream_worker_refuses_a_multi_stream_table_and_writes_nothing(
     match &error {
         SchedulerError::MultiStreamTable {
             table: named,
-            count,
+            count: found,
             ..
         } => {
             assert_eq!(named, &table);
-            assert_eq!(*count, 2);
+            assert_eq!(*found, count);
         }
         other => panic!("expected MultiStreamTable, got {other}"),
     }
