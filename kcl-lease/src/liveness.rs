@@ -34,7 +34,7 @@
 //! So the owner's deadline is at least the margin before `began`, which is
 //! before any take the observer then writes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::{Lease, WorkerHeartbeat};
@@ -81,6 +81,9 @@ struct Observed<T> {
     changed_at: Instant,
     /// How long the value may stand still before its owner is expired.
     failover: Duration,
+    /// The value changed at least once while this observer watched it (it
+    /// was not just found as it is).
+    moved: bool,
 }
 
 impl<T: PartialEq> Observed<T> {
@@ -90,10 +93,11 @@ impl<T: PartialEq> Observed<T> {
                 known.failover = failover;
                 known
             }
-            _ => Self {
+            known => Self {
                 signal,
                 changed_at: seen,
                 failover,
+                moved: known.is_some(),
             },
         }
     }
@@ -153,6 +157,7 @@ impl LivenessTracker {
                     signal: None,
                     changed_at: known.changed_at,
                     failover: known.failover,
+                    moved: known.moved,
                 };
                 workers.insert(worker, silent);
             }
@@ -202,6 +207,7 @@ impl LivenessTracker {
                 signal: None,
                 changed_at: known.changed_at,
                 failover: known.failover,
+                moved: known.moved,
             };
             workers.insert(worker, silent);
         }
@@ -250,6 +256,29 @@ impl LivenessTracker {
         self.leases
             .get(&lease.key)
             .is_some_and(|known| known.expired(as_of))
+    }
+
+    /// Owners with no heartbeat item whose leases this observer saw change
+    /// (counter or owner) within the failover time: workers that renew
+    /// their leases instead of heartbeating, such as Java KCL workers on the
+    /// same table. Each with the keys of those leases, sorted.
+    pub fn active_owners_without_heartbeat(&self) -> BTreeMap<String, Vec<String>> {
+        let mut owners: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let Some(as_of) = self.as_of else {
+            return owners;
+        };
+        for (key, known) in &self.leases {
+            if known.moved && !known.expired(as_of) {
+                owners
+                    .entry(known.signal.0.clone())
+                    .or_default()
+                    .push(key.clone());
+            }
+        }
+        for keys in owners.values_mut() {
+            keys.sort();
+        }
+        owners
     }
 
     /// The earliest moment after `now` at which an owner that looks alive
@@ -356,6 +385,42 @@ mod tests {
         );
         tracker.observe(at(t0 + S(10)), &[old, new], &leases);
         assert!(tracker.is_lease_expired(&leases[0]));
+    }
+
+    #[test]
+    fn owners_without_heartbeat_whose_counters_move_are_reported_until_they_stand_still() {
+        let t0 = Instant::now();
+        let mut tracker = LivenessTracker::new(FAILOVER);
+        let found = [
+            lease("shard-1", "java-worker", 5),
+            lease("shard-2", "java-worker", 9),
+            lease("shard-3", "gone-worker", 3),
+        ];
+        tracker.observe(at(t0), &[beat("rust-worker", 1)], &found);
+        // Found as they are: nothing is known to move yet.
+        assert!(tracker.active_owners_without_heartbeat().is_empty());
+
+        let renewed = [
+            lease("shard-1", "java-worker", 6),
+            lease("shard-2", "java-worker", 10),
+            lease("shard-3", "gone-worker", 3),
+        ];
+        tracker.observe(at(t0 + S(2)), &[beat("rust-worker", 2)], &renewed);
+        assert_eq!(
+            tracker.active_owners_without_heartbeat(),
+            BTreeMap::from([(
+                "java-worker".to_owned(),
+                vec!["shard-1".to_owned(), "shard-2".to_owned()]
+            )])
+        );
+        // The counters stand still for the failover time: no longer active,
+        // and only then expired.
+        tracker.observe(at(t0 + S(11)), &[beat("rust-worker", 3)], &renewed);
+        assert_eq!(tracker.active_owners_without_heartbeat().len(), 1);
+        assert!(!tracker.is_lease_expired(&renewed[0]));
+        tracker.observe(at(t0 + S(12)), &[beat("rust-worker", 4)], &renewed);
+        assert!(tracker.active_owners_without_heartbeat().is_empty());
+        assert!(tracker.is_lease_expired(&renewed[0]));
     }
 
     #[test]

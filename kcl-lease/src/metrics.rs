@@ -28,6 +28,11 @@ pub const CHECKPOINT_WRITES: &str = "kcl_checkpoint_writes_total";
 /// `malformed`).
 pub const LEASE_TABLE_SKIPPED_ITEMS: &str = "kcl_lease_table_skipped_items";
 
+/// Owners with no heartbeat whose leases' counters keep moving: workers of
+/// another library (such as the Java KCL) on the same table, as of the
+/// latest assignment round.
+pub const FOREIGN_LEASE_OWNERS: &str = "kcl_foreign_lease_owners";
+
 /// Describes the lease layer's metrics to the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(
@@ -43,6 +48,10 @@ pub fn describe() {
         "Times the processing deadline passed without a confirmed heartbeat"
     );
     metrics::describe_counter!(CHECKPOINT_WRITES, "Checkpoint writes, by outcome");
+    metrics::describe_gauge!(
+        FOREIGN_LEASE_OWNERS,
+        "Workers of another library renewing leases on this table (mixed fleet)"
+    );
     metrics::describe_gauge!(
         LEASE_TABLE_SKIPPED_ITEMS,
         "Lease table items left alone (not leases of this application's stream), by kind"

@@ -315,6 +315,7 @@ impl Scheduler {
                     if let Some(at) = handle.last_heartbeat() {
                         health.table_ok(at);
                     }
+                    health.foreign_owners(handle.foreign_owners().into_keys().collect());
                 }
                 changed = held.changed() => {
                     if changed.is_err() {

@@ -21,6 +21,8 @@ struct State {
     stopping: bool,
     last_tick: Option<Instant>,
     last_table_ok: Option<Instant>,
+    /// Workers of another library seen renewing leases on this table.
+    foreign_owners: Vec<String>,
 }
 
 impl Health {
@@ -57,6 +59,12 @@ impl Health {
         self.state().last_table_ok = Some(now);
     }
 
+    /// The workers of another library (such as the Java KCL) seen renewing
+    /// leases on this table: while there are any, the worker is not ready.
+    pub fn foreign_owners(&self, owners: Vec<String>) {
+        self.state().foreign_owners = owners;
+    }
+
     /// The worker is handing its shards over: no longer ready.
     pub fn stopping(&self) {
         self.state().stopping = true;
@@ -72,12 +80,13 @@ impl Health {
         }
     }
 
-    /// Readiness: started, not stopping, and the lease table answered
-    /// within the failover time.
+    /// Readiness: started, not stopping, no worker of another library on
+    /// the table, and the lease table answered within the failover time.
     pub fn is_ready(&self, now: Instant) -> bool {
         let state = self.state();
         state.started
             && !state.stopping
+            && state.foreign_owners.is_empty()
             && state
                 .last_table_ok
                 .is_some_and(|ok| now.saturating_duration_since(ok) < self.unreachable_after)
@@ -110,6 +119,18 @@ mod tests {
         health.table_ok(later);
         assert!(health.is_ready(later));
         assert!(!health.is_live(later + Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn a_worker_sharing_its_table_with_another_librarys_workers_is_not_ready() {
+        let health = Health::new(Duration::from_secs(30), Duration::from_secs(10));
+        let t0 = Instant::now();
+        health.started(t0);
+        health.foreign_owners(vec!["java-worker".into()]);
+        assert!(!health.is_ready(t0));
+        assert!(health.is_live(t0));
+        health.foreign_owners(Vec::new());
+        assert!(health.is_ready(t0));
     }
 
     #[test]

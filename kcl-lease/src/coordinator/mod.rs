@@ -112,6 +112,9 @@ struct Shared {
     /// Live workers other than this one that are not draining, as of the
     /// last round: who could receive this worker's leases.
     receivers: AtomicUsize,
+    /// Owners with no heartbeat whose leases' counters keep moving (Java
+    /// KCL workers on this table), with those leases, as of the last round.
+    foreign_owners: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 impl Shared {
@@ -164,6 +167,18 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     /// tables were reachable then).
     pub fn last_heartbeat(&self) -> Option<Instant> {
         self.shared.heart.last_confirmed()
+    }
+
+    /// Owners that renew leases without a heartbeat (another library's
+    /// workers on this table, such as the Java KCL's), with the leases they
+    /// renew, as of the last assignment round. A worker that sees any is
+    /// not ready: mixed fleets are not supported.
+    pub fn foreign_owners(&self) -> BTreeMap<String, Vec<String>> {
+        self.shared
+            .foreign_owners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// How many other live workers could receive this worker's leases (not
@@ -243,6 +258,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             held: watch::channel(HeldLeases::new()).0,
             draining: watch::channel(false).0,
             receivers: AtomicUsize::new(0),
+            foreign_owners: Default::default(),
         });
         let handle = CoordinatorHandle {
             store: Arc::clone(&store),
@@ -282,6 +298,38 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         self.shared.lapse_if_due(now)
     }
 
+    /// Publishes the owners that renew leases without a heartbeat (another
+    /// library's workers on this table, such as the Java KCL's), logging
+    /// each as an error when it is first seen. Their leases are not taken
+    /// while their counters move (see [`liveness`](crate::liveness)).
+    fn note_foreign_owners(&self) {
+        let now = self.tracker.active_owners_without_heartbeat();
+        let mut known = self
+            .shared
+            .foreign_owners
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (owner, leases) in &now {
+            if !known.contains_key(owner) {
+                tracing::error!(
+                    owner = %owner,
+                    leases = ?leases,
+                    "worker {owner} has no heartbeat but keeps renewing leases: another \
+                     library's worker (such as the Java KCL's) runs on this lease table. Mixed \
+                     fleets are not supported; stop it. Its leases are not taken until their \
+                     counters stand still for the failover time"
+                );
+            }
+        }
+        for owner in known.keys() {
+            if !now.contains_key(owner) {
+                info!(owner = %owner, "worker {owner} no longer renews leases");
+            }
+        }
+        metrics::gauge!(crate::metrics::FOREIGN_LEASE_OWNERS).set(now.len() as f64);
+        *known = now;
+    }
+
     /// Reads the tables, judges liveness, carries out this worker's part of
     /// the plan and publishes the leases it processes.
     ///
@@ -301,6 +349,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         let ended = clock();
         self.tracker
             .observe(ReadWindow { began, ended }, &heartbeats, &leases);
+        self.note_foreign_owners();
         let mut report = RoundReport::default();
         let Some(epoch) = self.shared.heart.live_epoch(ended) else {
             self.shared.lapse_if_due(ended);

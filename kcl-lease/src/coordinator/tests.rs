@@ -535,3 +535,45 @@ async fn a_second_live_process_under_the_same_worker_id_stops_one_of_them() {
     assert!(handle.liveness().borrow().until.is_none());
     let _ = (&mut first, &mut second);
 }
+
+#[tokio::test]
+async fn a_worker_of_another_library_renewing_leases_is_reported_and_its_leases_left_alone() {
+    let store = table_with(2).await;
+    let java_lease = "shardId-000000000000";
+    // A Java KCL worker (no heartbeat item) holds one lease and renews it
+    // by bumping its counter.
+    let renew = |store: InMemoryLeaseStore| async move {
+        let seen = store.get_lease(java_lease).await.unwrap().unwrap();
+        store.take_lease(&seen, "java-worker").await.unwrap();
+    };
+    renew(store.clone()).await;
+    let (mut a, handle) = coordinator(&store, "a");
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    assert!(handle.foreign_owners().is_empty(), "not seen to move yet");
+
+    for step in 1..=6 {
+        let now = t0 + S(2 * step);
+        renew(store.clone()).await;
+        a.heartbeat(at(now)).await.unwrap();
+        let report = a.assignment_round(at(now)).await.unwrap();
+        assert!(!report.taken.contains(&java_lease.to_owned()), "{report:?}");
+        assert_eq!(
+            handle.foreign_owners(),
+            BTreeMap::from([("java-worker".to_owned(), vec![java_lease.to_owned()])]),
+            "at {step}"
+        );
+    }
+    // It stops: once its counter has stood still for the failover time,
+    // the lease is taken and the report clears.
+    let stopped_at = t0 + S(12);
+    for step in 1..=5 {
+        let now = stopped_at + S(2 * step);
+        a.heartbeat(at(now)).await.unwrap();
+        a.assignment_round(at(now)).await.unwrap();
+    }
+    assert!(handle.foreign_owners().is_empty());
+    let lease = store.get_lease(java_lease).await.unwrap().unwrap();
+    assert_eq!(lease.owner.as_deref(), Some("a"));
+}
