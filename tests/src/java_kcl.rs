@@ -216,3 +216,154 @@ pub fn key_of(item: &Item) -> &str {
         _ => "",
     }
 }
+
+/// Checks a lease item against what the Java KCL's lease reader
+/// (`DynamoDBLeaseSerializer`, 2.x to 3.5) requires of it, so that an
+/// application can move back to the Java KCL: the numbers it parses are
+/// numbers, `checkpoint` is a non-empty string, sets are string sets, a
+/// hash key range is complete and ordered, `leaseOwner` is a non-empty
+/// string (the 3.x owner index requires one) and `entityType` is `LEASE` if
+/// present. Attributes the Java KCL does not know are ignored, as it
+/// ignores them. Returns what it would misread.
+pub fn java_reader_accepts(lease: &Item) -> Result<(), String> {
+    use AttributeValue as A;
+    let key = key_of(lease);
+    if key.is_empty() {
+        return Err("no string leaseKey".into());
+    }
+    let number = |name: &str, required: bool| match lease.get(name) {
+        Some(A::N(value)) if value.parse::<i64>().is_ok() => Ok(()),
+        None if !required => Ok(()),
+        other => Err(format!("{key}: {name} is {other:?}, not a whole number")),
+    };
+    number("leaseCounter", true)?;
+    number("ownerSwitchesSinceCheckpoint", true)?;
+    number("checkpointSubSequenceNumber", false)?;
+    number("pendingCheckpointSubSequenceNumber", false)?;
+    match lease.get("checkpoint") {
+        Some(A::S(value)) if !value.is_empty() => {}
+        other => return Err(format!("{key}: checkpoint is {other:?}")),
+    }
+    for name in ["pendingCheckpoint", "checkpointOwner"] {
+        match lease.get(name) {
+            None | Some(A::S(_)) => {}
+            other => return Err(format!("{key}: {name} is {other:?}, not a string")),
+        }
+    }
+    match lease.get("leaseOwner") {
+        None => {}
+        Some(A::S(owner)) if !owner.is_empty() => {}
+        other => return Err(format!("{key}: leaseOwner is {other:?}")),
+    }
+    match lease.get("pendingCheckpointState") {
+        None | Some(A::B(_)) => {}
+        other => {
+            return Err(format!(
+                "{key}: pendingCheckpointState is {other:?}, not binary"
+            ));
+        }
+    }
+    for name in ["parentShardId", "childShardIds"] {
+        match lease.get(name) {
+            None | Some(A::Ss(_)) => {}
+            other => return Err(format!("{key}: {name} is {other:?}, not a string set")),
+        }
+    }
+    match (lease.get("startingHashKey"), lease.get("endingHashKey")) {
+        (None, None) => {}
+        (Some(A::S(start)), Some(A::S(end))) => {
+            let parse = |v: &str| {
+                v.parse::<u128>()
+                    .map_err(|_| format!("{key}: hash key {v}"))
+            };
+            if parse(start)? >= parse(end)? {
+                return Err(format!(
+                    "{key}: hash key range {start}..{end} is not ordered"
+                ));
+            }
+        }
+        other => return Err(format!("{key}: incomplete hash key range {other:?}")),
+    }
+    match lease.get("throughputKBps") {
+        None | Some(A::N(_)) => {}
+        other => return Err(format!("{key}: throughputKBps is {other:?}")),
+    }
+    match lease.get("entityType") {
+        None => {}
+        Some(A::S(entity)) if entity == "LEASE" => {}
+        other => {
+            return Err(format!(
+                "{key}: entityType is {other:?}; the Java KCL skips the item"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks every lease item of `table` against the Java KCL's reader, so
+/// the application can move back.
+///
+/// # Panics
+/// On the first lease a Java KCL worker would misread, saying why.
+pub async fn assert_a_java_worker_can_read_every_lease(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+) {
+    let items = client
+        .scan()
+        .table_name(table)
+        .send()
+        .await
+        .expect("scan the lease table")
+        .items
+        .unwrap_or_default();
+    let leases: Vec<&Item> = items
+        .iter()
+        .filter(
+            |item| !matches!(item.get("entityType"), Some(AttributeValue::S(e)) if e != "LEASE"),
+        )
+        .collect();
+    assert!(!leases.is_empty());
+    for lease in leases {
+        if let Err(why) = java_reader_accepts(lease) {
+            panic!("a Java KCL worker would misread the table: {why}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_java_reader_check_accepts_java_leases_and_names_what_it_would_misread() {
+        let good = with_pending(
+            with_hash_range(lease_3_5("shardId-1", "123", 2, Some("w")), 0, 9),
+            "125",
+            0,
+            b"state",
+        );
+        assert_eq!(java_reader_accepts(&good), Ok(()));
+        assert_eq!(
+            java_reader_accepts(&lease_2x("shardId-1", "SHARD_END", 0, None)),
+            Ok(())
+        );
+        let broken: [(&str, Option<AttributeValue>); 7] = [
+            ("leaseCounter", Some(AttributeValue::Null(true))),
+            ("ownerSwitchesSinceCheckpoint", None),
+            ("checkpoint", Some(s(""))),
+            ("leaseOwner", Some(s(""))),
+            ("endingHashKey", None),
+            ("pendingCheckpointState", Some(n(1))),
+            ("entityType", Some(s("WORKER_METRIC_STATS"))),
+        ];
+        for (name, value) in broken {
+            let mut lease = good.clone();
+            match value {
+                Some(value) => lease.insert(name.into(), value),
+                None => lease.remove(name),
+            };
+            assert!(java_reader_accepts(&lease).is_err(), "{name}");
+        }
+    }
+}

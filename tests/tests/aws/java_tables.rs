@@ -459,6 +459,7 @@ async fn a_worker_resumes_a_java_3_5_table_after_each_checkpoint_and_changes_not
         Some(&b"java state"[..])
     );
     assert_unchanged(&aws.dynamodb(), &table, &others).await;
+    java_kcl::assert_a_java_worker_can_read_every_lease(&aws.dynamodb(), &table).await;
 }
 
 #[tokio::test]

@@ -164,6 +164,9 @@ async fn a_merge_of_shards_held_by_two_workers_waits_for_both_parents() {
     let child = &open_shards(&kinesis, &stream).await[0].0;
     let lease = store.get_lease(child).await.unwrap().expect("child lease");
     assert_eq!(lease.parent_shard_ids, parents.iter().cloned().collect());
+    // Finished parents, a child of two, leases moved between workers: a
+    // Java KCL worker could take over the table as it is.
+    kcl_tests::java_kcl::assert_a_java_worker_can_read_every_lease(&aws.dynamodb(), &app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
