@@ -331,6 +331,38 @@ pub async fn assert_a_java_worker_can_read_every_lease(
     }
 }
 
+/// Creates a lease table as the Java KCL does (key `leaseKey`, on-demand),
+/// and nothing else.
+///
+/// # Panics
+/// If the table cannot be created.
+pub async fn create_lease_table(client: &aws_sdk_dynamodb::Client, table: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name("leaseKey")
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("leaseKey")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create the lease table");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod chaos;
+mod java_table;
 mod recorder;
 mod safety;
 

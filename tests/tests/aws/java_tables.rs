@@ -51,35 +51,6 @@ async fn assert_unchanged(client: &aws_sdk_dynamodb::Client, table: &str, items:
     }
 }
 
-/// Creates a lease table as the Java KCL does (key `leaseKey`), and
-/// nothing else.
-async fn create_lease_table(client: &aws_sdk_dynamodb::Client, table: &str) {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    client
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name("leaseKey")
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("leaseKey")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .expect("create the lease table");
-}
-
 /// Reads the item `key` of `table` as it is stored.
 async fn stored_item(client: &aws_sdk_dynamodb::Client, table: &str, key: &str) -> Option<Item> {
     client
@@ -497,7 +468,7 @@ async fn a_single_stream_worker_refuses_a_multi_stream_table_and_writes_nothing(
 async fn refuses_and_writes_nothing(items: Vec<Item>, count: usize) {
     let aws = LocalAws::connect();
     let table = unique_name("java-multi-stream-app");
-    create_lease_table(&aws.dynamodb(), &table).await;
+    java_kcl::create_lease_table(&aws.dynamodb(), &table).await;
     put_items(&aws.dynamodb(), &table, &items).await;
 
     let scheduler = Scheduler::builder()

@@ -1,0 +1,165 @@
+//! Recorder replicas started on a lease table as a stopped Java KCL 3.5
+//! fleet leaves it (single-table layout: leases of 3.5 and of 2.x beside
+//! worker metrics, the leader lock and the migration items): every shard
+//! resumes exactly after its checkpoint, and no other item changes.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_kinesis::primitives::Blob;
+use kcl_examples::recorder::read_lines;
+use kcl_tests::java_kcl::{self, Item, key_of};
+use kcl_tests::processes::{Processes, start_recorder, terminate};
+use kcl_tests::stream::{create_stream, open_shards};
+use kcl_tests::{LocalAws, unique_name};
+
+use super::RECORDER;
+
+/// Records per shard, written before the replicas start.
+const PER_SHARD: usize = 12;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_replicas_resume_a_java_3_5_table_after_each_checkpoint() {
+    let aws = LocalAws::connect();
+    let (kinesis, dynamodb) = (aws.kinesis(), aws.dynamodb());
+    let (stream, app) = (unique_name("java-table"), unique_name("java-table-app"));
+    create_stream(&kinesis, &stream, 4).await;
+    let shards = open_shards(&kinesis, &stream).await;
+
+    // Records on every shard, with their sequence numbers.
+    let mut written: Vec<Vec<(String, String)>> = vec![Vec::new(); shards.len()];
+    for n in 0..PER_SHARD * shards.len() {
+        let index = n % shards.len();
+        let (shard, start, _) = &shards[index];
+        let data = format!("{shard}:{n}");
+        let put = kinesis
+            .put_record()
+            .stream_name(&stream)
+            .partition_key("any")
+            .explicit_hash_key(start.to_string())
+            .data(Blob::new(data.as_bytes()))
+            .send()
+            .await
+            .expect("put a record");
+        written[index].push((put.sequence_number().to_owned(), data));
+    }
+
+    // The stopped Java fleet checkpointed each shard somewhere else: 3.5
+    // and 2.x layouts, owned and unowned, one with a prepared checkpoint,
+    // one not read at all yet.
+    let checkpointed_after = [Some(2), Some(7), Some(0), None];
+    let mut leases: Vec<Item> = Vec::new();
+    for (index, (shard, start, end)) in shards.iter().enumerate() {
+        let checkpoint = match checkpointed_after[index] {
+            Some(n) => written[index][n].0.clone(),
+            None => "TRIM_HORIZON".to_owned(),
+        };
+        let lease = match index {
+            0 => java_kcl::lease_3_5(shard, &checkpoint, 0, Some("java-worker-1")),
+            1 => java_kcl::lease_3_5(shard, &checkpoint, 0, Some("java-worker-2")),
+            2 => java_kcl::with_pending(
+                java_kcl::lease_2x(shard, &checkpoint, 0, None),
+                &written[index][4].0,
+                0,
+                b"state",
+            ),
+            _ => java_kcl::lease_2x(shard, &checkpoint, 0, None),
+        };
+        leases.push(java_kcl::with_hash_range(lease, *start, *end));
+    }
+    let others = java_kcl::java_3_5_items_other_than_leases();
+    java_kcl::create_lease_table(&dynamodb, &app).await;
+    for item in leases.iter().chain(&others) {
+        dynamodb
+            .put_item()
+            .table_name(&app)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .expect("put a fixture item");
+    }
+    let expected: BTreeSet<String> = written
+        .iter()
+        .zip(checkpointed_after)
+        .flat_map(|(records, after)| {
+            let first = after.map_or(0, |n| n + 1);
+            records[first..].iter().map(|(_, data)| data.clone())
+        })
+        .collect();
+
+    let dir = std::env::temp_dir().join(unique_name("java-table-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let outputs: Vec<PathBuf> = (0..2)
+        .map(|n| dir.join(format!("worker-{n}.jsonl")))
+        .collect();
+    let fast = [
+        "--failover-time-ms",
+        "3000",
+        "--assignment-interval-ms",
+        "500",
+    ];
+    let mut replicas = Processes(
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(n, output)| {
+                start_recorder(
+                    RECORDER,
+                    &aws,
+                    &stream,
+                    &app,
+                    &format!("worker-{n}"),
+                    output,
+                    &fast,
+                )
+            })
+            .collect(),
+    );
+    let recorded = || -> Vec<String> {
+        outputs
+            .iter()
+            .flat_map(|output| read_lines(output).unwrap_or_default())
+            .map(|line| line.data)
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while recorded().len() < expected.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recorded {} of {} records",
+            recorded().len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for child in &replicas.0 {
+        terminate(child);
+    }
+    for child in &mut replicas.0 {
+        assert!(child.wait().unwrap().success());
+    }
+
+    let recorded = recorded();
+    assert_eq!(
+        recorded.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "exactly the records after each checkpoint"
+    );
+    assert_eq!(recorded.len(), expected.len(), "nothing twice");
+    for item in &others {
+        let stored = dynamodb
+            .get_item()
+            .table_name(&app)
+            .key("leaseKey", AttributeValue::S(key_of(item).to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item;
+        assert_eq!(stored.as_ref(), Some(item), "{} changed", key_of(item));
+    }
+    java_kcl::assert_a_java_worker_can_read_every_lease(&dynamodb, &app).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
