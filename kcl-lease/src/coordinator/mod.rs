@@ -133,6 +133,22 @@ impl Shared {
     }
 }
 
+/// Reads a lease this worker holds or waits for. An item that is no longer
+/// a lease it can read (rewritten by someone else) counts as gone, like a
+/// deleted one, and does not stop the reads of the others.
+async fn read_own_lease<S: LeaseStore + ?Sized>(
+    store: &S,
+    key: &str,
+) -> Result<Option<Lease>, LeaseStoreError> {
+    match store.get_lease(key).await {
+        Err(LeaseStoreError::InvalidItem { reason, .. }) => {
+            warn!(lease = %key, %reason, "lease can no longer be read; counting it as lost");
+            Ok(None)
+        }
+        read => read,
+    }
+}
+
 /// What the rest of the worker uses to follow and act on the held leases.
 pub struct CoordinatorHandle<S: ?Sized> {
     store: Arc<S>,
@@ -536,7 +552,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .map(|h| (h.lease.key.clone(), h.token.clone()))
             .collect();
         for (key, token) in unasked {
-            let lease = self.store.get_lease(&key).await?;
+            let lease = read_own_lease(&*self.store, &key).await?;
             self.shared.held.send_if_modified(|held| {
                 let Some(entry) = held.get_mut(&key).filter(|h| h.token == token) else {
                     return false;
@@ -642,7 +658,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         let me = self.config.worker_id.clone();
         let keys: Vec<String> = self.awaiting.keys().cloned().collect();
         for key in keys {
-            let lease = self.store.get_lease(&key).await?;
+            let lease = read_own_lease(&*self.store, &key).await?;
             let now = clock();
             let Some(&(until, asked_in)) = self.awaiting.get(&key) else {
                 continue;

@@ -577,3 +577,38 @@ async fn a_worker_of_another_library_renewing_leases_is_reported_and_its_leases_
     let lease = store.get_lease(java_lease).await.unwrap().unwrap();
     assert_eq!(lease.owner.as_deref(), Some("a"));
 }
+
+#[tokio::test]
+async fn a_draining_worker_whose_lease_became_unreadable_drops_it_and_reads_the_others() {
+    let store = table_with(2).await;
+    let (mut a, handle) = coordinator(&store, "a");
+    let t0 = Instant::now();
+    a.heartbeat(at(t0)).await.unwrap();
+    a.assignment_round(at(t0)).await.unwrap();
+    assert_eq!(handle.held().borrow().len(), 2);
+    // Someone rewrites one lease into an item no reader can use.
+    let broken = "shardId-000000000000";
+    store.put_item(
+        &[
+            (
+                "leaseKey",
+                aws_sdk_dynamodb::types::AttributeValue::S(broken.into()),
+            ),
+            (
+                "leaseCounter",
+                aws_sdk_dynamodb::types::AttributeValue::S("many".into()),
+            ),
+            (
+                "checkpoint",
+                aws_sdk_dynamodb::types::AttributeValue::S("TRIM_HORIZON".into()),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect(),
+    );
+    handle.stop_taking();
+    a.drain_poll(at(t0 + S(1))).await.unwrap();
+    let held = handle.held().borrow().clone();
+    assert_eq!(held.keys().collect::<Vec<_>>(), ["shardId-000000000001"]);
+}
