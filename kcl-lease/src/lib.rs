@@ -12,6 +12,8 @@
 //! - [`listing`]: what a scan of the lease table finds; items that are
 //!   not this worker's leases (the Java KCL 3.5's other items, multi-stream
 //!   leases, unreadable items) are skipped and never written.
+//! - [`StreamIdentifier`]: how a Java multi-stream application names its
+//!   streams (`account:stream:epoch`) and keys their leases.
 //! - [`liveness`]: workers heartbeat one item each, in a table of their own,
 //!   instead of renewing every lease; a lease expires when its owner's
 //!   heartbeat has not changed for the failover time, judged by the
@@ -43,6 +45,7 @@ pub mod liveness;
 mod memory;
 pub mod metrics;
 mod store;
+mod stream_identifier;
 
 pub use checkpoint_writer::LeaseCheckpointWriter;
 pub use config::{LeaseConfig, LeaseConfigError};
@@ -57,3 +60,4 @@ pub use store::{
     CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WRITE_OPERATIONS, WorkerHeartbeat,
     write_requests,
 };
+pub use stream_identifier::{StreamIdentifier, StreamIdentifierError};

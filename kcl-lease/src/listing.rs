@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use tracing::{error, info};
 
-use crate::Lease;
+use crate::{Lease, StreamIdentifier};
 
 /// Everything a scan of the lease table found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,25 +69,17 @@ impl SkippedItem {
             SkippedKind::MultiStreamLease { .. } => true,
             SkippedKind::NotALease {
                 entity_type: Some(entity),
-            } => entity == "STREAM" && is_stream_identifier(&self.key),
+            } => entity == "STREAM" && StreamIdentifier::parse(&self.key).is_ok(),
             _ => false,
         }
     }
 }
 
-/// Whether `text` is a Java multi-stream stream identifier:
-/// `account:stream:epoch`, account and epoch in digits.
-fn is_stream_identifier(text: &str) -> bool {
-    let parts: Vec<&str> = text.split(':').collect();
-    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    matches!(parts.as_slice(), [account, stream, epoch] if digits(account) && !stream.is_empty() && digits(epoch))
-}
-
 /// The stream part (`account:stream:epoch`) of a Java multi-stream lease
 /// key `account:stream:epoch:shardId`, if `key` is one.
 pub(crate) fn multi_stream_of_key(key: &str) -> Option<&str> {
-    let (stream, shard) = key.rsplit_once(':')?;
-    (is_stream_identifier(stream) && !shard.is_empty()).then_some(stream)
+    StreamIdentifier::split_lease_key(key)?;
+    key.rsplit_once(':').map(|(stream, _)| stream)
 }
 
 impl SkippedKind {
