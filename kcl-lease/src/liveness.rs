@@ -68,6 +68,9 @@ pub struct LivenessTracker {
     workers: HashMap<String, Observed<Option<u64>>>,
     /// Leases whose owner has no heartbeat item: (processing owner, counter).
     leases: HashMap<String, Observed<(String, u64)>>,
+    /// The processing owner of every lease, as of the last observation: a
+    /// lease that moves to an owner without heartbeat was taken by it.
+    owners: HashMap<String, String>,
     /// When the reads of the last observation began: silence is judged as
     /// of then.
     as_of: Option<Instant>,
@@ -115,6 +118,7 @@ impl LivenessTracker {
             failover_time,
             workers: HashMap::new(),
             leases: HashMap::new(),
+            owners: HashMap::new(),
             as_of: None,
         }
     }
@@ -173,17 +177,28 @@ impl LivenessTracker {
                 continue;
             }
             let known = self.leases.remove(&lease.key);
-            tracked.insert(
-                lease.key.clone(),
-                Observed::update(
-                    known,
-                    (owner.to_owned(), lease.counter),
-                    seen,
-                    self.failover_time,
-                ),
+            let mut observed = Observed::update(
+                known,
+                (owner.to_owned(), lease.counter),
+                seen,
+                self.failover_time,
             );
+            // Taken from another owner since the last observation: that is
+            // a move too, seen at once.
+            if self
+                .owners
+                .get(&lease.key)
+                .is_some_and(|before| before != owner)
+            {
+                observed.moved = true;
+            }
+            tracked.insert(lease.key.clone(), observed);
         }
         self.leases = tracked;
+        self.owners = leases
+            .iter()
+            .filter_map(|lease| Some((lease.key.clone(), lease.processing_owner()?.to_owned())))
+            .collect();
         self.as_of = Some(window.began);
     }
 
@@ -421,6 +436,26 @@ mod tests {
         tracker.observe(at(t0 + S(12)), &[beat("rust-worker", 4)], &renewed);
         assert!(tracker.active_owners_without_heartbeat().is_empty());
         assert!(tracker.is_lease_expired(&renewed[0]));
+    }
+
+    #[test]
+    fn a_lease_taken_by_an_owner_without_heartbeat_is_reported_at_once() {
+        let t0 = Instant::now();
+        let mut tracker = LivenessTracker::new(FAILOVER);
+        tracker.observe(
+            at(t0),
+            &[beat("rust-worker", 1)],
+            &[lease("shard-1", "rust-worker", 4)],
+        );
+        tracker.observe(
+            at(t0 + S(1)),
+            &[beat("rust-worker", 2)],
+            &[lease("shard-1", "java-worker", 5)],
+        );
+        assert_eq!(
+            tracker.active_owners_without_heartbeat(),
+            BTreeMap::from([("java-worker".to_owned(), vec!["shard-1".to_owned()])])
+        );
     }
 
     #[test]

@@ -240,15 +240,26 @@ pub fn java_reader_accepts(lease: &Item) -> Result<(), String> {
     number("ownerSwitchesSinceCheckpoint", true)?;
     number("checkpointSubSequenceNumber", false)?;
     number("pendingCheckpointSubSequenceNumber", false)?;
+    // A sequence number (digits) or a sentinel, as the Java KCL compares
+    // them.
+    let position = |value: &str| {
+        (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+            || ["TRIM_HORIZON", "LATEST", "SHARD_END", "AT_TIMESTAMP"].contains(&value)
+    };
     match lease.get("checkpoint") {
-        Some(A::S(value)) if !value.is_empty() => {}
+        Some(A::S(value)) if position(value) => {}
         other => return Err(format!("{key}: checkpoint is {other:?}")),
     }
-    for name in ["pendingCheckpoint", "checkpointOwner"] {
-        match lease.get(name) {
-            None | Some(A::S(_)) => {}
-            other => return Err(format!("{key}: {name} is {other:?}, not a string")),
-        }
+    match lease.get("pendingCheckpoint") {
+        None => {}
+        Some(A::S(value)) if position(value) => {}
+        other => return Err(format!("{key}: pendingCheckpoint is {other:?}")),
+    }
+    // Present means a handoff is under way, from that worker.
+    match lease.get("checkpointOwner") {
+        None => {}
+        Some(A::S(owner)) if !owner.is_empty() => {}
+        other => return Err(format!("{key}: checkpointOwner is {other:?}")),
     }
     match lease.get("leaseOwner") {
         None => {}
@@ -380,10 +391,12 @@ mod tests {
             java_reader_accepts(&lease_2x("shardId-1", "SHARD_END", 0, None)),
             Ok(())
         );
-        let broken: [(&str, Option<AttributeValue>); 7] = [
+        let broken: [(&str, Option<AttributeValue>); 9] = [
             ("leaseCounter", Some(AttributeValue::Null(true))),
             ("ownerSwitchesSinceCheckpoint", None),
             ("checkpoint", Some(s(""))),
+            ("checkpoint", Some(s("12ab"))),
+            ("checkpointOwner", Some(s(""))),
             ("leaseOwner", Some(s(""))),
             ("endingHashKey", None),
             ("pendingCheckpointState", Some(n(1))),
