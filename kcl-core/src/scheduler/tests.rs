@@ -588,3 +588,67 @@ async fn a_consumer_stopped_by_a_deadline_that_moved_on_starts_again_and_a_lost_
     assert!(tasks.running.contains_key(keys[0]), "started again");
     assert!(!tasks.running.contains_key(keys[1]), "a lost lease is not");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_sharing_its_table_with_a_renewing_foreign_worker_is_not_ready_until_it_stops() {
+    let fleet = Fleet::new(2, 0);
+    let shards: Vec<String> = fleet
+        .kinesis
+        .list_shards(STREAM)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|shard| shard.shard_id)
+        .collect();
+    // A Java KCL worker (no heartbeat) holds the first shard's lease.
+    let java_lease = kcl_lease::Lease::new(
+        &shards[0],
+        kcl_checkpoint::ExtendedSequenceNumber::TrimHorizon,
+    );
+    fleet
+        .store
+        .create_lease_if_absent(&java_lease)
+        .await
+        .unwrap();
+    let renew = || async {
+        let seen = fleet.store.get_lease(&shards[0]).await.unwrap().unwrap();
+        fleet.store.take_lease(&seen, "java-worker").await.unwrap();
+    };
+    renew().await;
+    let worker = fleet.worker("rust-worker");
+    let health = worker.health();
+    let shutdown = worker.shutdown_handle();
+    let task = tokio::spawn(worker.run());
+    let ready = || health.is_ready(std::time::Instant::now());
+
+    // It renews every second: the worker sees it and is not ready.
+    let mut renewals = 0;
+    while ready() || renewals < 5 {
+        renew().await;
+        renewals += 1;
+        assert!(renewals < 60, "never judged not ready");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for _ in 0..10 {
+        renew().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!ready(), "ready while a foreign worker renews");
+        let lease = fleet.store.get_lease(&shards[0]).await.unwrap().unwrap();
+        assert_eq!(lease.owner.as_deref(), Some("java-worker"));
+    }
+    // It stops: the worker takes its lease and is ready again.
+    wait_until(|| ready()).await;
+    let store = fleet.store.clone();
+    let key = shards[0].clone();
+    for _ in 0..100 {
+        let lease = store.get_lease(&key).await.unwrap().unwrap();
+        if lease.owner.as_deref() == Some("rust-worker") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let lease = store.get_lease(&key).await.unwrap().unwrap();
+    assert_eq!(lease.owner.as_deref(), Some("rust-worker"));
+    shutdown.shutdown();
+    task.await.unwrap().unwrap();
+}
