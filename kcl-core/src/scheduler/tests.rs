@@ -637,7 +637,7 @@ async fn a_worker_sharing_its_table_with_a_renewing_foreign_worker_is_not_ready_
         assert_eq!(lease.owner.as_deref(), Some("java-worker"));
     }
     // It stops: the worker takes its lease and is ready again.
-    wait_until(|| ready()).await;
+    wait_until(ready).await;
     let store = fleet.store.clone();
     let key = shards[0].clone();
     for _ in 0..100 {
