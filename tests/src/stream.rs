@@ -107,6 +107,32 @@ pub async fn wait_active(kinesis: &Client, stream: &str) {
     }
 }
 
+/// Writes one record with `data` to the shard whose hash key range starts
+/// at `hash_key` (given explicitly), and returns its sequence number.
+///
+/// # Panics
+/// If the record cannot be written, or lands on a shard other than
+/// `shard_id`.
+pub async fn put_to_shard(
+    kinesis: &Client,
+    stream: &str,
+    shard_id: &str,
+    hash_key: u128,
+    data: &str,
+) -> String {
+    let put = kinesis
+        .put_record()
+        .stream_name(stream)
+        .partition_key("any")
+        .explicit_hash_key(hash_key.to_string())
+        .data(Blob::new(data.as_bytes()))
+        .send()
+        .await
+        .expect("put a record");
+    assert_eq!(put.shard_id(), shard_id, "the record went to another shard");
+    put.sequence_number().to_owned()
+}
+
 /// The stream's open shards: id and hash key range, by starting hash key.
 pub async fn open_shards(kinesis: &Client, stream: &str) -> Vec<(String, u128, u128)> {
     let mut shards = Vec::new();

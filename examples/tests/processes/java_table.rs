@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_kinesis::primitives::Blob;
 use kcl_examples::recorder::read_lines;
 use kcl_tests::java_kcl::{self, Item, key_of};
 use kcl_tests::processes::{Processes, start_recorder, terminate};
-use kcl_tests::stream::{create_stream, open_shards};
+use kcl_tests::stream::{create_stream, open_shards, put_to_shard};
 use kcl_tests::{LocalAws, unique_name};
 
 use super::RECORDER;
@@ -34,17 +33,8 @@ async fn recorder_replicas_resume_a_java_3_5_table_after_each_checkpoint() {
         let index = n % shards.len();
         let (shard, start, _) = &shards[index];
         let data = format!("{shard}:{n}");
-        let put = kinesis
-            .put_record()
-            .stream_name(&stream)
-            .partition_key("any")
-            .explicit_hash_key(start.to_string())
-            .data(Blob::new(data.as_bytes()))
-            .send()
-            .await
-            .expect("put a record");
-        assert_eq!(put.shard_id(), shard, "the record went to another shard");
-        written[index].push((put.sequence_number().to_owned(), data));
+        let sequence = put_to_shard(&kinesis, &stream, shard, *start, &data).await;
+        written[index].push((sequence, data));
     }
 
     // The stopped Java fleet checkpointed each shard somewhere else: 3.5

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
-use aws_sdk_kinesis::primitives::Blob;
 use kcl_core::checkpoint::{Checkpointer, ExtendedSequenceNumber};
 use kcl_core::{
     InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor, Scheduler,
@@ -22,7 +21,7 @@ use kcl_lease::{
     SkippedKind,
 };
 use kcl_tests::java_kcl::{self, Item, key_of};
-use kcl_tests::stream::{create_stream, open_shards};
+use kcl_tests::stream::{create_stream, open_shards, put_to_shard};
 use kcl_tests::{LocalAws, unique_name};
 
 /// Writes `items` into the DynamoDB table `table` as they are.
@@ -327,17 +326,8 @@ async fn a_worker_resumes_a_java_3_5_table_after_each_checkpoint_and_changes_not
     for n in 0..20 {
         let (shard, start, _) = &shards[n % 2];
         let data = format!("record-{n}");
-        let put = kinesis
-            .put_record()
-            .stream_name(&stream)
-            .partition_key("any")
-            .explicit_hash_key(start.to_string())
-            .data(Blob::new(data.as_bytes()))
-            .send()
-            .await
-            .expect("put a record");
-        assert_eq!(put.shard_id(), shard);
-        written.push((shard.clone(), put.sequence_number().to_owned(), data));
+        let sequence = put_to_shard(&kinesis, &stream, shard, *start, &data).await;
+        written.push((shard.clone(), sequence, data));
     }
     let on = |shard: &str| -> Vec<&(String, String, String)> {
         written.iter().filter(|(s, _, _)| s == shard).collect()
