@@ -2,16 +2,20 @@
 //! - a finished lease (checkpointed at `SHARD_END`) once every child shard
 //!   has started (its checkpoint is past `TRIM_HORIZON`), so a child never
 //!   loses track of a parent it must wait for;
-//! - the lease of a shard that is gone from the stream (past retention).
+//! - the lease of a shard that is gone from the stream (past retention);
+//! - in a multi-stream application, the leases of a stream it no longer
+//!   consumes (removed from its list, or deleted from Kinesis), after a
+//!   delay of their own, as the Java KCL's former-streams deletion does.
+//!   Nothing of a stream the worker consumes is deleted for that reason.
 //!
-//! Which leases qualify is a pure decision ([`cleanable`]); a
-//! [`LeaseCleaner`] deletes them once they have qualified for the
-//! configured delay, judged by this worker's clock.
+//! Which leases qualify is a pure decision ([`cleanable`],
+//! [`of_former_streams`]); a [`LeaseCleaner`] deletes them once they have
+//! qualified for the configured delay, judged by this worker's clock.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use kcl_lease::{Lease, LeaseStore, LeaseStoreError};
+use kcl_lease::{Lease, LeaseStore, LeaseStoreError, StreamIdentifier};
 use tracing::info;
 
 use crate::kinesis::ShardDescription;
@@ -23,36 +27,49 @@ pub enum CleanupReason {
     ChildrenStarted,
     /// The shard no longer exists in the stream.
     ShardGone,
+    /// The lease belongs to a stream the multi-stream application no
+    /// longer consumes.
+    FormerStream,
+    /// The stream is consumed but Kinesis says it does not exist any more.
+    StreamDeleted,
 }
 
-/// The leases that may be deleted, given every lease and the stream's
-/// shards. With an empty shard list nothing is judged gone (a stream
-/// always has an open shard, so an empty list is a bad answer).
+impl CleanupReason {
+    /// Whether the lease's stream is gone as a whole (deleted after the
+    /// former-stream delay, not the lease cleanup delay).
+    pub fn stream_gone(self) -> bool {
+        matches!(self, Self::FormerStream | Self::StreamDeleted)
+    }
+}
+
+/// The leases of one stream that may be deleted, given that stream's leases
+/// and its shards. With an empty shard list nothing is judged gone (a
+/// stream always has an open shard, so an empty list is a bad answer).
 pub fn cleanable(leases: &[Lease], shards: &[ShardDescription]) -> Vec<(String, CleanupReason)> {
     let in_stream: BTreeSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
-    let by_key: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+    let by_shard: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.shard_id(), l)).collect();
     let mut children: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for lease in leases {
         for parent in &lease.parent_shard_ids {
-            children.entry(parent).or_default().insert(&lease.key);
+            children.entry(parent).or_default().insert(lease.shard_id());
         }
         for child in &lease.child_shard_ids {
-            children.entry(&lease.key).or_default().insert(child);
+            children.entry(lease.shard_id()).or_default().insert(child);
         }
     }
     let mut result = Vec::new();
     for lease in leases {
-        if !in_stream.is_empty() && !in_stream.contains(lease.key.as_str()) {
+        if !in_stream.is_empty() && !in_stream.contains(lease.shard_id()) {
             result.push((lease.key.clone(), CleanupReason::ShardGone));
             continue;
         }
         if !lease.is_finished() {
             continue;
         }
-        let Some(kids) = children.get(lease.key.as_str()) else {
+        let Some(kids) = children.get(lease.shard_id()) else {
             continue;
         };
-        let all_started = kids.iter().all(|kid| match by_key.get(kid) {
+        let all_started = kids.iter().all(|kid| match by_shard.get(kid) {
             Some(child) => child.has_started(),
             // A child without a lease counts only if it is gone as well.
             None => !in_stream.is_empty() && !in_stream.contains(kid),
@@ -64,38 +81,75 @@ pub fn cleanable(leases: &[Lease], shards: &[ShardDescription]) -> Vec<(String, 
     result
 }
 
-/// Deletes cleanable leases once they have stayed cleanable for `delay`.
+/// The leases of a multi-stream application's table that belong to none of
+/// the `consumed` streams, or to one of the `deleted` streams (consumed,
+/// but gone from Kinesis). Leases of an application of one stream (no
+/// stream on the lease) are never among them.
+pub fn of_former_streams(
+    leases: &[Lease],
+    consumed: &BTreeSet<StreamIdentifier>,
+    deleted: &BTreeSet<StreamIdentifier>,
+) -> Vec<(String, CleanupReason)> {
+    leases
+        .iter()
+        .filter_map(|lease| {
+            let stream = lease.stream.as_ref()?;
+            let reason = if deleted.contains(stream) {
+                CleanupReason::StreamDeleted
+            } else if !consumed.contains(stream) {
+                CleanupReason::FormerStream
+            } else {
+                return None;
+            };
+            Some((lease.key.clone(), reason))
+        })
+        .collect()
+}
+
+/// Deletes cleanable leases once they have stayed cleanable for their
+/// delay.
 #[derive(Debug)]
 pub struct LeaseCleaner {
     delay: Duration,
+    former_stream_delay: Option<Duration>,
     first_seen: HashMap<String, Instant>,
 }
 
 impl LeaseCleaner {
-    /// A cleaner that waits `delay` before deleting.
-    pub fn new(delay: Duration) -> Self {
+    /// A cleaner that waits `delay` before deleting a lease, and
+    /// `former_stream_delay` before deleting a lease of a stream that is no
+    /// longer consumed (never, when `None`).
+    pub fn new(delay: Duration, former_stream_delay: Option<Duration>) -> Self {
         Self {
             delay,
+            former_stream_delay,
             first_seen: HashMap::new(),
         }
     }
 
-    /// Deletes the leases that have been cleanable for the delay at `now`.
-    /// Returns the keys deleted.
+    /// Deletes the `candidates` (every cleanable lease, as of now) that
+    /// have been cleanable for their delay at `now`. Returns the keys
+    /// deleted.
     pub async fn run(
         &mut self,
         store: &dyn LeaseStore,
-        leases: &[Lease],
-        shards: &[ShardDescription],
+        candidates: Vec<(String, CleanupReason)>,
         now: Instant,
     ) -> Result<Vec<String>, LeaseStoreError> {
-        let candidates = cleanable(leases, shards);
         let keys: BTreeSet<&str> = candidates.iter().map(|(k, _)| k.as_str()).collect();
         self.first_seen.retain(|key, _| keys.contains(key.as_str()));
         let mut deleted = Vec::new();
         for (key, reason) in candidates {
+            let delay = if reason.stream_gone() {
+                match self.former_stream_delay {
+                    Some(delay) => delay,
+                    None => continue,
+                }
+            } else {
+                self.delay
+            };
             let since = *self.first_seen.entry(key.clone()).or_insert(now);
-            if now.saturating_duration_since(since) >= self.delay {
+            if now.saturating_duration_since(since) >= delay {
                 store.delete_lease(&key).await?;
                 info!(lease = %key, ?reason, "deleted lease");
                 self.first_seen.remove(&key);
@@ -180,12 +234,13 @@ mod tests {
         let store = InMemoryLeaseStore::new();
         let leases = [lease("old", at("1"), &[])];
         store.create_lease_if_absent(&leases[0]).await.unwrap();
-        let mut cleaner = LeaseCleaner::new(Duration::from_secs(60));
+        let mut cleaner = LeaseCleaner::new(Duration::from_secs(60), None);
         let start = Instant::now();
         let shards = [shard("s")];
+        let candidates = || cleanable(&leases, &shards);
         assert!(
             cleaner
-                .run(&store, &leases, &shards, start)
+                .run(&store, candidates(), start)
                 .await
                 .unwrap()
                 .is_empty()
@@ -193,16 +248,92 @@ mod tests {
         let later = start + Duration::from_secs(59);
         assert!(
             cleaner
-                .run(&store, &leases, &shards, later)
+                .run(&store, candidates(), later)
                 .await
                 .unwrap()
                 .is_empty()
         );
         let deleted = cleaner
-            .run(&store, &leases, &shards, start + Duration::from_secs(60))
+            .run(&store, candidates(), start + Duration::from_secs(60))
             .await
             .unwrap();
         assert_eq!(deleted, ["old"]);
         assert_eq!(store.get_lease("old").await.unwrap(), None);
+    }
+
+    #[test]
+    fn multi_stream_leases_are_judged_by_their_shard_ids() {
+        let orders = StreamIdentifier::parse("1:orders:10").unwrap();
+        let of = |shard: &str, checkpoint, parents: &[&str]| {
+            let mut lease = Lease::for_shard(Some(&orders), shard, checkpoint);
+            lease.parent_shard_ids = parents.iter().map(|p| (*p).to_owned()).collect();
+            lease
+        };
+        let parent = of("p", ExtendedSequenceNumber::ShardEnd, &[]);
+        let child = of("c", at("3"), &["p"]);
+        let open = of("o", at("3"), &[]);
+        let shards = [shard("p"), shard("c"), shard("o")];
+        assert_eq!(
+            cleanable(&[parent.clone(), child.clone(), open.clone()], &shards),
+            [(orders.lease_key("p"), CleanupReason::ChildrenStarted)]
+        );
+        let waiting = of("c", ExtendedSequenceNumber::TrimHorizon, &["p"]);
+        assert!(cleanable(&[parent, waiting, open], &shards).is_empty());
+    }
+
+    #[test]
+    fn only_leases_of_streams_no_longer_consumed_are_former() {
+        let stream = |text: &str| StreamIdentifier::parse(text).unwrap();
+        let (orders, refunds, old) = (stream("1:orders:10"), stream("1:refunds:10"), stream("1:old:10"));
+        let recreated = stream("1:orders:99");
+        let of = |id: &StreamIdentifier| Lease::for_shard(Some(id), "s", at("1"));
+        let leases = [
+            of(&orders),
+            of(&refunds),
+            of(&old),
+            of(&recreated),
+            Lease::new("s", at("1")),
+        ];
+        let consumed: BTreeSet<_> = [orders.clone(), refunds.clone()].into();
+        assert_eq!(
+            of_former_streams(&leases, &consumed, &BTreeSet::new()),
+            [
+                (old.lease_key("s"), CleanupReason::FormerStream),
+                (recreated.lease_key("s"), CleanupReason::FormerStream),
+            ]
+        );
+        assert_eq!(
+            of_former_streams(&leases, &consumed, &[refunds.clone()].into()),
+            [
+                (refunds.lease_key("s"), CleanupReason::StreamDeleted),
+                (old.lease_key("s"), CleanupReason::FormerStream),
+                (recreated.lease_key("s"), CleanupReason::FormerStream),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn leases_of_former_streams_wait_for_their_own_delay_or_stay() {
+        let store = InMemoryLeaseStore::new();
+        let old = StreamIdentifier::parse("1:old:10").unwrap();
+        let lease = Lease::for_shard(Some(&old), "s", at("1"));
+        store.create_lease_if_absent(&lease).await.unwrap();
+        let candidates = || of_former_streams(&[lease.clone()], &BTreeSet::new(), &BTreeSet::new());
+        let start = Instant::now();
+        let mut keeps = LeaseCleaner::new(Duration::ZERO, None);
+        for later in [0, 3_600, 86_400] {
+            let now = start + Duration::from_secs(later);
+            assert!(keeps.run(&store, candidates(), now).await.unwrap().is_empty());
+        }
+        let mut cleaner = LeaseCleaner::new(Duration::ZERO, Some(Duration::from_secs(600)));
+        assert!(cleaner.run(&store, candidates(), start).await.unwrap().is_empty());
+        let before = start + Duration::from_secs(599);
+        assert!(cleaner.run(&store, candidates(), before).await.unwrap().is_empty());
+        let deleted = cleaner
+            .run(&store, candidates(), start + Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(deleted, [lease.key.clone()]);
+        assert_eq!(store.get_lease(&lease.key).await.unwrap(), None);
     }
 }

@@ -1,7 +1,8 @@
 //! The worker: the [`Scheduler`] that runs one member of a fleet, the
 //! per-shard [consumers](consumer), record [retrieval] from Kinesis, shard
 //! discovery ([`shard_sync`]), removal of leases no longer needed
-//! ([`lease_cleanup`]) and the [`RecordProcessor`] interface the
+//! ([`lease_cleanup`]), the [`streams`] an application consumes (one, or
+//! several in one lease table) and the [`RecordProcessor`] interface the
 //! application implements.
 //!
 //! ```no_run
@@ -60,6 +61,7 @@ pub mod retrieval;
 pub mod scheduler;
 pub mod shard_sync;
 mod stats;
+pub mod streams;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;
@@ -82,3 +84,4 @@ pub use scheduler::{
     SchedulerError, ShutdownHandle,
 };
 pub use stats::{StatsSnapshot, WorkerStats};
+pub use streams::StreamConfig;

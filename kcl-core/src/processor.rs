@@ -22,6 +22,9 @@ pub type ProcessorError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Where a shard's processing resumes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitializationInput {
+    /// The stream the shard belongs to (one of several in a multi-stream
+    /// application).
+    pub stream_name: String,
     /// The shard.
     pub shard_id: String,
     /// The checkpoint processing resumes after (a sentinel for a new lease).
@@ -35,6 +38,8 @@ pub struct InitializationInput {
 /// A batch of records, in shard order.
 #[derive(Debug)]
 pub struct ProcessRecordsInput {
+    /// The stream the records come from.
+    pub stream_name: String,
     /// The records, oldest first. Never empty.
     pub records: Vec<Record>,
     /// How far behind the newest record of the shard this batch is, as

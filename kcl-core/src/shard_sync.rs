@@ -24,17 +24,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use kcl_checkpoint::ExtendedSequenceNumber;
-use kcl_lease::{Lease, LeaseStore, LeaseStoreError, LeaseTableListing, SkippedKind};
+use kcl_lease::{
+    Lease, LeaseStore, LeaseStoreError, LeaseTableListing, SkippedKind, StreamIdentifier,
+};
 use tracing::{debug, info};
 
 use crate::kinesis::{Kinesis, KinesisError, ShardDescription};
+use crate::streams::ConsumedStream;
 
 /// What a discovery pass found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SyncReport {
     /// The stream's shards.
     pub shards: Vec<ShardDescription>,
-    /// The leases in the table before this pass created any.
+    /// The stream's leases in the table before this pass created any.
     pub leases: Vec<Lease>,
     /// Leases created by this worker (others may have created some first).
     pub created: Vec<String>,
@@ -123,60 +126,93 @@ pub fn leases_to_create(
     created
 }
 
-/// The leases of `listing`, and in place of each lease that cannot be read
-/// (see [`kcl_lease::listing`]) one that has not started: its shard gets no
-/// new lease over it, and its relatives are decided as if it waited at
+/// The leases of `stream` in `listing`, keyed by shard id (as
+/// [`leases_to_create`] and [`cleanable`](crate::lease_cleanup::cleanable)
+/// see them), and in place of each of its leases that cannot be read (see
+/// [`kcl_lease::listing`]) one that has not started: its shard gets no new
+/// lease over it, and its relatives are decided as if it waited at
 /// `TRIM_HORIZON`, which never skips a record of theirs (a child of it
 /// starts at `TRIM_HORIZON`, not at `LATEST`).
-fn with_unreadable(listing: &LeaseTableListing) -> Vec<Lease> {
-    let unreadable = listing.skipped.iter().filter(|item| {
-        matches!(
+pub fn stream_leases_by_shard(listing: &LeaseTableListing, stream: &ConsumedStream) -> Vec<Lease> {
+    let unreadable = listing.skipped.iter().filter_map(|item| {
+        if !matches!(
             item.kind,
             SkippedKind::Malformed { .. } | SkippedKind::NotALease { entity_type: None }
-        )
+        ) {
+            return None;
+        }
+        let shard = match (&stream.identifier, StreamIdentifier::split_lease_key(&item.key)) {
+            (None, None) => item.key.as_str(),
+            (Some(ours), Some((theirs, shard))) if *ours == theirs => shard,
+            _ => return None,
+        };
+        Some(Lease::new(shard, ExtendedSequenceNumber::TrimHorizon))
     });
     listing
         .leases
         .iter()
-        .cloned()
-        .chain(
-            unreadable
-                .map(|item| Lease::new(item.key.clone(), ExtendedSequenceNumber::TrimHorizon)),
-        )
+        .filter(|lease| stream.owns(lease))
+        .map(|lease| Lease {
+            key: lease.shard_id().to_owned(),
+            stream: None,
+            ..lease.clone()
+        })
+        .chain(unreadable)
         .collect()
 }
 
 /// Lists `stream`'s shards and creates the leases [`leases_to_create`]
-/// names.
-pub async fn sync_shards(
+/// names, given the lease table as `listing` found it.
+pub async fn sync_stream(
     kinesis: &dyn Kinesis,
     store: &dyn LeaseStore,
-    stream: &str,
-    initial: &ExtendedSequenceNumber,
+    stream: &ConsumedStream,
+    listing: &LeaseTableListing,
 ) -> Result<SyncReport, ShardSyncError> {
     let shards =
         kinesis
-            .list_shards(stream)
+            .list_shards(&stream.name)
             .await
             .map_err(|source| ShardSyncError::ListShards {
-                stream: stream.to_owned(),
+                stream: stream.name.clone(),
                 source,
             })?;
-    let listing = store.list_table().await?;
-    let to_create = leases_to_create(&shards, &with_unreadable(&listing), initial);
+    let initial = stream.initial_position.checkpoint();
+    let to_create = leases_to_create(&shards, &stream_leases_by_shard(listing, stream), &initial);
     let mut report = SyncReport {
         shards,
-        leases: listing.leases,
+        leases: listing
+            .leases
+            .iter()
+            .filter(|lease| stream.owns(lease))
+            .cloned()
+            .collect(),
         created: Vec::new(),
     };
     for lease in to_create {
+        let lease = Lease {
+            key: stream.lease_key(&lease.key),
+            stream: stream.identifier.clone(),
+            ..lease
+        };
         if store.create_lease_if_absent(&lease).await? {
-            info!(lease = %lease.key, checkpoint = %lease.checkpoint, "created lease for shard");
+            info!(stream = %stream.name, lease = %lease.key, checkpoint = %lease.checkpoint, "created lease for shard");
             report.created.push(lease.key);
         }
     }
-    debug!(shards = report.shards.len(), created = ?report.created, "shard sync");
+    debug!(stream = %stream.name, shards = report.shards.len(), created = ?report.created, "shard sync");
     Ok(report)
+}
+
+/// Reads the lease table, then lists `stream`'s shards and creates the
+/// leases that are missing (see [`sync_stream`]).
+pub async fn sync_shards(
+    kinesis: &dyn Kinesis,
+    store: &dyn LeaseStore,
+    stream: &ConsumedStream,
+) -> Result<SyncReport, ShardSyncError> {
+    let listing = store.list_table().await?;
+    sync_stream(kinesis, store, stream, &listing).await
 }
 
 #[cfg(test)]
@@ -372,7 +408,12 @@ mod sync_tests {
     use kcl_lease::InMemoryLeaseStore;
 
     use super::*;
+    use crate::InitialPosition;
     use crate::kinesis::InMemoryKinesis;
+
+    fn at(seq: &str) -> ExtendedSequenceNumber {
+        ExtendedSequenceNumber::record(seq, 0).unwrap()
+    }
 
     #[tokio::test]
     async fn a_child_of_a_lease_that_cannot_be_read_starts_at_trim_horizon() {
@@ -392,9 +433,8 @@ mod sync_tests {
             .collect(),
         );
 
-        let report = sync_shards(&kinesis, &store, "orders", &ExtendedSequenceNumber::Latest)
-            .await
-            .unwrap();
+        let orders = ConsumedStream::single("orders", InitialPosition::Latest);
+        let report = sync_shards(&kinesis, &store, &orders).await.unwrap();
         assert_eq!(report.created.len(), 2, "{report:?}");
         assert!(!report.created.contains(&parent));
         for child in &children {
@@ -404,6 +444,77 @@ mod sync_tests {
                 ExtendedSequenceNumber::TrimHorizon,
                 "{child}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn each_stream_of_a_multi_stream_table_gets_its_own_leases() {
+        let kinesis = InMemoryKinesis::new();
+        let orders_shards = kinesis.create_stream("orders", 2);
+        let refunds_shards = kinesis.create_stream("refunds", 1);
+        let parent = refunds_shards[0].clone();
+        let children = kinesis.split_shard("refunds", &parent, u128::MAX / 2);
+        let orders_id = StreamIdentifier::parse("1:orders:10").unwrap();
+        let refunds_id = StreamIdentifier::parse("1:refunds:20").unwrap();
+        let stream = |name: &str, id: &StreamIdentifier, initial| ConsumedStream {
+            identifier: Some(id.clone()),
+            ..ConsumedStream::single(name, initial)
+        };
+        let orders = stream("orders", &orders_id, InitialPosition::Latest);
+        let refunds = stream("refunds", &refunds_id, InitialPosition::Latest);
+        let store = InMemoryLeaseStore::new();
+        // One orders shard is read already; a lease of the same shard id in
+        // another stream, and one of an application of one stream, change
+        // nothing for either stream.
+        let mut read = Lease::for_shard(Some(&orders_id), &orders_shards[0], at("5"));
+        read.owner = Some("w".into());
+        store.create_lease_if_absent(&read).await.unwrap();
+        store
+            .create_lease_if_absent(&Lease::new(&orders_shards[1], at("9")))
+            .await
+            .unwrap();
+        // The refunds parent's lease cannot be read.
+        store.put_item(
+            &[
+                (
+                    "leaseKey",
+                    AttributeValue::S(refunds_id.lease_key(&parent)),
+                ),
+                ("leaseCounter", AttributeValue::S("many".into())),
+                ("checkpoint", AttributeValue::S("TRIM_HORIZON".into())),
+                ("streamName", AttributeValue::S(refunds_id.to_string())),
+                ("shardId", AttributeValue::S(parent.clone())),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect(),
+        );
+
+        let report = sync_shards(&kinesis, &store, &orders).await.unwrap();
+        assert_eq!(report.created, [orders_id.lease_key(&orders_shards[1])]);
+        assert_eq!(report.leases, [read.clone()]);
+        let created = store
+            .get_lease(&orders_id.lease_key(&orders_shards[1]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(created.stream.as_ref(), Some(&orders_id));
+        assert_eq!(created.shard_id(), orders_shards[1]);
+        assert_eq!(created.checkpoint, ExtendedSequenceNumber::Latest);
+
+        let report = sync_shards(&kinesis, &store, &refunds).await.unwrap();
+        let mut expected: Vec<String> = children.iter().map(|c| refunds_id.lease_key(c)).collect();
+        expected.sort();
+        assert_eq!(report.created, expected);
+        for child in &children {
+            let lease = store
+                .get_lease(&refunds_id.lease_key(child))
+                .await
+                .unwrap()
+                .unwrap();
+            // Parents stay shard ids, as the Java KCL keeps them.
+            assert_eq!(lease.parent_shard_ids, [parent.clone()].into());
+            assert_eq!(lease.checkpoint, ExtendedSequenceNumber::TrimHorizon);
         }
     }
 }

@@ -61,30 +61,47 @@ fn add(counter: &AtomicU64, n: u64) {
 
 impl WorkerStats {
     /// A batch of `records` records (`bytes` of data and keys) of `shard`
-    /// processed.
-    pub fn count_batch(&self, shard: &str, records: usize, bytes: usize) {
+    /// of `stream` processed.
+    pub fn count_batch(&self, stream: &str, shard: &str, records: usize, bytes: usize) {
         add(&self.batches_processed, 1);
         add(&self.records_processed, records as u64);
-        let shard = shard.to_owned();
-        metrics::counter!(names::RECORDS_PROCESSED, "shard" => shard.clone())
-            .increment(records as u64);
-        metrics::counter!(names::BYTES_PROCESSED, "shard" => shard).increment(bytes as u64);
+        let labels = [
+            ("stream", stream.to_owned()),
+            ("shard", shard.to_owned()),
+        ];
+        metrics::counter!(names::RECORDS_PROCESSED, &labels).increment(records as u64);
+        metrics::counter!(names::BYTES_PROCESSED, &labels).increment(bytes as u64);
     }
 
     /// How long the processor took with a batch (whatever the outcome), and
     /// how far behind the newest record the batch was.
-    pub fn record_batch_time(&self, shard: &str, took: Duration, millis_behind: Option<u64>) {
+    pub fn record_batch_time(
+        &self,
+        stream: &str,
+        shard: &str,
+        took: Duration,
+        millis_behind: Option<u64>,
+    ) {
         metrics::histogram!(names::BATCH_PROCESSING_SECONDS).record(took.as_secs_f64());
         if let Some(millis) = millis_behind {
-            metrics::gauge!(names::MILLIS_BEHIND_LATEST, "shard" => shard.to_owned())
-                .set(millis as f64);
+            metrics::gauge!(
+                names::MILLIS_BEHIND_LATEST,
+                "stream" => stream.to_owned(),
+                "shard" => shard.to_owned()
+            )
+            .set(millis as f64);
         }
     }
 
-    /// A processor call on `shard` that will be retried.
-    pub fn count_processor_retry(&self, shard: &str) {
+    /// A processor call on `shard` of `stream` that will be retried.
+    pub fn count_processor_retry(&self, stream: &str, shard: &str) {
         add(&self.processor_retries, 1);
-        metrics::counter!(names::PROCESSOR_RETRIES, "shard" => shard.to_owned()).increment(1);
+        metrics::counter!(
+            names::PROCESSOR_RETRIES,
+            "stream" => stream.to_owned(),
+            "shard" => shard.to_owned()
+        )
+        .increment(1);
     }
 
     /// A panic caught in a processor call.

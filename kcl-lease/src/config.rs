@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::LeaseScope;
+
 /// How a worker takes part in the lease table.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseConfig {
@@ -33,6 +35,9 @@ pub struct LeaseConfig {
     /// has released it (so it starts within this time), and how often a
     /// stopping worker looks for requests for its leases. Default 200 ms.
     pub handoff_poll_interval: Duration,
+    /// Which leases of the table this worker processes. Default: those of
+    /// an application of one stream.
+    pub scope: LeaseScope,
 }
 
 /// A [`LeaseConfig`] setting that cannot work, named.
@@ -85,6 +90,7 @@ impl LeaseConfig {
             assignment_interval: Duration::from_secs(10),
             max_leases_per_worker: None,
             handoff_poll_interval: Duration::from_millis(200),
+            scope: LeaseScope::SingleStream,
         }
     }
 

@@ -5,12 +5,20 @@ use std::time::SystemTime;
 
 use kcl_checkpoint::ExtendedSequenceNumber;
 
+use crate::StreamIdentifier;
+
 /// One shard's lease, as stored in the lease table (one item per shard, in
 /// the Java KCL's format; see the crate docs for the attribute names).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
-    /// The shard id (`leaseKey`, the table's hash key).
+    /// The lease key (`leaseKey`, the table's hash key): the shard id, or
+    /// for a lease of a multi-stream application `account:stream:epoch:
+    /// shardId` (see [`stream`](Self::stream)).
     pub key: String,
+    /// The stream of a multi-stream application's lease (`streamName`,
+    /// with the shard id in `shardId`, as the Java KCL writes them); `None`
+    /// for an application of one stream.
+    pub stream: Option<StreamIdentifier>,
     /// The worker the lease is assigned to (`leaseOwner`); `None` when free.
     /// During a handoff this is already the receiving worker.
     pub owner: Option<String>,
@@ -55,6 +63,7 @@ impl Lease {
     pub fn new(key: impl Into<String>, checkpoint: ExtendedSequenceNumber) -> Self {
         Self {
             key: key.into(),
+            stream: None,
             owner: None,
             counter: 0,
             checkpoint,
@@ -66,6 +75,45 @@ impl Lease {
             hash_key_range: None,
             checkpoint_owner: None,
             start_timestamp: None,
+        }
+    }
+
+    /// A new, unowned lease for `shard_id` of `stream` (keyed as a
+    /// multi-stream application keys it), or of the application's one
+    /// stream when `stream` is `None`.
+    pub fn for_shard(
+        stream: Option<&StreamIdentifier>,
+        shard_id: &str,
+        checkpoint: ExtendedSequenceNumber,
+    ) -> Self {
+        match stream {
+            None => Self::new(shard_id, checkpoint),
+            Some(stream) => Self {
+                stream: Some(stream.clone()),
+                ..Self::new(stream.lease_key(shard_id), checkpoint)
+            },
+        }
+    }
+
+    /// The shard id: the key, or its last part for a lease of a
+    /// multi-stream application.
+    pub fn shard_id(&self) -> &str {
+        match &self.stream {
+            Some(stream) => self
+                .key
+                .strip_prefix(&stream.to_string())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .unwrap_or(&self.key),
+            None => &self.key,
+        }
+    }
+
+    /// The lease key of `shard_id` of the same stream (a parent's or a
+    /// child's).
+    pub fn key_of(&self, shard_id: &str) -> String {
+        match &self.stream {
+            Some(stream) => stream.lease_key(shard_id),
+            None => shard_id.to_owned(),
         }
     }
 

@@ -10,10 +10,12 @@
 //!   conditional on the owner and the lease counter (fencing): a worker that
 //!   lost a lease gets [`LeaseStoreError::LeaseLost`] and changes nothing.
 //! - [`listing`]: what a scan of the lease table finds; items that are
-//!   not this worker's leases (the Java KCL 3.5's other items, multi-stream
-//!   leases, unreadable items) are skipped and never written.
-//! - [`StreamIdentifier`]: how a Java multi-stream application names its
-//!   streams (`account:stream:epoch`) and keys their leases.
+//!   not leases (the Java KCL 3.5's other items, unreadable items) are
+//!   skipped and never written.
+//! - [`StreamIdentifier`]: how a multi-stream application names its
+//!   streams (`account:stream:epoch`) and keys their leases, as the Java
+//!   KCL does; [`LeaseScope`]: which leases of the table a worker
+//!   processes (its one stream's, or those of the streams it consumes).
 //! - [`liveness`]: workers heartbeat one item each, in a table of their own,
 //!   instead of renewing every lease; a lease expires when its owner's
 //!   heartbeat has not changed for the failover time, judged by the
@@ -44,6 +46,7 @@ pub mod listing;
 pub mod liveness;
 mod memory;
 pub mod metrics;
+mod scope;
 mod store;
 mod stream_identifier;
 
@@ -56,6 +59,7 @@ pub use error::LeaseStoreError;
 pub use lease::{HashKeyRange, Lease, LeaseToken};
 pub use listing::{LeaseTableListing, SkippedItem, SkippedKind};
 pub use memory::InMemoryLeaseStore;
+pub use scope::LeaseScope;
 pub use store::{
     CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WRITE_OPERATIONS, WorkerHeartbeat,
     write_requests,

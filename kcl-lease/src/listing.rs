@@ -3,9 +3,7 @@
 //!
 //! A lease table is not always ours alone. The Java KCL 3.5 keeps worker
 //! metrics, its leader lock and its migration state in the lease table
-//! (each marked with an `entityType` other than `LEASE`), and a Java
-//! multi-stream application keys its leases `account:stream:epoch:shardId`.
-//! Such items are listed as [`SkippedItem`]s: never taken, checkpointed or
+//! (each marked with an `entityType` other than `LEASE`). Such items are listed as [`SkippedItem`]s: never taken, checkpointed or
 //! deleted, reported once in the log and counted in the
 //! [`LEASE_TABLE_SKIPPED_ITEMS`](crate::metrics::LEASE_TABLE_SKIPPED_ITEMS)
 //! gauge. One unreadable item never stops the fleet: it is skipped the same
@@ -46,13 +44,6 @@ pub enum SkippedKind {
         /// The item's `entityType`, if it has one.
         entity_type: Option<String>,
     },
-    /// A lease of a multi-stream application: its key is
-    /// `account:stream:epoch:shardId`, or it names its stream.
-    MultiStreamLease {
-        /// The stream it belongs to, as the item names it
-        /// (`account:stream:epoch`).
-        stream: String,
-    },
     /// A lease item that cannot be read.
     Malformed {
         /// What is wrong with it.
@@ -61,12 +52,11 @@ pub enum SkippedKind {
 }
 
 impl SkippedItem {
-    /// Whether the item belongs to a Java multi-stream application: one of
-    /// its leases, or the stream information it keeps for one of its
-    /// streams (`entityType` `STREAM`, keyed `account:stream:epoch`).
-    pub fn belongs_to_a_multi_stream_application(&self) -> bool {
+    /// Whether the item is the stream information a Java KCL 3.5
+    /// multi-stream application keeps for one of its streams (`entityType`
+    /// `STREAM`, keyed `account:stream:epoch`).
+    pub fn is_multi_stream_information(&self) -> bool {
         match &self.kind {
-            SkippedKind::MultiStreamLease { .. } => true,
             SkippedKind::NotALease {
                 entity_type: Some(entity),
             } => entity == "STREAM" && StreamIdentifier::parse(&self.key).is_ok(),
@@ -75,19 +65,11 @@ impl SkippedItem {
     }
 }
 
-/// The stream part (`account:stream:epoch`) of a Java multi-stream lease
-/// key `account:stream:epoch:shardId`, if `key` is one.
-pub(crate) fn multi_stream_of_key(key: &str) -> Option<&str> {
-    StreamIdentifier::split_lease_key(key)?;
-    key.rsplit_once(':').map(|(stream, _)| stream)
-}
-
 impl SkippedKind {
     /// The metric label for this kind.
     pub fn label(&self) -> &'static str {
         match self {
             Self::NotALease { .. } => "not_a_lease",
-            Self::MultiStreamLease { .. } => "multi_stream_lease",
             Self::Malformed { .. } => "malformed",
         }
     }
@@ -101,9 +83,6 @@ impl std::fmt::Display for SkippedKind {
             } => write!(f, "not a lease (entityType {entity_type})"),
             Self::NotALease { entity_type: None } => {
                 write!(f, "not a lease (no checkpoint attribute)")
-            }
-            Self::MultiStreamLease { stream } => {
-                write!(f, "a lease of a multi-stream application (stream {stream})")
             }
             Self::Malformed { reason } => write!(f, "a lease that cannot be read: {reason}"),
         }
@@ -156,7 +135,7 @@ impl SkippedItemsReport {
                 "more lease table items left alone (see the kcl_lease_table_skipped_items gauge)"
             );
         }
-        for kind in ["not_a_lease", "multi_stream_lease", "malformed"] {
+        for kind in ["not_a_lease", "malformed"] {
             let count = skipped
                 .iter()
                 .filter(|item| item.kind.label() == kind)

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use crate::dynamodb::item::{classify_item, multi_stream_of_key};
+use crate::dynamodb::item::classify_item;
 use crate::listing::{SkippedItem, SkippedItemsReport, SkippedKind};
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WorkerHeartbeat};
 use crate::{Lease, LeaseStoreError, LeaseTableListing, LeaseToken};
@@ -27,7 +27,7 @@ pub struct InMemoryLeaseStore {
 #[derive(Debug, Default)]
 struct Tables {
     leases: BTreeMap<String, Lease>,
-    /// Items of the lease table that are not leases of one stream (put
+    /// Items of the lease table that are not leases (put
     /// with [`InMemoryLeaseStore::put_item`]), as a scan reports them.
     skipped: BTreeMap<String, SkippedKind>,
     heartbeats: BTreeMap<String, WorkerHeartbeat>,
@@ -250,10 +250,10 @@ impl LeaseStore for InMemoryLeaseStore {
 
     async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
         let mut tables = self.tables("DeleteItem");
-        if tables.skipped.contains_key(key) || multi_stream_of_key(key).is_some() {
+        if let Some(kind) = tables.skipped.get(key) {
             return Err(LeaseStoreError::InvalidItem {
                 lease_key: key.to_owned(),
-                reason: "not a lease of a single-stream application; left alone".into(),
+                reason: format!("{kind}; left alone"),
             });
         }
         tables.leases.remove(key);

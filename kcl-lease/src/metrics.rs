@@ -24,8 +24,7 @@ pub const LIVENESS_LOSSES: &str = "kcl_liveness_losses_total";
 pub const CHECKPOINT_WRITES: &str = "kcl_checkpoint_writes_total";
 
 /// Items of the lease table this worker leaves alone, as of its latest
-/// scan: labels `table` and `kind` (`not_a_lease`, `multi_stream_lease`,
-/// `malformed`).
+/// scan: labels `table` and `kind` (`not_a_lease`, `malformed`).
 pub const LEASE_TABLE_SKIPPED_ITEMS: &str = "kcl_lease_table_skipped_items";
 
 /// Owners with no heartbeat whose leases' counters keep moving: workers of

@@ -52,6 +52,7 @@ use crate::retrieval::fanout::FanoutFetcher;
 use crate::retrieval::polling::PollingFetcher;
 use crate::retrieval::{Batch, RetrievalConfig, ShardEvent};
 use crate::stats::WorkerStats;
+use crate::streams::ConsumedStream;
 use crate::{InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory};
 
 /// What the scheduler tells a running shard consumer.
@@ -69,8 +70,6 @@ pub enum ConsumerSignal {
 pub struct ConsumerContext {
     /// The worker's id (for logs).
     pub worker_id: String,
-    /// The stream.
-    pub stream: String,
     /// Where records come from.
     pub kinesis: Arc<dyn Kinesis>,
     /// Where checkpoints go.
@@ -83,8 +82,6 @@ pub struct ConsumerContext {
     pub retry_policy: ProcessorRetryPolicy,
     /// Backoff between failed Kinesis calls.
     pub kinesis_backoff: BackoffConfig,
-    /// The time leases that start `AT_TIMESTAMP` start from.
-    pub initial_timestamp: Option<SystemTime>,
     /// How often a child shard's consumer checks whether its parents are
     /// finished.
     pub parent_poll_interval: Duration,
@@ -94,9 +91,6 @@ pub struct ConsumerContext {
     /// checkpointed: a child waiting for its parents looks again at once
     /// when it changes.
     pub shard_ends: watch::Sender<u64>,
-    /// The enhanced fan-out consumer's ARN, once registered: shards are read
-    /// through `SubscribeToShard` when set, by polling otherwise.
-    pub fanout_consumer: std::sync::OnceLock<String>,
 }
 
 /// How a shard consumer ended.
@@ -118,6 +112,8 @@ pub struct ConsumerOutcome {
 /// Where a shard's processing starts.
 #[derive(Clone, Debug)]
 pub struct ShardStart {
+    /// The stream the shard belongs to.
+    pub stream: Arc<ConsumedStream>,
     /// The shard.
     pub shard_id: String,
     /// What checkpoints are written with.
@@ -221,6 +217,7 @@ impl ShardConsumer {
     pub async fn run(self) -> ConsumerOutcome {
         let span = info_span!(
             "shard_consumer",
+            stream = %self.start.stream.name,
             shard_id = %self.start.shard_id,
             worker_id = %self.context.worker_id
         );
@@ -296,6 +293,7 @@ impl ShardConsumer {
             }
             let progress = self.tracker.progress();
             let input = InitializationInput {
+                stream_name: self.start.stream.name.clone(),
                 shard_id: self.start.shard_id.clone(),
                 checkpoint: progress.checkpoint.clone(),
                 pending_checkpoint: progress.pending_checkpoint.clone(),
@@ -316,7 +314,7 @@ impl ShardConsumer {
                 Ok(Err(error)) => {
                     self.context
                         .stats
-                        .count_processor_retry(&self.start.shard_id);
+                        .count_processor_retry(&self.start.stream.name, &self.start.shard_id);
                     warn!(%error, attempt = self.failures.attempts(), "processor failed to initialize; retrying");
                 }
                 Err(panic) => {
@@ -324,7 +322,7 @@ impl ShardConsumer {
                     self.context.stats.count_processor_panic();
                     self.context
                         .stats
-                        .count_processor_retry(&self.start.shard_id);
+                        .count_processor_retry(&self.start.stream.name, &self.start.shard_id);
                     error!(panic = %panic, "processor panicked in initialize; starting a new one");
                 }
             }
@@ -350,7 +348,7 @@ impl ShardConsumer {
                 .unwrap_or(SystemTime::UNIX_EPOCH),
             // Without a configured timestamp it is read from TRIM_HORIZON,
             // which skips nothing.
-            ExtendedSequenceNumber::AtTimestamp => self.context.initial_timestamp?,
+            ExtendedSequenceNumber::AtTimestamp => self.start.stream.initial_timestamp()?,
             _ => return None,
         };
         loop {
@@ -388,15 +386,17 @@ impl ShardConsumer {
         let (sender, events) = mpsc::channel(8);
         let start = FetchStart {
             after,
-            timestamp: self.start_timestamp.or(self.context.initial_timestamp),
+            timestamp: self
+                .start_timestamp
+                .or(self.start.stream.initial_timestamp()),
         };
         let context = &self.context;
-        let task = match context.fanout_consumer.get() {
+        let task = match self.start.stream.fanout_consumer.get() {
             Some(consumer_arn) => {
                 let fetcher = FanoutFetcher {
                     kinesis: Arc::clone(&context.kinesis),
                     consumer_arn: consumer_arn.clone(),
-                    stream: context.stream.clone(),
+                    stream: self.start.stream.name.clone(),
                     shard_id: self.start.shard_id.clone(),
                     config: context.retrieval.clone(),
                     backoff: context.kinesis_backoff.clone(),
@@ -408,7 +408,7 @@ impl ShardConsumer {
             None => {
                 let fetcher = PollingFetcher {
                     kinesis: Arc::clone(&context.kinesis),
-                    stream: context.stream.clone(),
+                    stream: self.start.stream.name.clone(),
                     shard_id: self.start.shard_id.clone(),
                     config: context.retrieval.clone(),
                     backoff: context.kinesis_backoff.clone(),
@@ -486,6 +486,7 @@ impl ShardConsumer {
             };
             self.tracker.delivered(last.clone());
             let input = ProcessRecordsInput {
+                stream_name: self.start.stream.name.clone(),
                 records: records.clone(),
                 millis_behind_latest,
                 checkpointer: self.tracker.checkpointer(),
@@ -501,6 +502,7 @@ impl ShardConsumer {
                 outcome = guarded(processor.process_records(input)) => outcome,
             };
             self.context.stats.record_batch_time(
+                &self.start.stream.name,
                 &self.start.shard_id,
                 began.elapsed(),
                 millis_behind_latest,
@@ -516,7 +518,7 @@ impl ShardConsumer {
                         .sum();
                     self.context
                         .stats
-                        .count_batch(&self.start.shard_id, records.len(), bytes);
+                        .count_batch(&self.start.stream.name, &self.start.shard_id, records.len(), bytes);
                     self.failures = unlimited(&self.context.retry_policy.backoff());
                     return ConsumerEvent::BatchDone;
                 }
@@ -533,7 +535,7 @@ impl ShardConsumer {
                     };
                     self.context
                         .stats
-                        .count_processor_retry(&self.start.shard_id);
+                        .count_processor_retry(&self.start.stream.name, &self.start.shard_id);
                     warn!(%error, %first, %last, attempt = retries.attempts(), ?delay, "processor failed a batch; delivering it again");
                     if let Some(event) = self.pause(delay).await {
                         return event;
@@ -543,7 +545,7 @@ impl ShardConsumer {
                     self.context.stats.count_processor_panic();
                     self.context
                         .stats
-                        .count_processor_retry(&self.start.shard_id);
+                        .count_processor_retry(&self.start.stream.name, &self.start.shard_id);
                     error!(panic = %panic, %first, %last, "processor panicked; restarting from the last checkpoint");
                     self.restart_from_checkpoint();
                     if let Some(event) = self.pause_after_failure().await {
@@ -687,7 +689,7 @@ impl ShardConsumer {
             let shards = self
                 .context
                 .kinesis
-                .list_shards(&self.context.stream)
+                .list_shards(&self.start.stream.name)
                 .await?;
             let me = self.start.shard_id.as_str();
             self.child_shards = shards
@@ -701,7 +703,11 @@ impl ShardConsumer {
                 .collect();
         }
         for child in &self.child_shards {
-            let mut lease = Lease::new(child.shard_id.clone(), ExtendedSequenceNumber::TrimHorizon);
+            let mut lease = Lease::for_shard(
+                self.start.stream.identifier.as_ref(),
+                &child.shard_id,
+                ExtendedSequenceNumber::TrimHorizon,
+            );
             lease.parent_shard_ids = child.parent_shards.iter().cloned().collect();
             lease.hash_key_range = Some(child.hash_key_range);
             if self.context.store.create_lease_if_absent(&lease).await? {

@@ -73,7 +73,12 @@ impl ShardConsumer {
     async fn check_parents(&mut self, pending: &mut BTreeSet<String>) {
         let mut unleased = Vec::new();
         for parent in pending.clone() {
-            match self.context.store.get_lease(&parent).await {
+            match self
+                .context
+                .store
+                .get_lease(&self.start.stream.lease_key(&parent))
+                .await
+            {
                 Ok(None) => unleased.push(parent),
                 Ok(Some(lease)) if lease.is_finished() => {
                     pending.remove(&parent);
@@ -89,7 +94,7 @@ impl ShardConsumer {
         }
         let still: Vec<String> = if self.start.checkpoint == ExtendedSequenceNumber::TrimHorizon {
             let unleased: Vec<&str> = unleased.iter().map(String::as_str).collect();
-            still_in_stream(&self.context, &unleased)
+            still_in_stream(&self.context, &self.start.stream.name, &unleased)
                 .await
                 .into_iter()
                 .map(str::to_owned)
@@ -109,8 +114,12 @@ impl ShardConsumer {
 /// cannot be listed, or the listing is empty (a stream always has an open
 /// shard, so an empty answer is a bad one), and the caller checks again
 /// later.
-async fn still_in_stream<'a>(context: &ConsumerContext, shards: &[&'a str]) -> Vec<&'a str> {
-    match context.kinesis.list_shards(&context.stream).await {
+async fn still_in_stream<'a>(
+    context: &ConsumerContext,
+    stream: &str,
+    shards: &[&'a str],
+) -> Vec<&'a str> {
+    match context.kinesis.list_shards(stream).await {
         Ok(listed) if listed.is_empty() => {
             warn!("the stream's shard listing came back empty; checking the parents again later");
             shards.to_vec()

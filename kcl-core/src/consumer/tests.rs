@@ -10,6 +10,7 @@ use kcl_lease::{InMemoryLeaseStore, Lease, LeaseStore};
 use tokio::sync::watch;
 
 use super::*;
+use crate::InitialPosition;
 use crate::kinesis::{InMemoryKinesis, KinesisError};
 use crate::test_support::{Journal, Scripted};
 
@@ -117,7 +118,6 @@ impl Fixture {
         let journal = Arc::clone(&self.journal);
         let context = Arc::new(ConsumerContext {
             worker_id: "worker-a".into(),
-            stream: STREAM.into(),
             kinesis: Arc::new(self.kinesis.clone()),
             store: match &self.consumer_store {
                 Some(store) => Arc::clone(store),
@@ -130,18 +130,18 @@ impl Fixture {
                 max_attempts: None,
                 ..BackoffConfig::default()
             },
-            initial_timestamp: None,
             parent_poll_interval: Duration::from_secs(1),
             stats: Arc::default(),
             shard_ends: tokio::sync::watch::channel(0).0,
-            fanout_consumer: Default::default(),
         });
+        let stream = ConsumedStream::single(STREAM, InitialPosition::TrimHorizon);
         if self.fanout {
-            let _ = context
+            let _ = stream
                 .fanout_consumer
                 .set(format!("{STREAM}|consumer|test"));
         }
         let start = ShardStart {
+            stream: Arc::new(stream),
             shard_id: lease.key.clone(),
             token: lease.token().unwrap(),
             checkpoint: lease.checkpoint.clone(),

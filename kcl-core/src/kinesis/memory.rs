@@ -14,7 +14,7 @@ use kcl_lease::HashKeyRange;
 
 use super::{
     ChildShard, Kinesis, KinesisError, RecordsPage, ShardDescription, StartingPosition,
-    Subscription, SubscriptionEvent,
+    StreamSummary, Subscription, SubscriptionEvent,
 };
 use crate::Record;
 
@@ -27,6 +27,8 @@ pub struct InMemoryKinesis {
 #[derive(Debug, Default)]
 struct State {
     streams: BTreeMap<String, Stream>,
+    /// How many streams were created (each gets its own creation time).
+    streams_created: u64,
     /// Errors to return from the next calls, by operation.
     faults: HashMap<&'static str, VecDeque<KinesisError>>,
     calls: HashMap<&'static str, u64>,
@@ -44,7 +46,12 @@ struct State {
 #[derive(Debug, Default)]
 struct Stream {
     shards: BTreeMap<String, Shard>,
+    /// When it was created, in seconds since the Unix epoch.
+    created_epoch: u64,
 }
+
+/// The account id in-memory streams' ARNs name.
+pub const IN_MEMORY_ACCOUNT: &str = "000000000000";
 
 #[derive(Debug)]
 struct Shard {
@@ -70,7 +77,14 @@ impl InMemoryKinesis {
     pub fn create_stream(&self, stream: &str, shards: u32) -> Vec<String> {
         let mut state = self.state();
         let width = u128::MAX / u128::from(shards.max(1));
-        let stream = state.streams.entry(stream.to_owned()).or_default();
+        // Each stream created at its own second, as a stream created again
+        // under the same name would be.
+        let created_epoch = 1_700_000_000 + state.streams_created;
+        state.streams_created += 1;
+        let stream = state.streams.entry(stream.to_owned()).or_insert(Stream {
+            shards: BTreeMap::new(),
+            created_epoch,
+        });
         (0..shards)
             .map(|n| {
                 let shard_id = format!("shardId-{n:012}");
@@ -97,6 +111,12 @@ impl InMemoryKinesis {
                 shard_id
             })
             .collect()
+    }
+
+    /// Deletes `stream` with its records: every later call on it answers
+    /// that it is not found.
+    pub fn delete_stream(&self, stream: &str) {
+        self.state().streams.remove(stream);
     }
 
     /// Appends a record to the shard whose hash range holds `partition_key`'s
@@ -421,6 +441,17 @@ fn decode_iterator(iterator: &str) -> Option<(String, String, usize, u64)> {
 
 #[async_trait]
 impl Kinesis for InMemoryKinesis {
+    async fn describe_stream(&self, name: &str) -> Result<StreamSummary, KinesisError> {
+        const OP: &str = "DescribeStreamSummary";
+        let mut state = self.state();
+        Self::begin(&mut state, OP)?;
+        let stream = state.streams.get(name).ok_or_else(|| not_found(OP, name))?;
+        Ok(StreamSummary {
+            arn: format!("arn:aws:kinesis:us-east-1:{IN_MEMORY_ACCOUNT}:stream/{name}"),
+            created: std::time::UNIX_EPOCH + std::time::Duration::from_secs(stream.created_epoch),
+        })
+    }
+
     async fn list_shards(&self, stream: &str) -> Result<Vec<ShardDescription>, KinesisError> {
         let mut state = self.state();
         Self::begin(&mut state, "ListShards")?;

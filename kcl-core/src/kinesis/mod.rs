@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use kcl_lease::HashKeyRange;
 
 pub use error::KinesisError;
-pub use memory::InMemoryKinesis;
+pub use memory::{IN_MEMORY_ACCOUNT, InMemoryKinesis};
 pub use sdk::SdkKinesis;
 
 use crate::Record;
@@ -50,6 +50,23 @@ impl ShardDescription {
     /// Whether the shard is still open for writes.
     pub fn is_open(&self) -> bool {
         self.ending_sequence_number.is_none()
+    }
+}
+
+/// A stream as `DescribeStreamSummary` describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamSummary {
+    /// The stream's ARN (`arn:aws:kinesis:region:account:stream/name`).
+    pub arn: String,
+    /// When the stream was created.
+    pub created: SystemTime,
+}
+
+impl StreamSummary {
+    /// The AWS account id in the ARN, if it has one.
+    pub fn account_id(&self) -> Option<&str> {
+        let account = self.arn.split(':').nth(4)?;
+        (!account.is_empty() && account.bytes().all(|b| b.is_ascii_digit())).then_some(account)
     }
 }
 
@@ -118,6 +135,9 @@ pub trait Subscription: Send {
 /// The Kinesis calls the worker makes.
 #[async_trait]
 pub trait Kinesis: Send + Sync + 'static {
+    /// The stream's ARN and creation time (`DescribeStreamSummary`).
+    async fn describe_stream(&self, stream: &str) -> Result<StreamSummary, KinesisError>;
+
     /// Every shard of the stream, following pagination.
     async fn list_shards(&self, stream: &str) -> Result<Vec<ShardDescription>, KinesisError>;
 

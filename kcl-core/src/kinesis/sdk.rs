@@ -14,7 +14,7 @@ use kcl_lease::HashKeyRange;
 
 use super::{
     ChildShard, Kinesis, KinesisError, RecordsPage, ShardDescription, StartingPosition,
-    Subscription, SubscriptionEvent,
+    StreamSummary, Subscription, SubscriptionEvent,
 };
 use crate::Record;
 
@@ -101,6 +101,36 @@ impl Subscription for SdkSubscription {
 
 #[async_trait]
 impl Kinesis for SdkKinesis {
+    async fn describe_stream(&self, stream: &str) -> Result<StreamSummary, KinesisError> {
+        const OP: &str = "DescribeStreamSummary";
+        let summary = counted(
+            OP,
+            self.client
+                .describe_stream_summary()
+                .stream_name(stream)
+                .send()
+                .await
+                .map_err(|e| classify(OP, e)),
+        )?;
+        let description =
+            summary
+                .stream_description_summary()
+                .ok_or_else(|| KinesisError::InvalidResponse {
+                    operation: OP,
+                    message: "no stream description".into(),
+                })?;
+        let created = SystemTime::try_from(*description.stream_creation_timestamp()).map_err(
+            |error| KinesisError::InvalidResponse {
+                operation: OP,
+                message: format!("stream creation time: {error}"),
+            },
+        )?;
+        Ok(StreamSummary {
+            arn: description.stream_arn().to_owned(),
+            created,
+        })
+    }
+
     async fn register_consumer(&self, stream: &str, name: &str) -> Result<String, KinesisError> {
         let summary = counted(
             "DescribeStreamSummary",

@@ -12,6 +12,7 @@ use crate::RecordProcessorFactory;
 use crate::consumer::ProcessorRetryPolicy;
 use crate::kinesis::{Kinesis, SdkKinesis};
 use crate::retrieval::RetrievalConfig;
+use crate::streams::{StreamConfig, StreamsConfig};
 
 /// Where a shard with no checkpoint starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,9 +66,10 @@ pub struct SchedulerConfig {
     /// `<name>-Workers` for heartbeats). Every worker of one application
     /// uses the same.
     pub application_name: String,
-    /// The stream to consume.
-    pub stream_name: String,
-    /// Where new shards start.
+    /// The stream or streams to consume.
+    pub streams: StreamsConfig,
+    /// Where new shards start (for each stream of a multi-stream
+    /// application that names no initial position of its own).
     pub initial_position: InitialPosition,
     /// This worker's lease settings: id, failover time, heartbeat and
     /// assignment intervals, lease limit.
@@ -79,6 +81,10 @@ pub struct SchedulerConfig {
     /// lease of a shard gone from the stream) stays before it is deleted.
     /// Default 60 s.
     pub lease_cleanup_delay: Duration,
+    /// In a multi-stream application, how long the leases of a stream it no
+    /// longer consumes (removed from its list, or deleted) stay before they
+    /// are deleted; `None` keeps them. Default 1 hour.
+    pub former_stream_cleanup_delay: Option<Duration>,
     /// How often a child shard's consumer checks whether its parents are
     /// finished. Default 1 s.
     pub parent_poll_interval: Duration,
@@ -120,6 +126,8 @@ pub enum ConfigError {
 pub struct SchedulerBuilder {
     application_name: Option<String>,
     stream_name: Option<String>,
+    streams: Vec<StreamConfig>,
+    former_stream_cleanup_delay: Option<Option<Duration>>,
     worker_id: Option<String>,
     initial_position: Option<InitialPosition>,
     failover_time: Option<Duration>,
@@ -146,9 +154,29 @@ impl SchedulerBuilder {
         self
     }
 
-    /// The stream to consume. Required.
+    /// The stream to consume, for an application of one stream (leases
+    /// keyed by shard id). Required, unless streams are given with
+    /// [`stream`](Self::stream).
     pub fn stream_name(mut self, name: impl Into<String>) -> Self {
         self.stream_name = Some(name.into());
+        self
+    }
+
+    /// Adds a stream to a multi-stream application: one lease table for
+    /// every stream, leases keyed `account:stream:epoch:shardId` as the Java
+    /// KCL keys them. Call once per stream (once makes a multi-stream
+    /// application of one stream); not together with
+    /// [`stream_name`](Self::stream_name).
+    pub fn stream(mut self, stream: StreamConfig) -> Self {
+        self.streams.push(stream);
+        self
+    }
+
+    /// In a multi-stream application, how long the leases of a stream no
+    /// longer consumed (removed from the list, or deleted) stay before they
+    /// are deleted; `None` keeps them for good. Default 1 hour.
+    pub fn former_stream_cleanup_delay(mut self, delay: Option<Duration>) -> Self {
+        self.former_stream_cleanup_delay = Some(delay);
         self
     }
 
@@ -287,10 +315,41 @@ impl SchedulerBuilder {
             3,
             255 - "-Workers".len(),
         )?;
-        let stream_name = self.stream_name.ok_or(ConfigError::Missing {
-            setting: "stream_name",
-        })?;
-        check_name("stream_name", &stream_name, 1, 128)?;
+        let streams = match (self.stream_name, self.streams.is_empty()) {
+            (Some(_), false) => {
+                return Err(ConfigError::Invalid {
+                    setting: "stream_name",
+                    reason: "give either stream_name (one stream) or stream (each stream of a \
+                             multi-stream application), not both"
+                        .into(),
+                });
+            }
+            (None, true) => {
+                return Err(ConfigError::Missing {
+                    setting: "stream_name",
+                });
+            }
+            (Some(name), true) => {
+                check_name("stream_name", &name, 1, 128)?;
+                StreamsConfig::Single(name)
+            }
+            (None, false) => {
+                let mut names = std::collections::BTreeSet::new();
+                for stream in &self.streams {
+                    check_name("stream", stream.name(), 1, 128)?;
+                    if !names.insert(stream.name()) {
+                        return Err(ConfigError::Invalid {
+                            setting: "stream",
+                            reason: format!("{:?} is given more than once", stream.name()),
+                        });
+                    }
+                }
+                StreamsConfig::Multi(self.streams)
+            }
+        };
+        let former_stream_cleanup_delay = self
+            .former_stream_cleanup_delay
+            .unwrap_or(Some(Duration::from_secs(3600)));
         let worker_id = match self.worker_id {
             Some(id) => id,
             None => default_worker_id(),
@@ -380,13 +439,14 @@ impl SchedulerBuilder {
             };
         let config = SchedulerConfig {
             application_name,
-            stream_name,
+            streams,
             initial_position: self
                 .initial_position
                 .unwrap_or(InitialPosition::TrimHorizon),
             lease,
             shard_sync_interval,
             lease_cleanup_delay,
+            former_stream_cleanup_delay,
             parent_poll_interval,
             retrieval,
             retrieval_mode: self.retrieval_mode,

@@ -24,13 +24,15 @@
 mod config;
 mod maintenance;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kcl_lease::backoff::{Backoff, BackoffConfig, retry_with_backoff};
 use kcl_lease::{
-    CoordinatorHandle, HeldLease, LeaseConfigError, LeaseCoordinator, LeaseStore, LeaseStoreError,
-    LeaseToken, ProcessingDeadline,
+    CoordinatorHandle, HeldLease, LeaseConfigError, LeaseCoordinator, LeaseScope, LeaseStore,
+    LeaseStoreError, LeaseToken, ProcessingDeadline, StreamIdentifier,
 };
 use tokio::sync::watch;
 use tokio::task::{Id, JoinError, JoinSet};
@@ -43,7 +45,9 @@ use crate::consumer::{
     ConsumerContext, ConsumerOutcome, ConsumerSignal, ShardConsumer, ShardStart, ShutdownReason,
 };
 use crate::kinesis::{Kinesis, KinesisError};
-use crate::shard_sync::{ShardSyncError, sync_shards};
+use crate::lease_cleanup::LeaseCleaner;
+use crate::shard_sync::{ShardSyncError, sync_stream};
+use crate::streams::{ConsumedStream, ConsumedStreams, StreamsConfig};
 use crate::stats::WorkerStats;
 use crate::telemetry::Health;
 
@@ -78,6 +82,21 @@ pub enum SchedulerError {
         table: String,
         /// How many items of a multi-stream application it holds (leases
         /// and stream information).
+        count: usize,
+        /// One of their keys.
+        example: String,
+    },
+    /// A multi-stream application was started on the lease table of an
+    /// application of one stream: nothing was written to it.
+    #[error(
+        "lease table {table} holds {count} lease(s) of an application of one stream (for example \
+         {example}); this multi-stream application writes nothing to it. Use another application \
+         name, or consume that one stream with stream_name"
+    )]
+    SingleStreamTable {
+        /// The lease table.
+        table: String,
+        /// How many leases keyed by shard id it holds.
         count: usize,
         /// One of their keys.
         example: String,
@@ -129,25 +148,23 @@ impl Scheduler {
         store: Arc<dyn LeaseStore>,
         factory: Arc<dyn RecordProcessorFactory>,
     ) -> Result<Self, LeaseConfigError> {
-        let (coordinator, handle) =
-            LeaseCoordinator::new(Arc::clone(&store), config.lease.clone())?;
+        let mut lease_config = config.lease.clone();
+        if config.streams.is_multi_stream() {
+            // No lease until the streams' identifiers are known (at run).
+            lease_config.scope = LeaseScope::MultiStream(Default::default());
+        }
+        let (coordinator, handle) = LeaseCoordinator::new(Arc::clone(&store), lease_config)?;
         let context = Arc::new(ConsumerContext {
             worker_id: config.lease.worker_id.clone(),
-            stream: config.stream_name.clone(),
             kinesis,
             store,
             factory,
             retrieval: config.retrieval.clone(),
             retry_policy: config.retry_policy.clone(),
             kinesis_backoff: config.kinesis_backoff.clone(),
-            initial_timestamp: match config.initial_position {
-                InitialPosition::AtTimestamp(at) => Some(at),
-                _ => None,
-            },
             parent_poll_interval: config.parent_poll_interval,
             stats: Arc::default(),
             shard_ends: tokio::sync::watch::channel(0).0,
-            fanout_consumer: std::sync::OnceLock::new(),
         });
         let (shutdown, _) = watch::channel(false);
         let health = Arc::new(Health::new(STALL_AFTER, config.lease.failover_time));
@@ -208,69 +225,68 @@ impl Scheduler {
         let Self {
             config,
             context,
-            coordinator,
+            mut coordinator,
             handle,
             shutdown,
             health,
         } = self;
         info!(
             application = %config.application_name,
-            stream = %config.stream_name,
+            streams = ?config.streams.names(),
             "worker starting"
         );
-        refuse_a_multi_stream_table(&*context.store, &config.application_name).await?;
+        let mut stop = shutdown.subscribe();
+        let streams = tokio::select! {
+            // Stopped while starting: nothing is held yet.
+            () = stopped(&mut stop) => return Ok(()),
+            streams = resolve_streams(&config, &*context.kinesis) => streams?,
+        };
+        refuse_a_table_of_another_kind(
+            &*context.store,
+            &config.application_name,
+            config.streams.is_multi_stream(),
+        )
+        .await?;
         context
             .store
             .ensure_tables()
             .await
             .map_err(SchedulerError::LeaseTable)?;
-        let initial = config.initial_position.checkpoint();
-        match sync_shards(
-            &*context.kinesis,
-            &*context.store,
-            &config.stream_name,
-            &initial,
-        )
-        .await
-        {
-            Ok(report) => info!(
-                shards = report.shards.len(),
-                created = report.created.len(),
-                "shards discovered"
-            ),
-            Err(ShardSyncError::ListShards { stream, source })
-                if !source.is_retryable()
-                    && !matches!(source, KinesisError::InvalidResponse { .. }) =>
-            {
-                return Err(SchedulerError::Stream { stream, source });
-            }
-            Err(error) => warn!(%error, "shard discovery failed; retrying at the next interval"),
+        let identifiers: BTreeSet<StreamIdentifier> = streams
+            .iter()
+            .filter_map(|stream| stream.identifier.clone())
+            .collect();
+        if config.streams.is_multi_stream() {
+            coordinator.set_scope(LeaseScope::MultiStream(identifiers));
         }
+        discover_shards_at_start(&context, &streams).await?;
 
         if let RetrievalMode::FanOut { consumer_name } = &config.retrieval_mode {
             let name = consumer_name.as_deref().unwrap_or(&config.application_name);
-            let registering = crate::retrieval::fanout::register_consumer(
-                &*context.kinesis,
-                &config.stream_name,
-                name,
-                &context.kinesis_backoff,
-            );
-            let mut stop = shutdown.subscribe();
-            let arn = tokio::select! {
-                // Stopped while registering: nothing is held yet.
-                () = stopped(&mut stop) => return Ok(()),
-                registered = registering => registered.map_err(|source| SchedulerError::Stream {
-                    stream: config.stream_name.clone(),
-                    source,
-                })?,
-            };
-            info!(consumer = %name, %arn, "reading through enhanced fan-out");
-            let _ = context.fanout_consumer.set(arn);
+            for stream in streams.iter() {
+                let registering = crate::retrieval::fanout::register_consumer(
+                    &*context.kinesis,
+                    &stream.name,
+                    name,
+                    &context.kinesis_backoff,
+                );
+                let arn = tokio::select! {
+                    // Stopped while registering: nothing is held yet.
+                    () = stopped(&mut stop) => return Ok(()),
+                    registered = registering => registered.map_err(|source| SchedulerError::Stream {
+                        stream: stream.name.clone(),
+                        source,
+                    })?,
+                };
+                info!(stream = %stream.name, consumer = %name, %arn, "reading through enhanced fan-out");
+                let _ = stream.fanout_consumer.set(arn);
+            }
         }
 
         let (stop_coordinator, coordinator_stop) = watch::channel(false);
         let mut tasks = WorkerTasks {
             context: Arc::clone(&context),
+            streams: Arc::clone(&streams),
             handle: handle.clone(),
             consumers: JoinSet::new(),
             releases: JoinSet::new(),
@@ -295,9 +311,12 @@ impl Scheduler {
         let maintenance_task = AbortOnDrop(tokio::spawn(
             maintenance::run(
                 Arc::clone(&context),
-                initial.clone(),
+                Arc::clone(&streams),
                 config.shard_sync_interval,
-                config.lease_cleanup_delay,
+                LeaseCleaner::new(
+                    config.lease_cleanup_delay,
+                    config.former_stream_cleanup_delay,
+                ),
             )
             .in_current_span(),
         ));
@@ -366,6 +385,8 @@ impl<T> Drop for AbortOnDrop<T> {
 struct WorkerTasks {
     /// What every consumer shares.
     context: Arc<ConsumerContext>,
+    /// The streams this worker consumes.
+    streams: Arc<ConsumedStreams>,
     /// The coordinator's handle: held leases, deadlines, releases.
     handle: CoordinatorHandle<dyn LeaseStore>,
     /// One task per running consumer; each returns its lease and outcome.
@@ -452,11 +473,18 @@ impl WorkerTasks {
     fn start(&mut self, held: &HeldLease) {
         let (signal, signals) = watch::channel(ConsumerSignal::Run);
         let context = Arc::clone(&self.context);
+        let Some(stream) = self.streams.of(&held.lease).cloned() else {
+            // Never published: the coordinator holds leases of the
+            // worker's streams only.
+            error!(lease = %held.token.key, "a held lease of a stream this worker does not consume; not processed");
+            return;
+        };
         let token = held.token.clone();
         let deadline = self.handle.deadline(held.epoch);
         let task_token = token.clone();
         let task = async move {
-            let outcome = start_consumer(context, task_token.clone(), deadline, signals).await;
+            let outcome =
+                start_consumer(context, stream, task_token.clone(), deadline, signals).await;
             (task_token, outcome)
         };
         let abort = self.consumers.spawn(task.in_current_span());
@@ -662,12 +690,16 @@ async fn stopped(flag: &mut watch::Receiver<bool>) {
 /// Reads the lease fresh (the held snapshot may predate checkpoints written
 /// since) and runs its consumer, unless the lease has moved on, the
 /// processing deadline passes, or the consumer is told to stop first.
-/// Refuses to start on a lease table that holds items of a multi-stream
-/// application (leases, or the stream information of one of its streams),
-/// before anything is written (a table that does not exist yet is fine).
-async fn refuse_a_multi_stream_table(
+/// Refuses to start on a lease table of another kind of application,
+/// before anything is written (a table that does not exist yet is fine):
+/// an application of one stream on a table that holds a multi-stream
+/// application's leases (or the stream information of one of its
+/// streams), and a multi-stream application on a table that holds leases
+/// keyed by shard id.
+async fn refuse_a_table_of_another_kind(
     store: &dyn LeaseStore,
     table: &str,
+    multi_stream: bool,
 ) -> Result<(), SchedulerError> {
     let listing = match store.list_table().await {
         Ok(listing) => listing,
@@ -676,23 +708,128 @@ async fn refuse_a_multi_stream_table(
         }
         Err(error) => return Err(SchedulerError::LeaseTable(error)),
     };
-    let multi_stream: Vec<_> = listing
-        .skipped
-        .iter()
-        .filter(|item| item.belongs_to_a_multi_stream_application())
-        .collect();
-    match multi_stream.first() {
-        None => Ok(()),
-        Some(first) => Err(SchedulerError::MultiStreamTable {
-            table: table.to_owned(),
-            count: multi_stream.len(),
-            example: first.key.clone(),
-        }),
+    let other: Vec<&str> = if multi_stream {
+        listing
+            .leases
+            .iter()
+            .filter(|lease| lease.stream.is_none())
+            .map(|lease| lease.key.as_str())
+            .collect()
+    } else {
+        listing
+            .leases
+            .iter()
+            .filter(|lease| lease.stream.is_some())
+            .map(|lease| lease.key.as_str())
+            .chain(
+                listing
+                    .skipped
+                    .iter()
+                    .filter(|item| item.is_multi_stream_information())
+                    .map(|item| item.key.as_str()),
+            )
+            .collect()
+    };
+    let Some(example) = other.first() else {
+        return Ok(());
+    };
+    let (table, count, example) = (table.to_owned(), other.len(), (*example).to_owned());
+    Err(if multi_stream {
+        SchedulerError::SingleStreamTable {
+            table,
+            count,
+            example,
+        }
+    } else {
+        SchedulerError::MultiStreamTable {
+            table,
+            count,
+            example,
+        }
+    })
+}
+
+/// Each configured stream as its consumers use it: for a multi-stream
+/// application, its identifier read from Kinesis (retried with backoff
+/// while Kinesis throttles or fails).
+async fn resolve_streams(
+    config: &SchedulerConfig,
+    kinesis: &dyn Kinesis,
+) -> Result<Arc<ConsumedStreams>, SchedulerError> {
+    let configs = match &config.streams {
+        StreamsConfig::Single(name) => {
+            let stream = ConsumedStream::single(name.clone(), config.initial_position);
+            return Ok(Arc::new(ConsumedStreams::new(vec![Arc::new(stream)])));
+        }
+        StreamsConfig::Multi(configs) => configs,
+    };
+    let mut streams = Vec::new();
+    for stream in configs {
+        let backoff = Backoff::new(BackoffConfig {
+            max_attempts: None,
+            ..config.kinesis_backoff.clone()
+        });
+        let resolved = retry_with_backoff("DescribeStreamSummary", backoff, || async {
+            match stream.resolve(kinesis, config.initial_position).await {
+                Ok(resolved) => ControlFlow::Break(Ok(resolved)),
+                Err(error) if error.is_retryable() => {
+                    warn!(stream = %stream.name(), %error, "describing the stream failed; retrying");
+                    ControlFlow::Continue(error)
+                }
+                Err(error) => ControlFlow::Break(Err(error)),
+            }
+        })
+        .await
+        .map_err(|exhausted| exhausted.error)
+        .map_err(|source| SchedulerError::Stream {
+            stream: stream.name().to_owned(),
+            source,
+        })?;
+        if let Some(identifier) = &resolved.identifier {
+            info!(stream = %stream.name(), %identifier, "consuming stream");
+        }
+        streams.push(Arc::new(resolved));
     }
+    Ok(Arc::new(ConsumedStreams::new(streams)))
+}
+
+/// The first shard discovery, before any lease is taken: a stream that does
+/// not exist or may not be read stops the start; anything else is retried
+/// at the next interval.
+async fn discover_shards_at_start(
+    context: &ConsumerContext,
+    streams: &ConsumedStreams,
+) -> Result<(), SchedulerError> {
+    let listing = match context.store.list_table().await {
+        Ok(listing) => listing,
+        Err(error) => {
+            warn!(%error, "shard discovery failed; retrying at the next interval");
+            return Ok(());
+        }
+    };
+    for stream in streams.iter() {
+        match sync_stream(&*context.kinesis, &*context.store, stream, &listing).await {
+            Ok(report) => info!(
+                stream = %stream.name,
+                shards = report.shards.len(),
+                created = report.created.len(),
+                "shards discovered"
+            ),
+            Err(ShardSyncError::ListShards { stream, source })
+                if !source.is_retryable()
+                    && !matches!(source, KinesisError::InvalidResponse { .. }) =>
+            {
+                return Err(SchedulerError::Stream { stream, source });
+            }
+            Err(error) => warn!(%error, "shard discovery failed; retrying at the next interval"),
+        }
+    }
+    Ok(())
 }
 
 async fn start_consumer(
     context: Arc<ConsumerContext>,
+    stream: Arc<ConsumedStream>,
     token: LeaseToken,
     deadline: ProcessingDeadline,
     mut signals: watch::Receiver<ConsumerSignal>,
@@ -730,7 +867,8 @@ async fn start_consumer(
         }
     };
     let start = ShardStart {
-        shard_id: lease.key.clone(),
+        shard_id: lease.shard_id().to_owned(),
+        stream,
         token,
         checkpoint: lease.checkpoint.clone(),
         pending_checkpoint: lease.pending_checkpoint.clone(),

@@ -488,21 +488,20 @@ async fn holding_worker(
     let journal = Arc::clone(&fleet.journal);
     let context = Arc::new(ConsumerContext {
         worker_id: "worker-a".into(),
-        stream: STREAM.into(),
         kinesis: Arc::new(fleet.kinesis.clone()),
         store,
         factory: Arc::new(move |_: &str| Scripted(Arc::clone(&journal))),
         retrieval: Default::default(),
         retry_policy: Default::default(),
         kinesis_backoff: Default::default(),
-        initial_timestamp: None,
         parent_poll_interval: Duration::from_secs(1),
         stats: Arc::default(),
         shard_ends: tokio::sync::watch::channel(0).0,
-        fanout_consumer: Default::default(),
     });
+    let stream = ConsumedStream::single(STREAM, InitialPosition::TrimHorizon);
     let tasks = WorkerTasks {
         context,
+        streams: Arc::new(ConsumedStreams::new(vec![Arc::new(stream)])),
         handle: handle.clone(),
         consumers: JoinSet::new(),
         releases: JoinSet::new(),

@@ -1,16 +1,17 @@
 //! The metrics a worker records. Names follow Prometheus conventions; the
 //! lease layer's are in [`kcl_lease::metrics`].
 
-/// Records processed successfully: label `shard`.
+/// Records processed successfully: labels `stream` and `shard`.
 pub const RECORDS_PROCESSED: &str = "kcl_records_processed_total";
-/// Bytes of data (and partition keys) processed successfully: label
-/// `shard`.
+/// Bytes of data (and partition keys) processed successfully: labels `stream`
+/// and `shard`.
 pub const BYTES_PROCESSED: &str = "kcl_bytes_processed_total";
-/// How far behind the newest record the last batch was: label `shard`.
+/// How far behind the newest record the last batch was: labels `stream` and `shard`.
 pub const MILLIS_BEHIND_LATEST: &str = "kcl_millis_behind_latest";
 /// Time the processor took per batch (successful or not), in seconds.
 pub const BATCH_PROCESSING_SECONDS: &str = "kcl_batch_processing_seconds";
-/// Processor calls given again after an error or a panic: label `shard`.
+/// Processor calls given again after an error or a panic: labels `stream` and
+/// `shard`.
 pub const PROCESSOR_RETRIES: &str = "kcl_processor_retries_total";
 /// Panics caught in processor calls.
 pub const PROCESSOR_PANICS: &str = "kcl_processor_panics_total";
@@ -44,15 +45,15 @@ pub fn describe() {
     kcl_lease::metrics::describe();
     describe_counter!(
         RECORDS_PROCESSED,
-        "Records processed successfully, by shard"
+        "Records processed successfully, by stream and shard"
     );
     describe_counter!(
         BYTES_PROCESSED,
-        "Bytes (data and partition keys) processed, by shard"
+        "Bytes (data and partition keys) processed, by stream and shard"
     );
     describe_gauge!(
         MILLIS_BEHIND_LATEST,
-        "Milliseconds the last batch was behind the newest record, by shard"
+        "Milliseconds the last batch was behind the newest record, by stream and shard"
     );
     describe_histogram!(
         BATCH_PROCESSING_SECONDS,
@@ -61,7 +62,7 @@ pub fn describe() {
     );
     describe_counter!(
         PROCESSOR_RETRIES,
-        "Processor calls retried after an error or panic, by shard"
+        "Processor calls retried after an error or panic, by stream and shard"
     );
     describe_counter!(PROCESSOR_PANICS, "Panics caught in processor calls");
     describe_counter!(

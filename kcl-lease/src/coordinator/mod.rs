@@ -346,6 +346,12 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         *known = now;
     }
 
+    /// Changes which leases this worker processes (set before it runs,
+    /// once the streams are known).
+    pub fn set_scope(&mut self, scope: crate::LeaseScope) {
+        self.config.scope = scope;
+    }
+
     /// Reads the tables, judges liveness, carries out this worker's part of
     /// the plan and publishes the leases it processes.
     ///
@@ -361,6 +367,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         let began = clock();
         let epoch_at_start = self.shared.heart.live_epoch(began);
         let mut leases = self.store.list_leases().await?;
+        leases.retain(|lease| self.config.scope.includes(lease));
         let heartbeats = self.store.list_heartbeats().await?;
         let ended = clock();
         self.tracker

@@ -29,9 +29,8 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_checkpoint::ExtendedSequenceNumber;
 
-pub(crate) use crate::listing::multi_stream_of_key;
 use crate::listing::{SkippedItem, SkippedKind};
-use crate::{HashKeyRange, Lease, LeaseStoreError};
+use crate::{HashKeyRange, Lease, LeaseStoreError, StreamIdentifier};
 
 pub(crate) const LEASE_KEY: &str = "leaseKey";
 pub(crate) const LEASE_OWNER: &str = "leaseOwner";
@@ -53,8 +52,11 @@ pub(crate) const STARTING_TIMESTAMP_MILLIS: &str = "startingTimestampMillis";
 pub(crate) const ENTITY_TYPE: &str = "entityType";
 /// The [`ENTITY_TYPE`] of a lease.
 pub(crate) const LEASE_ENTITY: &str = "LEASE";
-/// The stream of a Java multi-stream lease (`account:stream:epoch`).
+/// The stream of a multi-stream application's lease
+/// (`account:stream:epoch`).
 pub(crate) const STREAM_NAME: &str = "streamName";
+/// The shard of a multi-stream application's lease.
+pub(crate) const SHARD_ID: &str = "shardId";
 
 /// A DynamoDB item.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -72,6 +74,10 @@ pub(crate) fn lease_to_item(lease: &Lease) -> Item {
     let mut item = Item::new();
     item.insert(LEASE_KEY.into(), s(&lease.key));
     item.insert(ENTITY_TYPE.into(), s(LEASE_ENTITY));
+    if let Some(stream) = &lease.stream {
+        item.insert(STREAM_NAME.into(), s(stream.to_string()));
+        item.insert(SHARD_ID.into(), s(lease.shard_id()));
+    }
     item.insert(LEASE_COUNTER.into(), n(lease.counter));
     if let Some(owner) = &lease.owner {
         item.insert(LEASE_OWNER.into(), s(owner));
@@ -151,16 +157,6 @@ pub(crate) fn classify_item(item: &Item) -> Result<Lease, SkippedItem> {
             entity_type: Some(entity.clone()),
         }));
     }
-    if let Some(AttributeValue::S(stream)) = item.get(STREAM_NAME) {
-        return Err(skipped(SkippedKind::MultiStreamLease {
-            stream: stream.clone(),
-        }));
-    }
-    if let Some(stream) = multi_stream_of_key(&key) {
-        return Err(skipped(SkippedKind::MultiStreamLease {
-            stream: stream.to_owned(),
-        }));
-    }
     if matches!(item.get(CHECKPOINT), None | Some(AttributeValue::Null(_))) {
         return Err(skipped(SkippedKind::NotALease { entity_type: None }));
     }
@@ -181,6 +177,7 @@ pub(crate) fn lease_from_item(item: &Item) -> Result<Lease, LeaseStoreError> {
         _ => return Err(invalid("", format!("no string attribute {LEASE_KEY}"))),
     };
     let reader = Reader { key: &key, item };
+    let stream = reader.stream()?;
     let checkpoint = reader
         .position(CHECKPOINT, CHECKPOINT_SUB_SEQUENCE)?
         .ok_or_else(|| invalid(&key, format!("no {CHECKPOINT} attribute")))?;
@@ -211,6 +208,7 @@ pub(crate) fn lease_from_item(item: &Item) -> Result<Lease, LeaseStoreError> {
         }
     }
     Ok(Lease {
+        stream,
         owner: reader.string(LEASE_OWNER)?.map(str::to_owned),
         counter,
         checkpoint,
@@ -251,6 +249,33 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// The stream of a multi-stream application's lease: `streamName` and
+    /// `shardId` together, and the key made of both (as the Java KCL
+    /// writes them); `None` for a lease keyed by its shard id.
+    fn stream(&self) -> Result<Option<StreamIdentifier>, LeaseStoreError> {
+        let Some(name) = self.string(STREAM_NAME)? else {
+            if StreamIdentifier::split_lease_key(self.key).is_some() {
+                return Err(invalid(
+                    self.key,
+                    format!("a multi-stream lease key without {STREAM_NAME}"),
+                ));
+            }
+            return Ok(None);
+        };
+        let stream = StreamIdentifier::parse(name)
+            .map_err(|error| invalid(self.key, format!("{STREAM_NAME}: {error}")))?;
+        let shard = self
+            .string(SHARD_ID)?
+            .ok_or_else(|| invalid(self.key, format!("{STREAM_NAME} without {SHARD_ID}")))?;
+        if stream.lease_key(shard) != self.key {
+            return Err(invalid(
+                self.key,
+                format!("the key is not {STREAM_NAME}:{SHARD_ID} ({name}:{shard})"),
+            ));
+        }
+        Ok(Some(stream))
+    }
+
     fn string(&self, name: &str) -> Result<Option<&'a str>, LeaseStoreError> {
         match self.item.get(name) {
             None | Some(AttributeValue::Null(_)) => Ok(None),
@@ -409,22 +434,6 @@ mod tests {
             SkippedKind::NotALease { entity_type: None }
         );
 
-        let mut multi_stream = written_by_java_kcl();
-        multi_stream.insert(
-            "leaseKey".into(),
-            s("123456789012:orders:1700000000:shardId-000000000001"),
-        );
-        let by_key = skipped(multi_stream.clone());
-        assert_eq!(
-            by_key.kind,
-            SkippedKind::MultiStreamLease {
-                stream: "123456789012:orders:1700000000".into()
-            }
-        );
-        multi_stream.insert("leaseKey".into(), s("renamed"));
-        multi_stream.insert("streamName".into(), s("123456789012:orders:1700000000"));
-        assert_eq!(skipped(multi_stream).kind, by_key.kind);
-
         for (name, value) in [
             ("leaseCounter", None),
             ("leaseCounter", Some(AttributeValue::Null(true))),
@@ -459,27 +468,55 @@ mod tests {
     }
 
     #[test]
-    fn only_well_formed_multi_stream_keys_name_a_stream() {
+    fn multi_stream_leases_read_and_write_as_the_java_kcl_writes_them() {
+        let key = "123456789012:orders:1700000000:shardId-000000000001";
+        let mut java = written_by_java_kcl();
+        java.insert("leaseKey".into(), s(key));
+        java.insert("streamName".into(), s("123456789012:orders:1700000000"));
+        java.insert("shardId".into(), s("shardId-000000000001"));
+        java.insert("entityType".into(), s("LEASE"));
+        let lease = classify_item(&java).unwrap();
+        let orders = StreamIdentifier::parse("123456789012:orders:1700000000").unwrap();
+        assert_eq!(lease.stream.as_ref(), Some(&orders));
+        assert_eq!(lease.key, key);
+        assert_eq!(lease.shard_id(), "shardId-000000000001");
+        // Parents and children stay shard ids, as the Java KCL keeps them.
         assert_eq!(
-            multi_stream_of_key("1:a:2:shardId-000000000000"),
-            Some("1:a:2")
+            lease.parent_shard_ids.iter().collect::<Vec<_>>(),
+            ["shardId-000000000000"]
         );
-        for key in [
-            "shardId-000000000000",
-            "a:b:2:shard",
-            "1:b:x:shard",
-            "1::2:shard",
-            "1:b:2:",
-            "1:b:2",
-        ] {
-            assert_eq!(multi_stream_of_key(key), None, "{key}");
-        }
+        assert_eq!(
+            lease.key_of("shardId-000000000000"),
+            "123456789012:orders:1700000000:shardId-000000000000"
+        );
+        assert_eq!(lease_to_item(&lease), java);
+
+        let skipped = |item: &Item| match classify_item(item) {
+            Err(SkippedItem {
+                kind: SkippedKind::Malformed { reason },
+                ..
+            }) => reason,
+            other => panic!("{other:?}"),
+        };
+        let mut no_stream = java.clone();
+        no_stream.remove("streamName");
+        assert!(skipped(&no_stream).contains("streamName"));
+        let mut no_shard = java.clone();
+        no_shard.remove("shardId");
+        assert!(skipped(&no_shard).contains("shardId"));
+        let mut other_shard = java.clone();
+        other_shard.insert("shardId".into(), s("shardId-000000000002"));
+        assert!(skipped(&other_shard).contains("key"));
+        let mut bad_stream = java.clone();
+        bad_stream.insert("streamName".into(), s("orders"));
+        assert!(skipped(&bad_stream).contains("streamName"));
     }
 
     #[test]
     fn every_field_round_trips() {
         let lease = Lease {
             key: "shardId-000000000007".into(),
+            stream: None,
             owner: Some("receiver".into()),
             counter: 9,
             checkpoint: ExtendedSequenceNumber::record("123", 4).unwrap(),

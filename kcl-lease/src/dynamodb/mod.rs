@@ -435,12 +435,12 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E>) -> ErrorClass {
 /// not happen.
 const CHECKPOINT_RACES: u32 = 5;
 
-/// The condition that the item is a lease of a single-stream application,
-/// as a scan sorts items ([`classify_item`]): no `streamName`, and an
-/// `entityType` that is absent, not a string, or `LEASE`. Every write that
+/// The condition that the item is a lease, as a scan sorts items
+/// ([`classify_item`]): an `entityType` that is absent, not a string, or
+/// `LEASE`. Every write that
 /// depends on ownership includes it, so no item a scan skips is ever
 /// written. Its values are bound by [`bind_our_lease`].
-const OUR_LEASE: &str = "attribute_not_exists(streamName) AND (attribute_not_exists(entityType) \
+const OUR_LEASE: &str = "(attribute_not_exists(entityType) \
      OR NOT attribute_type(entityType, :string_type) OR entityType = :lease_entity)";
 
 /// The values [`OUR_LEASE`] uses.
@@ -463,7 +463,7 @@ fn bind_our_lease(
 /// [`OUR_LEASE`].
 const HELD_CONDITION: &str = "leaseCounter = :counter AND (checkpointOwner = :worker OR \
      ((attribute_not_exists(checkpointOwner) OR attribute_type(checkpointOwner, :null_type)) \
-     AND leaseOwner = :worker)) AND attribute_not_exists(streamName) AND \
+     AND leaseOwner = :worker)) AND \
      (attribute_not_exists(entityType) OR NOT attribute_type(entityType, :string_type) \
      OR entityType = :lease_entity)";
 
@@ -797,7 +797,7 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
-        // Only ever a lease of one stream, as a scan sorts items: never
+        // Only ever a lease, as a scan sorts items: never
         // another application's item or an unreadable lease, even if a
         // caller named one. The item is read and sorted first; the delete is
         // conditional on the types that sorting relied on, so an item
@@ -806,9 +806,6 @@ impl LeaseStore for DynamoDbLeaseStore {
             lease_key: key.to_owned(),
             reason: format!("{reason}; left alone"),
         };
-        if multi_stream_of_key(key).is_some() {
-            return Err(not_ours("a lease of a multi-stream application".into()));
-        }
         if let Err(LeaseStoreError::InvalidItem { reason, .. }) = self.get_lease(key).await {
             return Err(not_ours(reason));
         }
