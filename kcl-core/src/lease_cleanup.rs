@@ -284,7 +284,11 @@ mod tests {
     #[test]
     fn only_leases_of_streams_no_longer_consumed_are_former() {
         let stream = |text: &str| StreamIdentifier::parse(text).unwrap();
-        let (orders, refunds, old) = (stream("1:orders:10"), stream("1:refunds:10"), stream("1:old:10"));
+        let (orders, refunds, old) = (
+            stream("1:orders:10"),
+            stream("1:refunds:10"),
+            stream("1:old:10"),
+        );
         let recreated = stream("1:orders:99");
         let of = |id: &StreamIdentifier| Lease::for_shard(Some(id), "s", at("1"));
         let leases = [
@@ -323,12 +327,30 @@ mod tests {
         let mut keeps = LeaseCleaner::new(Duration::ZERO, None);
         for later in [0, 3_600, 86_400] {
             let now = start + Duration::from_secs(later);
-            assert!(keeps.run(&store, candidates(), now).await.unwrap().is_empty());
+            assert!(
+                keeps
+                    .run(&store, candidates(), now)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         }
         let mut cleaner = LeaseCleaner::new(Duration::ZERO, Some(Duration::from_secs(600)));
-        assert!(cleaner.run(&store, candidates(), start).await.unwrap().is_empty());
+        assert!(
+            cleaner
+                .run(&store, candidates(), start)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let before = start + Duration::from_secs(599);
-        assert!(cleaner.run(&store, candidates(), before).await.unwrap().is_empty());
+        assert!(
+            cleaner
+                .run(&store, candidates(), before)
+                .await
+                .unwrap()
+                .is_empty()
+        );
         let deleted = cleaner
             .run(&store, candidates(), start + Duration::from_secs(600))
             .await

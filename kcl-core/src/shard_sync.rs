@@ -141,7 +141,10 @@ pub fn stream_leases_by_shard(listing: &LeaseTableListing, stream: &ConsumedStre
         ) {
             return None;
         }
-        let shard = match (&stream.identifier, StreamIdentifier::split_lease_key(&item.key)) {
+        let shard = match (
+            &stream.identifier,
+            StreamIdentifier::split_lease_key(&item.key),
+        ) {
             (None, None) => item.key.as_str(),
             (Some(ours), Some((theirs, shard))) if *ours == theirs => shard,
             _ => return None,
@@ -476,10 +479,7 @@ mod sync_tests {
         // The refunds parent's lease cannot be read.
         store.put_item(
             &[
-                (
-                    "leaseKey",
-                    AttributeValue::S(refunds_id.lease_key(&parent)),
-                ),
+                ("leaseKey", AttributeValue::S(refunds_id.lease_key(&parent))),
                 ("leaseCounter", AttributeValue::S("many".into())),
                 ("checkpoint", AttributeValue::S("TRIM_HORIZON".into())),
                 ("streamName", AttributeValue::S(refunds_id.to_string())),

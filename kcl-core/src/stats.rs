@@ -65,10 +65,7 @@ impl WorkerStats {
     pub fn count_batch(&self, stream: &str, shard: &str, records: usize, bytes: usize) {
         add(&self.batches_processed, 1);
         add(&self.records_processed, records as u64);
-        let labels = [
-            ("stream", stream.to_owned()),
-            ("shard", shard.to_owned()),
-        ];
+        let labels = [("stream", stream.to_owned()), ("shard", shard.to_owned())];
         metrics::counter!(names::RECORDS_PROCESSED, &labels).increment(records as u64);
         metrics::counter!(names::BYTES_PROCESSED, &labels).increment(bytes as u64);
     }

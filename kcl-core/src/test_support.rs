@@ -62,6 +62,9 @@ pub struct Journal {
     pub panic_on_checkpoint_error: bool,
     /// Every `initialize` input, in order.
     pub initializations: Vec<InitializationInput>,
+    /// Every record processed, as `stream:data` (the stream its input
+    /// named).
+    pub by_stream: Vec<String>,
 }
 
 /// A processor that follows a shared [`Journal`].
@@ -106,6 +109,11 @@ impl RecordProcessor for Scripted {
                 }
             }
             journal.processed.extend(input.records.iter().cloned());
+            for record in &input.records {
+                let data = String::from_utf8_lossy(&record.data);
+                let line = format!("{}:{data}", input.stream_name);
+                journal.by_stream.push(line);
+            }
             let shard = input.checkpointer.shard_id().to_owned();
             journal
                 .batch_times

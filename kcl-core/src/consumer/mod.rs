@@ -516,9 +516,12 @@ impl ShardConsumer {
                         .iter()
                         .map(|r| r.data.len() + r.partition_key.len())
                         .sum();
-                    self.context
-                        .stats
-                        .count_batch(&self.start.stream.name, &self.start.shard_id, records.len(), bytes);
+                    self.context.stats.count_batch(
+                        &self.start.stream.name,
+                        &self.start.shard_id,
+                        records.len(),
+                        bytes,
+                    );
                     self.failures = unlimited(&self.context.retry_policy.backoff());
                     return ConsumerEvent::BatchDone;
                 }

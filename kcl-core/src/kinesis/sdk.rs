@@ -119,12 +119,13 @@ impl Kinesis for SdkKinesis {
                     operation: OP,
                     message: "no stream description".into(),
                 })?;
-        let created = SystemTime::try_from(*description.stream_creation_timestamp()).map_err(
-            |error| KinesisError::InvalidResponse {
-                operation: OP,
-                message: format!("stream creation time: {error}"),
-            },
-        )?;
+        let created =
+            SystemTime::try_from(*description.stream_creation_timestamp()).map_err(|error| {
+                KinesisError::InvalidResponse {
+                    operation: OP,
+                    message: format!("stream creation time: {error}"),
+                }
+            })?;
         Ok(StreamSummary {
             arn: description.stream_arn().to_owned(),
             created,

@@ -550,6 +550,23 @@ mod tests {
             (builder().application_name("my app"), "application_name"),
             (builder().stream_name(""), "stream_name"),
             (
+                builder().stream(StreamConfig::new("refunds")),
+                "stream_name",
+            ),
+            (
+                Scheduler::builder()
+                    .application_name("apps")
+                    .stream(StreamConfig::new("orders"))
+                    .stream(StreamConfig::new("orders")),
+                "stream",
+            ),
+            (
+                Scheduler::builder()
+                    .application_name("apps")
+                    .stream(StreamConfig::new("bad name")),
+                "stream",
+            ),
+            (
                 builder().retrieval(RetrievalConfig {
                     max_records_per_call: 10_001,
                     ..RetrievalConfig::default()
@@ -606,5 +623,34 @@ mod tests {
         )
         .to_string();
         assert!(message.contains("aws_clients"), "{message}");
+    }
+
+    #[test]
+    fn streams_given_one_by_one_make_a_multi_stream_application() {
+        let scheduler = Scheduler::builder()
+            .application_name("apps")
+            .stream(StreamConfig::new("orders"))
+            .stream(StreamConfig::new("refunds").initial_position(InitialPosition::Latest))
+            .backends(
+                Arc::new(InMemoryKinesis::new()),
+                Arc::new(InMemoryLeaseStore::new()),
+            )
+            .build(|_: &str| NoopProcessor)
+            .unwrap();
+        let config = scheduler.config();
+        assert!(config.streams.is_multi_stream());
+        assert_eq!(config.streams.names(), ["orders", "refunds"]);
+        assert_eq!(
+            config.former_stream_cleanup_delay,
+            Some(Duration::from_secs(3600))
+        );
+        assert!(
+            !builder()
+                .build(|_: &str| NoopProcessor)
+                .unwrap()
+                .config()
+                .streams
+                .is_multi_stream()
+        );
     }
 }

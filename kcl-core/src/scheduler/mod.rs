@@ -47,8 +47,8 @@ use crate::consumer::{
 use crate::kinesis::{Kinesis, KinesisError};
 use crate::lease_cleanup::LeaseCleaner;
 use crate::shard_sync::{ShardSyncError, sync_stream};
-use crate::streams::{ConsumedStream, ConsumedStreams, StreamsConfig};
 use crate::stats::WorkerStats;
+use crate::streams::{ConsumedStream, ConsumedStreams, StreamsConfig};
 use crate::telemetry::Health;
 
 /// Why a worker stopped with an error.

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kcl_lease::{InMemoryLeaseStore, LeaseStore};
+use kcl_lease::{InMemoryLeaseStore, Lease, LeaseStore};
 
 use super::*;
 use crate::kinesis::InMemoryKinesis;
@@ -650,4 +650,285 @@ async fn a_worker_sharing_its_table_with_a_renewing_foreign_worker_is_not_ready_
     assert_eq!(lease.owner.as_deref(), Some("rust-worker"));
     shutdown.shutdown();
     task.await.unwrap().unwrap();
+}
+
+/// A worker of the multi-stream application `apps` over `streams`.
+fn multi_stream_worker(
+    fleet: &Fleet,
+    id: &str,
+    streams: &[&str],
+    former_stream_cleanup_delay: Duration,
+) -> Scheduler {
+    let journal = Arc::clone(&fleet.journal);
+    let mut builder = Scheduler::builder()
+        .application_name("apps")
+        .worker_id(id)
+        .failover_time(Duration::from_secs(2))
+        .assignment_interval(fleet.assignment_interval)
+        .shutdown_timeout(Duration::from_secs(5))
+        .shard_sync_interval(Duration::from_secs(1))
+        .lease_cleanup_delay(Duration::from_secs(2))
+        .former_stream_cleanup_delay(Some(former_stream_cleanup_delay))
+        .backends(
+            Arc::new(fleet.kinesis.clone()),
+            Arc::new(fleet.store.client()),
+        );
+    for stream in streams {
+        builder = builder.stream(crate::StreamConfig::new(*stream));
+    }
+    builder
+        .build(move |_: &str| Scripted(Arc::clone(&journal)))
+        .unwrap()
+}
+
+/// `orders` with `records` records (`r<n>`) and `refunds` with as many
+/// (`s<n>`), two shards each.
+fn two_streams(records: usize) -> Fleet {
+    let fleet = Fleet::new(2, records);
+    fleet.kinesis.create_stream("refunds", 2);
+    for n in 0..records {
+        fleet
+            .kinesis
+            .put_record("refunds", &format!("k{n}"), format!("s{n}").as_bytes());
+    }
+    fleet
+}
+
+fn by_stream(fleet: &Fleet) -> Vec<String> {
+    let mut lines = fleet.journal.lock().unwrap().by_stream.clone();
+    lines.sort();
+    lines
+}
+
+fn expected_by_stream(records: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..records)
+        .flat_map(|n| [format!("orders:r{n}"), format!("refunds:s{n}")])
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_multi_stream_application_shares_every_stream_of_one_table() {
+    let fleet = two_streams(20);
+    let a = multi_stream_worker(
+        &fleet,
+        "worker-a",
+        &["orders", "refunds"],
+        Duration::from_secs(60),
+    );
+    let b = multi_stream_worker(
+        &fleet,
+        "worker-b",
+        &["orders", "refunds"],
+        Duration::from_secs(60),
+    );
+    let (a_held, a_stop) = (a.held_leases(), a.shutdown_handle());
+    let (b_held, b_stop) = (b.held_leases(), b.shutdown_handle());
+    let a_task = tokio::spawn(a.run());
+    let b_task = tokio::spawn(b.run());
+    wait_until(|| {
+        a_held.borrow().len() == 2 && b_held.borrow().len() == 2 && by_stream(&fleet).len() >= 40
+    })
+    .await;
+    a_stop.shutdown();
+    b_stop.shutdown();
+    a_task.await.unwrap().unwrap();
+    b_task.await.unwrap().unwrap();
+
+    assert_eq!(
+        by_stream(&fleet),
+        expected_by_stream(20),
+        "each record once, named by its stream"
+    );
+    let leases = fleet.store.list_leases().await.unwrap();
+    assert_eq!(leases.len(), 4);
+    for lease in &leases {
+        let stream = lease.stream.as_ref().expect("a multi-stream lease");
+        assert_eq!(stream.account_id, crate::kinesis::IN_MEMORY_ACCOUNT);
+        assert_eq!(lease.key, stream.lease_key(lease.shard_id()));
+        assert!(!lease.checkpoint.is_sentinel(), "{lease:?}");
+    }
+    let journal = fleet.journal.lock().unwrap();
+    let mut initialized: Vec<String> = journal
+        .initializations
+        .iter()
+        .map(|input| format!("{}/{}", input.stream_name, input.shard_id))
+        .collect();
+    initialized.sort();
+    assert_eq!(
+        initialized,
+        [
+            "orders/shardId-000000000000",
+            "orders/shardId-000000000001",
+            "refunds/shardId-000000000000",
+            "refunds/shardId-000000000001"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_no_longer_consumed_loses_its_leases_after_the_delay_and_no_other_lease_goes() {
+    let fleet = two_streams(10);
+    let both = multi_stream_worker(
+        &fleet,
+        "worker-a",
+        &["orders", "refunds"],
+        Duration::from_secs(60),
+    );
+    let stop = both.shutdown_handle();
+    let task = tokio::spawn(both.run());
+    wait_until(|| by_stream(&fleet).len() >= 20).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    let before = fleet.store.list_leases().await.unwrap();
+    assert_eq!(before.len(), 4);
+
+    // The application goes on with orders only.
+    let delay = Duration::from_secs(8);
+    let orders_only = multi_stream_worker(&fleet, "worker-b", &["orders"], delay);
+    let (held, stop) = (orders_only.held_leases(), orders_only.shutdown_handle());
+    let started = tokio::time::Instant::now();
+    let task = tokio::spawn(orders_only.run());
+    let refunds_left = || {
+        let store = fleet.store.client();
+        async move {
+            store
+                .list_leases()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|l| l.stream.as_ref().unwrap().stream_name == "refunds")
+                .count()
+        }
+    };
+    for _ in 0..600 {
+        if refunds_left().await == 0 {
+            break;
+        }
+        assert!(
+            held.borrow()
+                .values()
+                .all(|h| h.lease.stream.as_ref().unwrap().stream_name == "orders"),
+            "only leases of consumed streams are taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refunds_left().await, 0);
+    assert!(
+        started.elapsed() >= delay,
+        "deleted after {:?}",
+        started.elapsed()
+    );
+    // Orders' leases all stay, with their checkpoints.
+    let after = fleet.store.list_leases().await.unwrap();
+    let orders = |leases: &[Lease]| -> Vec<(String, String)> {
+        let mut of: Vec<_> = leases
+            .iter()
+            .filter(|l| l.stream.as_ref().unwrap().stream_name == "orders")
+            .map(|l| (l.key.clone(), l.checkpoint.to_string()))
+            .collect();
+        of.sort();
+        of
+    };
+    assert_eq!(orders(&after), orders(&before));
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        by_stream(&fleet),
+        expected_by_stream(10),
+        "nothing read twice"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_stream_loses_its_leases_after_the_delay() {
+    let fleet = two_streams(4);
+    let delay = Duration::from_secs(8);
+    let worker = multi_stream_worker(&fleet, "worker-a", &["orders", "refunds"], delay);
+    let stop = worker.shutdown_handle();
+    let task = tokio::spawn(worker.run());
+    wait_until(|| by_stream(&fleet).len() >= 8).await;
+    fleet.kinesis.delete_stream("refunds");
+    let deleted_at = tokio::time::Instant::now();
+    let store = fleet.store.client();
+    let mut remaining = 4;
+    for _ in 0..600 {
+        remaining = store.list_leases().await.unwrap().len();
+        if remaining == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(remaining, 2);
+    assert!(deleted_at.elapsed() >= delay, "{:?}", deleted_at.elapsed());
+    let left = store.list_leases().await.unwrap();
+    assert!(
+        left.iter()
+            .all(|l| l.stream.as_ref().unwrap().stream_name == "orders"),
+        "{left:?}"
+    );
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_kind_of_application_refuses_the_other_kinds_table_before_writing() {
+    // A single-stream table: a multi-stream worker refuses it.
+    let fleet = Fleet::new(2, 4);
+    let single = fleet.worker("worker-a");
+    let stop = single.shutdown_handle();
+    let task = tokio::spawn(single.run());
+    wait_until(|| fleet.processed().len() >= 4).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    let before = fleet.store.list_leases().await.unwrap();
+    let journal = Arc::clone(&fleet.journal);
+    let multi = Scheduler::builder()
+        .application_name("orders-app")
+        .stream(crate::StreamConfig::new(STREAM))
+        .backends(
+            Arc::new(fleet.kinesis.clone()),
+            Arc::new(fleet.store.client()),
+        )
+        .build(move |_: &str| Scripted(Arc::clone(&journal)))
+        .unwrap();
+    let error = multi.run().await.unwrap_err();
+    assert!(
+        matches!(&error, SchedulerError::SingleStreamTable { count: 2, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("orders-app"), "{error}");
+    assert_eq!(fleet.store.list_leases().await.unwrap(), before);
+    assert!(fleet.store.list_heartbeats().await.unwrap().is_empty());
+
+    // A multi-stream table: a single-stream worker refuses it.
+    let fleet = two_streams(2);
+    let multi = multi_stream_worker(
+        &fleet,
+        "worker-a",
+        &["orders", "refunds"],
+        Duration::from_secs(60),
+    );
+    let stop = multi.shutdown_handle();
+    let task = tokio::spawn(multi.run());
+    wait_until(|| by_stream(&fleet).len() >= 4).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    let before = fleet.store.list_leases().await.unwrap();
+    let single = Scheduler::builder()
+        .application_name("apps")
+        .stream_name(STREAM)
+        .backends(
+            Arc::new(fleet.kinesis.clone()),
+            Arc::new(fleet.store.client()),
+        )
+        .build(|_: &str| crate::test_support::NoopProcessor)
+        .unwrap();
+    let error = single.run().await.unwrap_err();
+    assert!(
+        matches!(&error, SchedulerError::MultiStreamTable { count: 4, .. }),
+        "{error}"
+    );
+    assert_eq!(fleet.store.list_leases().await.unwrap(), before);
 }
