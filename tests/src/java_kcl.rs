@@ -299,6 +299,21 @@ pub fn java_reader_accepts(lease: &Item) -> Result<(), String> {
         None | Some(A::N(_)) => {}
         other => return Err(format!("{key}: throughputKBps is {other:?}")),
     }
+    // A multi-stream lease (as the Java multi-stream serializer reads it):
+    // both attributes, and the key made of them.
+    match (lease.get("streamName"), lease.get("shardId")) {
+        (None, None) => {}
+        (Some(A::S(stream)), Some(A::S(shard))) if key == format!("{stream}:{shard}") => {
+            let parts: Vec<&str> = stream.split(':').collect();
+            let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+            if parts.len() != 3 || !digits(parts[0]) || parts[1].is_empty() || !digits(parts[2]) {
+                return Err(format!(
+                    "{key}: streamName {stream} is not account:stream:epoch"
+                ));
+            }
+        }
+        other => return Err(format!("{key}: streamName and shardId are {other:?}")),
+    }
     match lease.get("entityType") {
         None => {}
         Some(A::S(entity)) if entity == "LEASE" => {}
@@ -404,6 +419,21 @@ mod tests {
         ];
         for (name, value) in broken {
             let mut lease = good.clone();
+            match value {
+                Some(value) => lease.insert(name.into(), value),
+                None => lease.remove(name),
+            };
+            assert!(java_reader_accepts(&lease).is_err(), "{name}");
+        }
+        let multi = multi_stream_lease("1", "orders", 5, "shardId-1", "123");
+        assert_eq!(java_reader_accepts(&multi), Ok(()));
+        for (name, value) in [
+            ("streamName", None),
+            ("shardId", None),
+            ("shardId", Some(s("shardId-2"))),
+            ("streamName", Some(s("orders"))),
+        ] {
+            let mut lease = multi.clone();
             match value {
                 Some(value) => lease.insert(name.into(), value),
                 None => lease.remove(name),

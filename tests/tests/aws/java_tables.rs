@@ -2,8 +2,10 @@
 //! single-table layout (leases beside worker metrics, the leader lock and
 //! migration items), leases of 2.x and 3.0–3.4 without `entityType`, and a
 //! multi-stream application's table. Leases are read with their
-//! checkpoints, every other item is left exactly as it was, and a
-//! single-stream worker refuses a multi-stream table without writing.
+//! checkpoints, every other item is left exactly as it was. A Java
+//! multi-stream table of two streams carries over to a multi-stream worker
+//! with every checkpoint, and each kind of worker refuses the other kind's
+//! table without writing.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_core::checkpoint::{Checkpointer, ExtendedSequenceNumber};
 use kcl_core::{
     InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor, Scheduler,
-    SchedulerError,
+    SchedulerError, StreamConfig,
 };
 use kcl_lease::{
     CheckpointUpdate, DynamoDbLeaseStore, InMemoryLeaseStore, LeaseStore, LeaseStoreError,
@@ -82,31 +84,18 @@ fn java_leases() -> Vec<Item> {
     ]
 }
 
-/// Leases a single-stream worker skips: a multi-stream application's (its
-/// counter and owner as a caller might guess them: 17, `java-worker`), and
-/// one that cannot be read.
+/// A lease that cannot be read (its counter as a caller might guess it:
+/// 17, owner `java-worker`).
 fn leases_not_ours() -> Vec<Item> {
     let mut unreadable = java_kcl::lease_3_5("shardId-000000000009", "TRIM_HORIZON", 0, None);
     unreadable.insert("leaseCounter".into(), AttributeValue::S("many".into()));
-    vec![
-        java_kcl::multi_stream_lease(
-            "123456789012",
-            "payments",
-            1_700_000_000,
-            "shardId-000000000000",
-            "TRIM_HORIZON",
-        ),
-        unreadable,
-    ]
+    vec![unreadable]
 }
 
 /// Tries every write on the leases of [`leases_not_ours`], as if a caller
 /// had them: each fails and changes nothing.
 async fn writes_nothing_to_leases_not_ours(store: &impl LeaseStore) {
-    for key in [
-        "123456789012:payments:1700000000:shardId-000000000000",
-        "shardId-000000000009",
-    ] {
+    for key in ["shardId-000000000009"] {
         let mut guessed = kcl_lease::Lease::new(key, ExtendedSequenceNumber::TrimHorizon);
         guessed.owner = Some("java-worker".into());
         guessed.counter = 17;
@@ -180,7 +169,7 @@ async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
     };
     let (not_ours, skipped): (Vec<_>, Vec<_>) = skipped
         .into_iter()
-        .partition(|(key, _)| key.starts_with("123456789012:") || *key == "shardId-000000000009");
+        .partition(|(key, _)| *key == "shardId-000000000009");
     assert_eq!(
         skipped,
         [
@@ -193,7 +182,7 @@ async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
         ]
     );
     let kinds: Vec<_> = not_ours.iter().map(|(_, kind)| kind.label()).collect();
-    assert_eq!(kinds, ["multi_stream_lease", "malformed"]);
+    assert_eq!(kinds, ["malformed"]);
 
     // The leases are used as leases; the other items cannot be deleted or
     // read as leases, and a new lease is not created over one.
@@ -232,7 +221,7 @@ async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
     }
     writes_nothing_to_leases_not_ours(store).await;
     let after = store.list_table().await.unwrap();
-    assert_eq!(after.skipped.len(), 8, "{after:?}");
+    assert_eq!(after.skipped.len(), 7, "{after:?}");
     assert_eq!(after.leases.len(), 1);
     assert_eq!(after.leases[0].checkpoint, next);
 }
@@ -276,6 +265,8 @@ async fn a_java_3_5_table_lists_its_leases_and_leaves_everything_else_alone_on_d
 #[derive(Clone, Default)]
 struct Seen {
     records: Arc<Mutex<Vec<(String, String)>>>,
+    /// Every record as (stream, shard, data).
+    by_stream: Arc<Mutex<Vec<(String, String, String)>>>,
     inits: Arc<Mutex<Vec<InitializationInput>>>,
 }
 
@@ -298,6 +289,17 @@ impl RecordProcessor for Recording {
             .unwrap()
             .extend(input.records.iter().map(|record| {
                 (
+                    self.shard.clone(),
+                    String::from_utf8_lossy(&record.data).into_owned(),
+                )
+            }));
+        self.seen
+            .by_stream
+            .lock()
+            .unwrap()
+            .extend(input.records.iter().map(|record| {
+                (
+                    input.stream_name.clone(),
                     self.shard.clone(),
                     String::from_utf8_lossy(&record.data).into_owned(),
                 )
@@ -506,4 +508,161 @@ async fn refuses_and_writes_nothing(items: Vec<Item>, count: usize) {
         .send()
         .await;
     assert!(workers.is_err(), "the workers table was created");
+}
+
+/// The identifier (`account:stream:epoch`) a Java multi-stream
+/// application gives `stream`: the account from its ARN, the epoch from its
+/// creation time.
+async fn java_stream_identifier(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> String {
+    let summary = kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .expect("describe the stream");
+    let summary = summary.stream_description_summary().unwrap();
+    let account = summary.stream_arn().split(':').nth(4).unwrap().to_owned();
+    let epoch = summary.stream_creation_timestamp().secs();
+    format!("{account}:{stream}:{epoch}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_stream_worker_resumes_a_java_multi_stream_table_after_each_checkpoint() {
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let table = unique_name("java-multi-stream-app");
+    let names = [unique_name("java-orders"), unique_name("java-refunds")];
+    let mut written: Vec<(String, String, String, String)> = Vec::new();
+    let mut leases = Vec::new();
+    let mut others = java_kcl::java_3_5_items_other_than_leases();
+    let mut expected = BTreeSet::new();
+    for (index, stream) in names.iter().enumerate() {
+        create_stream(&kinesis, stream, 2).await;
+        let identifier = java_stream_identifier(&kinesis, stream).await;
+        others.push(java_kcl::stream_info(&identifier));
+        let (account, epoch) = {
+            let parts: Vec<&str> = identifier.split(':').collect();
+            (parts[0].to_owned(), parts[2].parse::<u64>().unwrap())
+        };
+        for (shard_index, (shard, start, end)) in
+            open_shards(&kinesis, stream).await.into_iter().enumerate()
+        {
+            let mut sequences = Vec::new();
+            for n in 0..6 {
+                let data = format!("{stream}-{shard_index}-{n}");
+                let sequence = put_to_shard(&kinesis, stream, &shard, start, &data).await;
+                written.push((stream.clone(), shard.clone(), sequence.clone(), data));
+                sequences.push(sequence);
+            }
+            // Each shard checkpointed after a different record: 1, 2, 3, 4.
+            let after = index * 2 + shard_index;
+            let lease = java_kcl::with_hash_range(
+                java_kcl::multi_stream_lease(&account, stream, epoch, &shard, &sequences[after]),
+                start,
+                end,
+            );
+            leases.push(lease);
+            for (stream, shard, _, data) in written.iter().rev().take(6 - after - 1) {
+                expected.insert((stream.clone(), shard.clone(), data.clone()));
+            }
+        }
+    }
+    let store = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    store.ensure_tables().await.unwrap();
+    put_items(&aws.dynamodb(), &table, &leases).await;
+    put_items(&aws.dynamodb(), &table, &others).await;
+
+    let seen = Seen::default();
+    let scheduler = Scheduler::builder()
+        .application_name(&table)
+        .stream(StreamConfig::new(&names[0]))
+        .stream(StreamConfig::new(&names[1]))
+        .worker_id("rust-worker")
+        .failover_time(Duration::from_secs(2))
+        .assignment_interval(Duration::from_millis(500))
+        .aws_clients(&kinesis, &aws.dynamodb())
+        .build({
+            let seen = seen.clone();
+            move |shard: &str| Recording {
+                shard: shard.to_owned(),
+                seen: seen.clone(),
+            }
+        })
+        .expect("valid settings");
+    let shutdown = scheduler.shutdown_handle();
+    let task = tokio::spawn(scheduler.run());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.by_stream.lock().unwrap().len() < expected.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "processed {:?}, expected {expected:?}",
+            seen.by_stream.lock().unwrap()
+        );
+        assert!(!task.is_finished(), "the worker stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.shutdown();
+    task.await.unwrap().expect("the worker stops cleanly");
+
+    let processed = seen.by_stream.lock().unwrap().clone();
+    assert_eq!(
+        processed.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "exactly the records after each checkpoint, named by their stream"
+    );
+    assert_eq!(processed.len(), expected.len(), "nothing twice");
+    // No lease was added beside the Java ones, and nothing else changed.
+    let scanned = aws
+        .dynamodb()
+        .scan()
+        .table_name(&table)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(scanned.len(), leases.len() + others.len());
+    assert_unchanged(&aws.dynamodb(), &table, &others).await;
+    for lease in &leases {
+        let stored = stored_item(&aws.dynamodb(), &table, key_of(lease))
+            .await
+            .expect("the Java lease is still there");
+        assert_eq!(stored["streamName"], lease["streamName"]);
+        assert_eq!(stored["shardId"], lease["shardId"]);
+        assert_ne!(stored["checkpoint"], lease["checkpoint"], "checkpointed on");
+    }
+    java_kcl::assert_a_java_worker_can_read_every_lease(&aws.dynamodb(), &table).await;
+}
+
+#[tokio::test]
+async fn a_multi_stream_worker_refuses_a_single_stream_table_and_writes_nothing() {
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let stream = unique_name("java-single");
+    create_stream(&kinesis, &stream, 1).await;
+    let table = unique_name("java-single-app");
+    java_kcl::create_lease_table(&aws.dynamodb(), &table).await;
+    let items = java_leases();
+    put_items(&aws.dynamodb(), &table, &items).await;
+
+    let scheduler = Scheduler::builder()
+        .application_name(&table)
+        .stream(StreamConfig::new(&stream))
+        .worker_id("rust-worker")
+        .aws_clients(&kinesis, &aws.dynamodb())
+        .build(|shard: &str| Recording {
+            shard: shard.to_owned(),
+            seen: Seen::default(),
+        })
+        .expect("valid settings");
+    let error = tokio::time::timeout(Duration::from_secs(30), scheduler.run())
+        .await
+        .expect("the worker refuses at once")
+        .unwrap_err();
+    assert!(
+        matches!(&error, SchedulerError::SingleStreamTable { count: 2, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains(&table), "{error}");
+    assert_unchanged(&aws.dynamodb(), &table, &items).await;
 }
