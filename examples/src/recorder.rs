@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
 pub struct RecordLine {
     /// The worker that processed it.
     pub worker: String,
+    /// The stream it came from (absent in files written before streams
+    /// were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<String>,
     /// The shard it came from.
     pub shard: String,
     /// Its sequence number.
@@ -124,6 +128,7 @@ impl RecordProcessor for Recorder {
         for record in &input.records {
             let line = RecordLine {
                 worker: self.log.worker.to_string(),
+                stream: Some(input.stream_name.clone()),
                 shard: self.shard.clone(),
                 seq: record.sequence_number.to_string(),
                 subseq: record.sub_sequence_number,

@@ -15,7 +15,7 @@ use aws_config::BehaviorVersion;
 use clap::{Args, ValueEnum};
 use kcl_core::retrieval::RetrievalConfig;
 use kcl_core::telemetry::TelemetryServer;
-use kcl_core::{InitialPosition, Scheduler, SchedulerBuilder};
+use kcl_core::{InitialPosition, Scheduler, SchedulerBuilder, StreamConfig};
 use tracing::info;
 
 /// Where shards without a checkpoint start.
@@ -50,9 +50,17 @@ pub enum LogFormat {
 /// The settings of a worker. Durations are in milliseconds.
 #[derive(Args, Debug, Clone)]
 pub struct WorkerArgs {
-    /// The stream to consume.
-    #[arg(long, env = "KCL_STREAM_NAME")]
-    pub stream_name: String,
+    /// The stream to consume. Given more than once (or as a comma-separated
+    /// list in `KCL_STREAM_NAME`), one multi-stream application consumes
+    /// them all from one lease table, its leases keyed
+    /// `account:stream:epoch:shardId` as the Java KCL keys them.
+    #[arg(
+        long = "stream-name",
+        env = "KCL_STREAM_NAME",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub stream_names: Vec<String>,
     /// The application name (the lease table's name).
     #[arg(long, env = "KCL_APPLICATION_NAME")]
     pub application_name: String,
@@ -143,9 +151,14 @@ impl WorkerArgs {
     pub async fn builder(&self) -> Result<SchedulerBuilder, String> {
         let ms = Duration::from_millis;
         let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        let mut builder = Scheduler::builder()
-            .application_name(&self.application_name)
-            .stream_name(&self.stream_name)
+        let mut builder = Scheduler::builder().application_name(&self.application_name);
+        builder = match self.stream_names.as_slice() {
+            [one] => builder.stream_name(one),
+            several => several.iter().fold(builder, |builder, name| {
+                builder.stream(StreamConfig::new(name))
+            }),
+        };
+        let mut builder = builder
             .initial_position(match self.initial_position {
                 Position::TrimHorizon => InitialPosition::TrimHorizon,
                 Position::Latest => InitialPosition::Latest,

@@ -298,3 +298,24 @@ impl OrderedProducer {
         self.task.await.expect("producer task")
     }
 }
+
+/// The identifier (`account:stream:epoch`) a multi-stream application
+/// gives `stream`: the account from its ARN, the epoch from its creation
+/// time in seconds.
+///
+/// # Panics
+/// If the stream cannot be described.
+pub async fn stream_identifier(kinesis: &Client, stream: &str) -> String {
+    let summary = kinesis
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .expect("describe the stream");
+    let summary = summary
+        .stream_description_summary()
+        .expect("a stream description");
+    let account = summary.stream_arn().split(':').nth(4).unwrap_or_default();
+    let epoch = summary.stream_creation_timestamp().secs();
+    format!("{account}:{stream}:{epoch}")
+}

@@ -1,7 +1,8 @@
 //! Recorder replicas started on a lease table as a stopped Java KCL 3.5
 //! fleet leaves it (single-table layout: leases of 3.5 and of 2.x beside
-//! worker metrics, the leader lock and the migration items): every shard
-//! resumes exactly after its checkpoint, and no other item changes.
+//! worker metrics, the leader lock and the migration items), and on a Java
+//! multi-stream application's table of two streams: every shard resumes
+//! exactly after its checkpoint, and no other item changes.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_examples::recorder::read_lines;
 use kcl_tests::java_kcl::{self, Item, key_of};
 use kcl_tests::processes::{Processes, start_recorder, terminate};
-use kcl_tests::stream::{create_stream, open_shards, put_to_shard};
+use kcl_tests::stream::{create_stream, open_shards, put_to_shard, stream_identifier};
 use kcl_tests::{LocalAws, unique_name};
 
 use super::RECORDER;
@@ -137,6 +138,137 @@ async fn recorder_replicas_resume_a_java_3_5_table_after_each_checkpoint() {
         "exactly the records after each checkpoint"
     );
     assert_eq!(recorded.len(), expected.len(), "nothing twice");
+    for item in &others {
+        let stored = dynamodb
+            .get_item()
+            .table_name(&app)
+            .key("leaseKey", AttributeValue::S(key_of(item).to_owned()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item;
+        assert_eq!(stored.as_ref(), Some(item), "{} changed", key_of(item));
+    }
+    java_kcl::assert_a_java_worker_can_read_every_lease(&dynamodb, &app).await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorder_replicas_given_both_streams_resume_a_java_multi_stream_table() {
+    let aws = LocalAws::connect();
+    let (kinesis, dynamodb) = (aws.kinesis(), aws.dynamodb());
+    let app = unique_name("java-multi-app");
+    let streams = [unique_name("java-multi-a"), unique_name("java-multi-b")];
+    let mut leases: Vec<Item> = Vec::new();
+    let mut others = java_kcl::java_3_5_items_other_than_leases();
+    // (stream, data) of every record after its shard's checkpoint.
+    let mut expected: BTreeSet<(String, String)> = BTreeSet::new();
+    for (stream_index, stream) in streams.iter().enumerate() {
+        create_stream(&kinesis, stream, 2).await;
+        let identifier = stream_identifier(&kinesis, stream).await;
+        others.push(java_kcl::stream_info(&identifier));
+        let parts: Vec<&str> = identifier.split(':').collect();
+        let (account, epoch) = (parts[0], parts[2].parse::<u64>().unwrap());
+        for (index, (shard, start, end)) in
+            open_shards(&kinesis, stream).await.into_iter().enumerate()
+        {
+            let mut sequences = Vec::new();
+            for n in 0..PER_SHARD {
+                let data = format!("{stream}/{shard}:{n}");
+                sequences.push(put_to_shard(&kinesis, stream, &shard, start, &data).await);
+                // Checkpointed after record 1, 4, 7 and 10.
+                if n > (stream_index * 2 + index) * 3 + 1 {
+                    expected.insert((stream.clone(), data));
+                }
+            }
+            let after = (stream_index * 2 + index) * 3 + 1;
+            leases.push(java_kcl::with_hash_range(
+                java_kcl::multi_stream_lease(account, stream, epoch, &shard, &sequences[after]),
+                start,
+                end,
+            ));
+        }
+    }
+    java_kcl::create_lease_table(&dynamodb, &app).await;
+    for item in leases.iter().chain(&others) {
+        dynamodb
+            .put_item()
+            .table_name(&app)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .expect("put a fixture item");
+    }
+
+    let dir = std::env::temp_dir().join(unique_name("java-multi-out"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let outputs: Vec<PathBuf> = (0..2)
+        .map(|n| dir.join(format!("worker-{n}.jsonl")))
+        .collect();
+    // One replica is given the streams as KCL_STREAM_NAME=a,b, the other
+    // as --stream-name twice.
+    let both = streams.join(",");
+    let flags = [
+        "--assignment-interval-ms",
+        "500",
+        "--stream-name",
+        &streams[0],
+        "--stream-name",
+        &streams[1],
+    ];
+    let mut replicas = Processes(vec![
+        start_recorder(
+            RECORDER,
+            &aws,
+            &both,
+            &app,
+            "worker-0",
+            &outputs[0],
+            &flags[..2],
+        ),
+        start_recorder(RECORDER, &aws, "", &app, "worker-1", &outputs[1], &flags),
+    ]);
+    let recorded = || -> Vec<(String, String)> {
+        outputs
+            .iter()
+            .flat_map(|output| read_lines(output).unwrap_or_default())
+            .map(|line| (line.stream.unwrap_or_default(), line.data))
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while recorded().len() < expected.len() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recorded {} of {} records",
+            recorded().len(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for child in &replicas.0 {
+        terminate(child);
+    }
+    for child in &mut replicas.0 {
+        assert!(child.wait().unwrap().success());
+    }
+
+    let recorded = recorded();
+    assert_eq!(
+        recorded.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "exactly the records after each checkpoint, each with its stream"
+    );
+    assert_eq!(recorded.len(), expected.len(), "nothing twice");
+    let scanned = dynamodb
+        .scan()
+        .table_name(&app)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert_eq!(scanned.len(), leases.len() + others.len(), "no lease added");
     for item in &others {
         let stored = dynamodb
             .get_item()

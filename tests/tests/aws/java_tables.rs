@@ -23,7 +23,7 @@ use kcl_lease::{
     SkippedKind,
 };
 use kcl_tests::java_kcl::{self, Item, key_of};
-use kcl_tests::stream::{create_stream, open_shards, put_to_shard};
+use kcl_tests::stream::{create_stream, open_shards, put_to_shard, stream_identifier};
 use kcl_tests::{LocalAws, unique_name};
 
 /// Writes `items` into the DynamoDB table `table` as they are.
@@ -510,22 +510,6 @@ async fn refuses_and_writes_nothing(items: Vec<Item>, count: usize) {
     assert!(workers.is_err(), "the workers table was created");
 }
 
-/// The identifier (`account:stream:epoch`) a Java multi-stream
-/// application gives `stream`: the account from its ARN, the epoch from its
-/// creation time.
-async fn java_stream_identifier(kinesis: &aws_sdk_kinesis::Client, stream: &str) -> String {
-    let summary = kinesis
-        .describe_stream_summary()
-        .stream_name(stream)
-        .send()
-        .await
-        .expect("describe the stream");
-    let summary = summary.stream_description_summary().unwrap();
-    let account = summary.stream_arn().split(':').nth(4).unwrap().to_owned();
-    let epoch = summary.stream_creation_timestamp().secs();
-    format!("{account}:{stream}:{epoch}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_multi_stream_worker_resumes_a_java_multi_stream_table_after_each_checkpoint() {
     let aws = LocalAws::connect();
@@ -538,7 +522,7 @@ async fn a_multi_stream_worker_resumes_a_java_multi_stream_table_after_each_chec
     let mut expected = BTreeSet::new();
     for (index, stream) in names.iter().enumerate() {
         create_stream(&kinesis, stream, 2).await;
-        let identifier = java_stream_identifier(&kinesis, stream).await;
+        let identifier = stream_identifier(&kinesis, stream).await;
         others.push(java_kcl::stream_info(&identifier));
         let (account, epoch) = {
             let parts: Vec<&str> = identifier.split(':').collect();
