@@ -196,12 +196,30 @@ fn assert_per_key_order(journal: &Journal) {
 
 #[tokio::test(start_paused = true)]
 async fn splits_and_merges_keep_per_key_order_and_lose_nothing() {
+    splits_and_merges_keep_per_key_order(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn splits_and_merges_keep_per_key_order_in_a_multi_stream_application() {
+    splits_and_merges_keep_per_key_order(true).await;
+}
+
+/// Splits and merges under two workers of an application of one stream, or
+/// of a multi-stream application (children found by their stream's keys).
+async fn splits_and_merges_keep_per_key_order(multi_stream: bool) {
     let mut fleet = Fleet::new(2, 0);
     // Shards fall behind, so child leases exist (found by discovery) long
     // before their parents are read to the end.
     fleet.max_records_per_call = 5;
-    let a = fleet.worker("worker-a");
-    let b = fleet.worker("worker-b");
+    let worker = |id: &str| {
+        if multi_stream {
+            multi_stream_worker(&fleet, id, &[STREAM], Duration::from_secs(60))
+        } else {
+            fleet.worker(id)
+        }
+    };
+    let a = worker("worker-a");
+    let b = worker("worker-b");
     let (a_stop, b_stop) = (a.shutdown_handle(), b.shutdown_handle());
     let tasks = [tokio::spawn(a.run()), tokio::spawn(b.run())];
 
@@ -263,11 +281,12 @@ async fn splits_and_merges_keep_per_key_order_and_lose_nothing() {
         written,
         "no record processed twice"
     );
-    let leases: Vec<String> = futures::executor::block_on(fleet.store.list_leases())
-        .unwrap()
-        .into_iter()
-        .map(|l| l.key)
-        .collect();
+    let leases = futures::executor::block_on(fleet.store.list_leases()).unwrap();
+    assert!(
+        leases.iter().all(|l| l.stream.is_some() == multi_stream),
+        "{leases:?}"
+    );
+    let leases: Vec<&str> = leases.iter().map(Lease::shard_id).collect();
     assert_eq!(
         leases,
         [
@@ -669,6 +688,10 @@ fn multi_stream_worker(
         .shard_sync_interval(Duration::from_secs(1))
         .lease_cleanup_delay(Duration::from_secs(2))
         .former_stream_cleanup_delay(Some(former_stream_cleanup_delay))
+        .retrieval(crate::retrieval::RetrievalConfig {
+            max_records_per_call: fleet.max_records_per_call,
+            ..Default::default()
+        })
         .backends(
             Arc::new(fleet.kinesis.clone()),
             Arc::new(fleet.store.client()),
@@ -931,4 +954,64 @@ async fn each_kind_of_application_refuses_the_other_kinds_table_before_writing()
         "{error}"
     );
     assert_eq!(fleet.store.list_leases().await.unwrap(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_stream_starts_at_its_own_initial_position_and_fan_out_reads_every_stream() {
+    for fan_out in [false, true] {
+        let fleet = two_streams(5);
+        // Records are stamped with the wall clock as they are written.
+        std::thread::sleep(Duration::from_millis(5));
+        let cut = std::time::SystemTime::now();
+        std::thread::sleep(Duration::from_millis(5));
+        let journal = Arc::clone(&fleet.journal);
+        let mut builder = Scheduler::builder()
+            .application_name("apps")
+            .worker_id("worker-a")
+            .failover_time(Duration::from_secs(2))
+            .assignment_interval(fleet.assignment_interval)
+            // Orders from the oldest record (the application's default),
+            // refunds from records written after the cut.
+            .stream(crate::StreamConfig::new("orders"))
+            .stream(
+                crate::StreamConfig::new("refunds")
+                    .initial_position(InitialPosition::AtTimestamp(cut)),
+            )
+            .backends(
+                Arc::new(fleet.kinesis.clone()),
+                Arc::new(fleet.store.client()),
+            );
+        if fan_out {
+            builder = builder.fan_out(None);
+        }
+        let worker = builder
+            .build(move |_: &str| Scripted(Arc::clone(&journal)))
+            .unwrap();
+        let (held, stop) = (worker.held_leases(), worker.shutdown_handle());
+        let task = tokio::spawn(worker.run());
+        wait_until(|| held.borrow().len() == 4 && by_stream(&fleet).len() >= 5).await;
+        for n in 5..8 {
+            fleet
+                .kinesis
+                .put_record("refunds", &format!("k{n}"), format!("s{n}").as_bytes());
+            fleet
+                .kinesis
+                .put_record(STREAM, &format!("k{n}"), format!("r{n}").as_bytes());
+        }
+        wait_until(|| by_stream(&fleet).len() >= 11).await;
+        stop.shutdown();
+        task.await.unwrap().unwrap();
+        let mut expected: Vec<String> = (0..8)
+            .map(|n| format!("orders:r{n}"))
+            .chain((5..8).map(|n| format!("refunds:s{n}")))
+            .collect();
+        expected.sort();
+        assert_eq!(by_stream(&fleet), expected, "fan-out: {fan_out}");
+        if fan_out {
+            // Each stream's consumer registered, every shard subscribed.
+            assert_eq!(fleet.kinesis.calls("RegisterStreamConsumer"), 2);
+            assert!(fleet.kinesis.calls("SubscribeToShard") >= 4);
+            assert_eq!(fleet.kinesis.calls("GetRecords"), 0);
+        }
+    }
 }
