@@ -322,7 +322,8 @@ mod tests {
         let old = StreamIdentifier::parse("1:old:10").unwrap();
         let lease = Lease::for_shard(Some(&old), "s", at("1"));
         store.create_lease_if_absent(&lease).await.unwrap();
-        let candidates = || of_former_streams(&[lease.clone()], &BTreeSet::new(), &BTreeSet::new());
+        let none = BTreeSet::new();
+        let candidates = || of_former_streams(std::slice::from_ref(&lease), &none, &none);
         let start = Instant::now();
         let mut keeps = LeaseCleaner::new(Duration::ZERO, None);
         for later in [0, 3_600, 86_400] {
@@ -355,7 +356,7 @@ mod tests {
             .run(&store, candidates(), start + Duration::from_secs(600))
             .await
             .unwrap();
-        assert_eq!(deleted, [lease.key.clone()]);
+        assert_eq!(deleted, std::slice::from_ref(&lease.key));
         assert_eq!(store.get_lease(&lease.key).await.unwrap(), None);
     }
 }
