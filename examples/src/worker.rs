@@ -16,6 +16,7 @@ use clap::{Args, ValueEnum};
 use kcl_core::retrieval::RetrievalConfig;
 use kcl_core::telemetry::TelemetryServer;
 use kcl_core::{InitialPosition, Scheduler, SchedulerBuilder, StreamConfig};
+use kcl_lease::StreamIdentifier;
 use tracing::info;
 
 /// Where shards without a checkpoint start.
@@ -61,6 +62,12 @@ pub struct WorkerArgs {
         required = true
     )]
     pub stream_names: Vec<String>,
+    /// Consume the streams as a multi-stream application even when only
+    /// one is given (so that a fleet whose list shrank to one stream keeps
+    /// its table). A stream given as `account:stream:epoch` is named as
+    /// the table's leases name it.
+    #[arg(long, env = "KCL_MULTI_STREAM")]
+    pub multi_stream: bool,
     /// The application name (the lease table's name).
     #[arg(long, env = "KCL_APPLICATION_NAME")]
     pub application_name: String,
@@ -153,9 +160,14 @@ impl WorkerArgs {
         let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let mut builder = Scheduler::builder().application_name(&self.application_name);
         builder = match self.stream_names.as_slice() {
-            [one] => builder.stream_name(one),
+            [one] if !self.multi_stream && StreamIdentifier::parse(one).is_err() => {
+                builder.stream_name(one)
+            }
             several => several.iter().fold(builder, |builder, name| {
-                builder.stream(StreamConfig::new(name))
+                builder.stream(match StreamIdentifier::parse(name) {
+                    Ok(identifier) => StreamConfig::with_identifier(identifier),
+                    Err(_) => StreamConfig::new(name),
+                })
             }),
         };
         let mut builder = builder

@@ -86,6 +86,15 @@ pub trait RecordProcessor: Send + 'static {
 pub trait RecordProcessorFactory: Send + Sync + 'static {
     /// A processor for `shard_id`.
     fn create(&self, shard_id: &str) -> Box<dyn RecordProcessor>;
+
+    /// A processor for `shard_id` of `stream` (in a multi-stream
+    /// application, two streams may each have a shard of the same id).
+    /// Default: [`create`](Self::create); the stream is named to the
+    /// processor in its inputs either way.
+    fn create_for_stream(&self, stream: &str, shard_id: &str) -> Box<dyn RecordProcessor> {
+        let _ = stream;
+        self.create(shard_id)
+    }
 }
 
 impl<F, P> RecordProcessorFactory for F

@@ -164,22 +164,29 @@ pub fn stream_leases_by_shard(listing: &LeaseTableListing, stream: &ConsumedStre
         .collect()
 }
 
-/// Lists `stream`'s shards and creates the leases [`leases_to_create`]
-/// names, given the lease table as `listing` found it.
-pub async fn sync_stream(
+/// Every shard of `stream`.
+pub async fn list_stream_shards(
     kinesis: &dyn Kinesis,
+    stream: &ConsumedStream,
+) -> Result<Vec<ShardDescription>, ShardSyncError> {
+    kinesis
+        .list_shards(&stream.name)
+        .await
+        .map_err(|source| ShardSyncError::ListShards {
+            stream: stream.name.clone(),
+            source,
+        })
+}
+
+/// Creates the leases [`leases_to_create`] names for `stream`'s `shards`,
+/// given the lease table as `listing` found it (read after the shards were
+/// listed, so that no lease cleaned up since is created again).
+pub async fn create_missing_leases(
     store: &dyn LeaseStore,
     stream: &ConsumedStream,
+    shards: Vec<ShardDescription>,
     listing: &LeaseTableListing,
 ) -> Result<SyncReport, ShardSyncError> {
-    let shards =
-        kinesis
-            .list_shards(&stream.name)
-            .await
-            .map_err(|source| ShardSyncError::ListShards {
-                stream: stream.name.clone(),
-                source,
-            })?;
     let initial = stream.initial_position.checkpoint();
     let to_create = leases_to_create(&shards, &stream_leases_by_shard(listing, stream), &initial);
     let mut report = SyncReport {
@@ -207,15 +214,16 @@ pub async fn sync_stream(
     Ok(report)
 }
 
-/// Reads the lease table, then lists `stream`'s shards and creates the
-/// leases that are missing (see [`sync_stream`]).
+/// Lists `stream`'s shards, then reads the lease table and creates the
+/// leases that are missing (see [`create_missing_leases`]).
 pub async fn sync_shards(
     kinesis: &dyn Kinesis,
     store: &dyn LeaseStore,
     stream: &ConsumedStream,
 ) -> Result<SyncReport, ShardSyncError> {
+    let shards = list_stream_shards(kinesis, stream).await?;
     let listing = store.list_table().await?;
-    sync_stream(kinesis, store, stream, &listing).await
+    create_missing_leases(store, stream, shards, &listing).await
 }
 
 #[cfg(test)]

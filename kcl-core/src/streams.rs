@@ -128,6 +128,7 @@ impl StreamConfig {
         };
         Ok(ConsumedStream {
             name: self.name.clone(),
+            identifier_from_kinesis: self.identifier.is_none(),
             identifier: Some(identifier),
             initial_position: self.initial_position.unwrap_or(default_position),
             fanout_consumer: OnceLock::new(),
@@ -144,6 +145,9 @@ pub struct ConsumedStream {
     /// How its leases are keyed in a multi-stream application; `None` in an
     /// application of one stream (leases keyed by shard id).
     pub identifier: Option<StreamIdentifier>,
+    /// Whether the identifier was read from Kinesis (not given): it is
+    /// checked again at every shard discovery.
+    pub identifier_from_kinesis: bool,
     /// Where its shards without a checkpoint start.
     pub initial_position: InitialPosition,
     /// The enhanced fan-out consumer's ARN on this stream, once registered:
@@ -158,6 +162,7 @@ impl ConsumedStream {
         Self {
             name: name.into(),
             identifier: None,
+            identifier_from_kinesis: false,
             initial_position,
             fanout_consumer: OnceLock::new(),
         }

@@ -70,7 +70,7 @@ pub fn waiting_on_parents(lease: &Lease, leases: &BTreeMap<&str, &Lease>) -> boo
     !lease.has_started()
         && lease.parent_shard_ids.iter().any(|parent| {
             leases
-                .get(parent.as_str())
+                .get(lease.key_of(parent).as_str())
                 .is_none_or(|parent| !parent.is_finished())
         })
 }
@@ -323,6 +323,28 @@ mod tests {
         let by_key = [(p2.key.as_str(), &p2)].into_iter().collect();
         assert!(!waiting_on_parents(&started, &by_key));
         assert!(!waiting_on_parents(&p2, &by_key), "no parents");
+    }
+
+    #[test]
+    fn a_multi_stream_child_finds_its_parents_in_its_own_stream() {
+        use kcl_checkpoint::ExtendedSequenceNumber as Esn;
+        let orders = crate::StreamIdentifier::parse("1:orders:10").unwrap();
+        let refunds = crate::StreamIdentifier::parse("1:refunds:10").unwrap();
+        let parent = Lease::for_shard(Some(&orders), "p", Esn::ShardEnd);
+        let other = Lease::for_shard(Some(&refunds), "p", Esn::record("5", 0).unwrap());
+        let mut child = Lease::for_shard(Some(&orders), "c", Esn::TrimHorizon);
+        child.parent_shard_ids = ["p".to_owned()].into();
+        let by_key = [&parent, &other]
+            .into_iter()
+            .map(|l| (l.key.as_str(), l))
+            .collect();
+        assert!(!waiting_on_parents(&child, &by_key));
+        let mut unfinished = parent.clone();
+        unfinished.checkpoint = Esn::record("7", 0).unwrap();
+        let by_key = [(unfinished.key.as_str(), &unfinished)]
+            .into_iter()
+            .collect();
+        assert!(waiting_on_parents(&child, &by_key));
     }
 
     #[test]

@@ -321,6 +321,7 @@ mod tests {
             beat,
             draining: false,
             failover_time: Some(FAILOVER),
+            streams: None,
         }
     }
 

@@ -21,6 +21,21 @@ pub enum LeaseScope {
 }
 
 impl LeaseScope {
+    /// What a worker of this scope announces in its heartbeat (see
+    /// [`WorkerHeartbeat::streams`](crate::WorkerHeartbeat::streams)).
+    pub fn announced(&self) -> Option<BTreeSet<String>> {
+        match self {
+            Self::SingleStream => None,
+            Self::MultiStream(streams) => Some(streams.iter().map(ToString::to_string).collect()),
+        }
+    }
+
+    /// Whether a worker that announced `streams` processes the same leases
+    /// as a worker of this scope.
+    pub fn same_as(&self, streams: &Option<BTreeSet<String>>) -> bool {
+        self.announced() == *streams
+    }
+
     /// Whether the worker processes `lease`.
     pub fn includes(&self, lease: &Lease) -> bool {
         match (self, &lease.stream) {
@@ -54,5 +69,12 @@ mod tests {
         assert!(multi.includes(&of(&refunds)));
         assert!(!multi.includes(&of(&recreated)));
         assert!(!multi.includes(&single));
+        assert!(LeaseScope::SingleStream.same_as(&None));
+        assert!(!LeaseScope::SingleStream.same_as(&multi.announced()));
+        assert!(multi.same_as(&Some(
+            ["1:refunds:10".to_owned(), "1:orders:10".to_owned()].into()
+        )));
+        assert!(!multi.same_as(&Some(["1:orders:10".to_owned()].into())));
+        assert!(!multi.same_as(&None));
     }
 }

@@ -25,6 +25,12 @@ pub struct WorkerHeartbeat {
     /// The failover time the worker runs with; others judge it by the
     /// larger of theirs and this. `None` when the item does not say.
     pub failover_time: Option<Duration>,
+    /// The streams a worker of a multi-stream application consumes (their
+    /// identifiers, `account:stream:epoch`); `None` for a worker of an
+    /// application of one stream. Workers plan leases only with workers of
+    /// the same streams, and a stream some live worker announces is never
+    /// cleaned up as a former stream.
+    pub streams: Option<BTreeSet<String>>,
 }
 
 /// The lease table and the workers table, with the semantics every

@@ -530,13 +530,15 @@ pub async fn a_deleted_lease_cannot_be_written(a: impl LeaseStore, b: impl Lease
 }
 
 /// One heartbeat per worker, overwritten by the next, removed on request;
-/// the draining flag and the failover time are kept with it.
+/// the draining flag, the failover time and the streams announced are kept
+/// with it.
 pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseStore) {
     let beat = |worker: &str, beat| WorkerHeartbeat {
         worker: worker.into(),
         beat,
         draining: false,
         failover_time: Some(std::time::Duration::from_millis(7_500)),
+        streams: None,
     };
     a.heartbeat(&beat("worker-a", 1)).await.unwrap();
     b.heartbeat(&beat("worker-b", 1)).await.unwrap();
@@ -547,6 +549,7 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
     let draining = WorkerHeartbeat {
         draining: true,
         failover_time: None,
+        streams: Some(["1:orders:10".to_owned(), "1:refunds:10".to_owned()].into()),
         ..beat("worker-a", 3)
     };
     a.heartbeat(&draining).await.unwrap();
@@ -568,6 +571,7 @@ pub async fn heartbeats_only_move_forward(a: impl LeaseStore, b: impl LeaseStore
         beat,
         draining: false,
         failover_time: None,
+        streams: None,
     };
     a.heartbeat(&beat(10)).await.unwrap();
     for stale in [10, 4] {

@@ -303,9 +303,9 @@ impl ShardConsumer {
                     .and(progress.pending_checkpoint_state.clone()),
             };
             let factory = &self.context.factory;
-            let processor = self
-                .processor
-                .get_or_insert_with(|| factory.create(&input.shard_id));
+            let processor = self.processor.get_or_insert_with(|| {
+                factory.create_for_stream(&input.stream_name, &input.shard_id)
+            });
             match guarded(processor.initialize(input)).await {
                 Ok(Ok(())) => {
                     self.start_fetcher(progress.checkpoint);

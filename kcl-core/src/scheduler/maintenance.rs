@@ -1,66 +1,168 @@
 //! Shard discovery and lease cleanup, on a task of their own: every
-//! `shard_sync_interval`, read the lease table once, list each stream's
-//! shards, create the leases that are missing, and delete the leases that
-//! have been unneeded for their cleanup delay. A stalled Kinesis or lease
-//! table delays only this task.
+//! `shard_sync_interval`, list each stream's shards, then read the lease
+//! table once, create the leases that are missing, and delete the leases
+//! that have been unneeded for their cleanup delay. A stalled Kinesis or
+//! lease table delays only this task.
+//!
+//! In a multi-stream application each pass also reads each stream's
+//! identifier again: a stream deleted and created again under its name is
+//! another stream, and the worker stops with an error rather than read the
+//! new stream with the old one's leases. The streams no live worker of the
+//! application consumes (as their heartbeats announce them) are former
+//! streams, whose leases go after the former-stream delay.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kcl_lease::StreamIdentifier;
-use tracing::warn;
+use tracing::{error, warn};
 
+use super::SchedulerError;
 use crate::consumer::ConsumerContext;
 use crate::kinesis::KinesisError;
-use crate::lease_cleanup::{LeaseCleaner, cleanable, of_former_streams};
-use crate::shard_sync::{ShardSyncError, sync_stream};
+use crate::lease_cleanup::{CleanupReason, LeaseCleaner, cleanable, of_former_streams};
+use crate::shard_sync::{ShardSyncError, create_missing_leases, list_stream_shards};
 use crate::streams::ConsumedStreams;
 
 /// Runs discovery and cleanup every `interval` until the task is dropped
-/// (the first pass runs at start, before this task).
+/// (the first pass runs at start, before this task), or until a stream of a
+/// multi-stream application turns out to have been created anew (the
+/// error returned).
 pub(super) async fn run(
     context: Arc<ConsumerContext>,
     streams: Arc<ConsumedStreams>,
     interval: Duration,
     mut cleaner: LeaseCleaner,
-) {
-    let consumed: BTreeSet<StreamIdentifier> = streams
-        .iter()
-        .filter_map(|stream| stream.identifier.clone())
-        .collect();
+) -> SchedulerError {
     loop {
         tokio::time::sleep(interval).await;
-        let listing = match context.store.list_table().await {
-            Ok(listing) => listing,
-            Err(error) => {
-                warn!(%error, "shard discovery failed; retrying at the next interval");
-                continue;
-            }
+        let candidates = match discover(&context, &streams, false).await {
+            Ok(candidates) => candidates,
+            Err(error) => return error,
         };
-        let mut candidates = Vec::new();
-        let mut deleted = BTreeSet::new();
-        for stream in streams.iter() {
-            match sync_stream(&*context.kinesis, &*context.store, stream, &listing).await {
-                Ok(report) => candidates.extend(cleanable(&report.leases, &report.shards)),
-                Err(ShardSyncError::ListShards {
-                    source: source @ KinesisError::NotFound { .. },
-                    ..
-                }) if stream.identifier.is_some() => {
-                    warn!(stream = %stream.name, %source, "the stream is gone; its leases are deleted after the former-stream cleanup delay");
-                    deleted.extend(stream.identifier.clone());
-                }
-                Err(error) => {
-                    warn!(stream = %stream.name, %error, "shard discovery failed; retrying at the next interval")
-                }
-            }
-        }
-        if !consumed.is_empty() {
-            candidates.extend(of_former_streams(&listing.leases, &consumed, &deleted));
-        }
         let now = tokio::time::Instant::now().into_std();
         if let Err(error) = cleaner.run(&*context.store, candidates, now).await {
             warn!(%error, "lease cleanup failed; retrying at the next interval");
         }
+    }
+}
+
+/// One pass: creates the leases that are missing and returns the leases
+/// that may be deleted. At start, a stream that does not exist or may not
+/// be read is an error; later it is retried at the next interval (or, in a
+/// multi-stream application, a stream gone from Kinesis is a former
+/// stream). Any other failure is logged and retried at the next interval.
+pub(super) async fn discover(
+    context: &ConsumerContext,
+    streams: &ConsumedStreams,
+    at_start: bool,
+) -> Result<Vec<(String, CleanupReason)>, SchedulerError> {
+    let mut listed = Vec::new();
+    let mut deleted = BTreeSet::new();
+    for stream in streams.iter() {
+        if !at_start {
+            check_identity(context, stream).await?;
+        }
+        match list_stream_shards(&*context.kinesis, stream).await {
+            Ok(shards) => listed.push((stream, shards)),
+            Err(ShardSyncError::ListShards {
+                source: source @ KinesisError::NotFound { .. },
+                ..
+            }) if !at_start && stream.identifier.is_some() => {
+                warn!(stream = %stream.name, %source, "the stream is gone; its leases are deleted after the former-stream cleanup delay");
+                deleted.extend(stream.identifier.clone());
+            }
+            Err(ShardSyncError::ListShards { stream, source })
+                if at_start
+                    && !source.is_retryable()
+                    && !matches!(source, KinesisError::InvalidResponse { .. }) =>
+            {
+                return Err(SchedulerError::Stream { stream, source });
+            }
+            Err(error) => {
+                warn!(stream = %stream.name, %error, "shard discovery failed; retrying at the next interval")
+            }
+        }
+    }
+    let listing = match context.store.list_table().await {
+        Ok(listing) => listing,
+        Err(error) => {
+            warn!(%error, "shard discovery failed; retrying at the next interval");
+            return Ok(Vec::new());
+        }
+    };
+    let mut candidates = Vec::new();
+    for (stream, shards) in listed {
+        match create_missing_leases(&*context.store, stream, shards, &listing).await {
+            Ok(report) => {
+                if at_start {
+                    tracing::info!(
+                        stream = %stream.name,
+                        shards = report.shards.len(),
+                        created = report.created.len(),
+                        "shards discovered"
+                    );
+                }
+                candidates.extend(cleanable(&report.leases, &report.shards));
+            }
+            Err(error) => {
+                warn!(stream = %stream.name, %error, "shard discovery failed; retrying at the next interval")
+            }
+        }
+    }
+    let mut consumed: BTreeSet<_> = streams
+        .iter()
+        .filter_map(|stream| stream.identifier.clone())
+        .collect();
+    if consumed.is_empty() {
+        return Ok(candidates);
+    }
+    // Streams other live workers consume (a rolling deploy that changes
+    // the list) are not former streams.
+    match context.store.list_heartbeats().await {
+        Ok(heartbeats) => {
+            let announced = heartbeats
+                .iter()
+                .filter_map(|heartbeat| heartbeat.streams.as_ref())
+                .flatten()
+                .filter_map(|text| kcl_lease::StreamIdentifier::parse(text).ok());
+            consumed.extend(announced);
+            candidates.extend(of_former_streams(&listing.leases, &consumed, &deleted));
+        }
+        Err(error) => {
+            warn!(%error, "could not read which streams the workers consume; former streams are cleaned up at a later pass");
+        }
+    }
+    Ok(candidates)
+}
+
+/// For a stream whose identifier was read from Kinesis: fails if Kinesis
+/// now describes another stream under the name (deleted and created
+/// again). A stream not found, or a failure to ask, is left to the shard
+/// listing that follows.
+async fn check_identity(
+    context: &ConsumerContext,
+    stream: &crate::streams::ConsumedStream,
+) -> Result<(), SchedulerError> {
+    let (Some(was), true) = (&stream.identifier, stream.identifier_from_kinesis) else {
+        return Ok(());
+    };
+    let now = match crate::streams::StreamConfig::new(&stream.name)
+        .resolve(&*context.kinesis, stream.initial_position)
+        .await
+    {
+        Ok(now) => now,
+        Err(_) => return Ok(()),
+    };
+    match now.identifier {
+        Some(now) if now != *was => {
+            error!(stream = %stream.name, %was, %now, "the stream was deleted and created again; stopping");
+            Err(SchedulerError::StreamRecreated {
+                stream: stream.name.clone(),
+                was: was.clone(),
+                now,
+            })
+        }
+        _ => Ok(()),
     }
 }

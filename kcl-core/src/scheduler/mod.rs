@@ -46,7 +46,6 @@ use crate::consumer::{
 };
 use crate::kinesis::{Kinesis, KinesisError};
 use crate::lease_cleanup::LeaseCleaner;
-use crate::shard_sync::{ShardSyncError, sync_stream};
 use crate::stats::WorkerStats;
 use crate::streams::{ConsumedStream, ConsumedStreams, StreamsConfig};
 use crate::telemetry::Health;
@@ -85,6 +84,42 @@ pub enum SchedulerError {
         count: usize,
         /// One of their keys.
         example: String,
+    },
+    /// The lease table holds unfinished leases of a consumed stream's name
+    /// under another identifier: nothing was written to it.
+    #[error(
+        "lease table {table} holds {count} unfinished lease(s) of stream {name} as {found}, while \
+         it is consumed as {stream}. If those leases are this stream's (a Java application that \
+         chose its own creation epoch), name the stream as {found} (StreamConfig::with_identifier, \
+         or --stream-name {found}); if the stream was deleted and created again, the leases are \
+         the old stream's: delete them from the table to start the new one",
+        name = stream.stream_name
+    )]
+    StreamEpochMismatch {
+        /// The lease table.
+        table: String,
+        /// The stream as this worker identifies it.
+        stream: StreamIdentifier,
+        /// The identifier the table's leases carry.
+        found: StreamIdentifier,
+        /// How many unfinished leases carry it.
+        count: usize,
+    },
+    /// A consumed stream was deleted and created again while the worker
+    /// ran (Kinesis describes it with another creation time): the worker
+    /// stopped, handing its shards over. Its leases of the old stream stay
+    /// for the operator to delete (see [`StreamEpochMismatch`](Self::StreamEpochMismatch)).
+    #[error(
+        "stream {stream} was deleted and created again ({was} is now {now}); the worker stopped \
+         so as not to read the new stream with the old one's checkpoints"
+    )]
+    StreamRecreated {
+        /// The stream's name.
+        stream: String,
+        /// How it was identified at start.
+        was: StreamIdentifier,
+        /// How Kinesis identifies it now.
+        now: StreamIdentifier,
     },
     /// A multi-stream application was started on the lease table of an
     /// application of one stream: nothing was written to it.
@@ -245,6 +280,7 @@ impl Scheduler {
             &*context.store,
             &config.application_name,
             config.streams.is_multi_stream(),
+            &streams,
         )
         .await?;
         context
@@ -259,7 +295,7 @@ impl Scheduler {
         if config.streams.is_multi_stream() {
             coordinator.set_scope(LeaseScope::MultiStream(identifiers));
         }
-        discover_shards_at_start(&context, &streams).await?;
+        maintenance::discover(&context, &streams, true).await?;
 
         if let RetrievalMode::FanOut { consumer_name } = &config.retrieval_mode {
             let name = consumer_name.as_deref().unwrap_or(&config.application_name);
@@ -308,7 +344,7 @@ impl Scheduler {
                 })
                 .in_current_span(),
         ));
-        let maintenance_task = AbortOnDrop(tokio::spawn(
+        let mut maintenance_task = AbortOnDrop(tokio::spawn(
             maintenance::run(
                 Arc::clone(&context),
                 Arc::clone(&streams),
@@ -343,6 +379,12 @@ impl Scheduler {
                 }
                 Some(joined) = tasks.consumers.join_next_with_id() => tasks.finished(joined),
                 Some(released) = tasks.releases.join_next() => tasks.released(released),
+                ended = &mut maintenance_task.0 => {
+                    break Err(match ended {
+                        Ok(error) => error,
+                        Err(error) => SchedulerError::Coordinator(format!("shard discovery task failed: {error}")),
+                    });
+                }
                 ended = &mut coordinator_task.0 => {
                     let why = match ended {
                         Ok(Ok(())) => "ended".to_owned(),
@@ -700,6 +742,7 @@ async fn refuse_a_table_of_another_kind(
     store: &dyn LeaseStore,
     table: &str,
     multi_stream: bool,
+    streams: &ConsumedStreams,
 ) -> Result<(), SchedulerError> {
     let listing = match store.list_table().await {
         Ok(listing) => listing,
@@ -731,7 +774,7 @@ async fn refuse_a_table_of_another_kind(
             .collect()
     };
     let Some(example) = other.first() else {
-        return Ok(());
+        return refuse_another_epoch(&listing, table, streams);
     };
     let (table, count, example) = (table.to_owned(), other.len(), (*example).to_owned());
     Err(if multi_stream {
@@ -747,6 +790,42 @@ async fn refuse_a_table_of_another_kind(
             example,
         }
     })
+}
+
+/// Refuses to start while the table holds unfinished leases of a consumed
+/// stream's name and account under another creation epoch: the checkpoints of a Java application that chose its own epoch,
+/// or of the stream before it was deleted and created again. Neither may be
+/// left behind silently.
+fn refuse_another_epoch(
+    listing: &kcl_lease::LeaseTableListing,
+    table: &str,
+    streams: &ConsumedStreams,
+) -> Result<(), SchedulerError> {
+    for stream in streams.iter() {
+        let Some(ours) = &stream.identifier else {
+            continue;
+        };
+        let others: Vec<&kcl_lease::Lease> = listing
+            .leases
+            .iter()
+            .filter(|lease| {
+                lease.stream.as_ref().is_some_and(|theirs| {
+                    theirs.account_id == ours.account_id
+                        && theirs.stream_name == ours.stream_name
+                        && theirs != ours
+                }) && !lease.is_finished()
+            })
+            .collect();
+        if let Some(first) = others.first() {
+            return Err(SchedulerError::StreamEpochMismatch {
+                table: table.to_owned(),
+                stream: ours.clone(),
+                found: first.stream.clone().unwrap_or_else(|| ours.clone()),
+                count: others.len(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Each configured stream as its consumers use it: for a multi-stream
@@ -791,40 +870,6 @@ async fn resolve_streams(
         streams.push(Arc::new(resolved));
     }
     Ok(Arc::new(ConsumedStreams::new(streams)))
-}
-
-/// The first shard discovery, before any lease is taken: a stream that does
-/// not exist or may not be read stops the start; anything else is retried
-/// at the next interval.
-async fn discover_shards_at_start(
-    context: &ConsumerContext,
-    streams: &ConsumedStreams,
-) -> Result<(), SchedulerError> {
-    let listing = match context.store.list_table().await {
-        Ok(listing) => listing,
-        Err(error) => {
-            warn!(%error, "shard discovery failed; retrying at the next interval");
-            return Ok(());
-        }
-    };
-    for stream in streams.iter() {
-        match sync_stream(&*context.kinesis, &*context.store, stream, &listing).await {
-            Ok(report) => info!(
-                stream = %stream.name,
-                shards = report.shards.len(),
-                created = report.created.len(),
-                "shards discovered"
-            ),
-            Err(ShardSyncError::ListShards { stream, source })
-                if !source.is_retryable()
-                    && !matches!(source, KinesisError::InvalidResponse { .. }) =>
-            {
-                return Err(SchedulerError::Stream { stream, source });
-            }
-            Err(error) => warn!(%error, "shard discovery failed; retrying at the next interval"),
-        }
-    }
-    Ok(())
 }
 
 async fn start_consumer(

@@ -1015,3 +1015,184 @@ async fn each_stream_starts_at_its_own_initial_position_and_fan_out_reads_every_
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn workers_of_different_stream_lists_share_a_table_without_stalling_or_deleting() {
+    // A rolling deploy that adds refunds: worker A still runs with orders
+    // only, worker B with both.
+    let fleet = two_streams(10);
+    let delay = Duration::from_secs(8);
+    let a = multi_stream_worker(&fleet, "worker-a", &["orders"], delay);
+    let b = multi_stream_worker(&fleet, "worker-b", &["orders", "refunds"], delay);
+    let (a_held, a_stop) = (a.held_leases(), a.shutdown_handle());
+    let (b_held, b_stop) = (b.held_leases(), b.shutdown_handle());
+    let a_task = tokio::spawn(a.run());
+    let b_task = tokio::spawn(b.run());
+    wait_until(|| by_stream(&fleet).len() >= 20).await;
+    // Well past the former-stream delay: refunds is consumed by B, so A
+    // deletes none of its leases.
+    for _ in 0..150 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            a_held
+                .borrow()
+                .values()
+                .all(|h| h.lease.stream.as_ref().unwrap().stream_name == "orders"),
+            "A holds only orders"
+        );
+    }
+    let leases = fleet.store.list_leases().await.unwrap();
+    assert_eq!(leases.len(), 4, "{leases:?}");
+    // Not deleted and created again either: each keeps its checkpoint.
+    assert!(
+        leases.iter().all(|l| !l.checkpoint.is_sentinel()),
+        "{leases:?}"
+    );
+    assert_eq!(
+        b_held
+            .borrow()
+            .values()
+            .filter(|h| h.lease.stream.as_ref().unwrap().stream_name == "refunds")
+            .count(),
+        2
+    );
+    // More records on both streams: read once each.
+    for n in 10..14 {
+        fleet
+            .kinesis
+            .put_record(STREAM, &format!("k{n}"), format!("r{n}").as_bytes());
+        fleet
+            .kinesis
+            .put_record("refunds", &format!("k{n}"), format!("s{n}").as_bytes());
+    }
+    wait_until(|| by_stream(&fleet).len() >= 28).await;
+    a_stop.shutdown();
+    b_stop.shutdown();
+    a_task.await.unwrap().unwrap();
+    b_task.await.unwrap().unwrap();
+    assert_eq!(
+        by_stream(&fleet),
+        expected_by_stream(14),
+        "each record once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_table_keeping_a_stream_under_another_epoch_is_refused_until_named_so() {
+    let fleet = two_streams(6);
+    // A Java application's lease of orders, under an epoch of its own
+    // choosing, checkpointed after the third record.
+    let java = kcl_lease::StreamIdentifier::parse("000000000000:orders:1").unwrap();
+    let shards = ["shardId-000000000000", "shardId-000000000001"];
+    let mut checkpoints = Vec::new();
+    for shard in shards {
+        let mut page = fleet
+            .kinesis
+            .get_records(
+                &fleet
+                    .kinesis
+                    .get_shard_iterator(
+                        STREAM,
+                        shard,
+                        &crate::kinesis::StartingPosition::TrimHorizon,
+                    )
+                    .await
+                    .unwrap(),
+                100,
+            )
+            .await
+            .unwrap();
+        let after = page.records.remove(0);
+        let mut lease = Lease::for_shard(Some(&java), shard, after.position());
+        lease.owner = Some("java-worker".into());
+        fleet.store.create_lease_if_absent(&lease).await.unwrap();
+        checkpoints.push(String::from_utf8_lossy(&after.data).into_owned());
+    }
+    let before = fleet.store.list_leases().await.unwrap();
+    let journal = Arc::clone(&fleet.journal);
+    let derived = Scheduler::builder()
+        .application_name("apps")
+        .stream(crate::StreamConfig::new(STREAM))
+        .backends(
+            Arc::new(fleet.kinesis.clone()),
+            Arc::new(fleet.store.client()),
+        )
+        .build(move |_: &str| Scripted(Arc::clone(&journal)))
+        .unwrap();
+    let error = derived.run().await.unwrap_err();
+    match &error {
+        SchedulerError::StreamEpochMismatch { found, count, .. } => {
+            assert_eq!(found, &java);
+            assert_eq!(*count, 2);
+        }
+        other => panic!("expected StreamEpochMismatch, got {other}"),
+    }
+    assert!(
+        error.to_string().contains("000000000000:orders:1"),
+        "{error}"
+    );
+    assert_eq!(fleet.store.list_leases().await.unwrap(), before);
+
+    // Named as the table names it, every shard resumes after its checkpoint.
+    let journal = Arc::clone(&fleet.journal);
+    let named = Scheduler::builder()
+        .application_name("apps")
+        .stream(crate::StreamConfig::with_identifier(java.clone()))
+        .failover_time(Duration::from_secs(2))
+        .assignment_interval(fleet.assignment_interval)
+        .backends(
+            Arc::new(fleet.kinesis.clone()),
+            Arc::new(fleet.store.client()),
+        )
+        .build(move |_: &str| Scripted(Arc::clone(&journal)))
+        .unwrap();
+    let stop = named.shutdown_handle();
+    let task = tokio::spawn(named.run());
+    wait_until(|| by_stream(&fleet).len() >= 4).await;
+    stop.shutdown();
+    task.await.unwrap().unwrap();
+    let mut expected: Vec<String> = (0..6)
+        .map(|n| format!("r{n}"))
+        .filter(|data| !checkpoints.contains(data))
+        .map(|data| format!("orders:{data}"))
+        .collect();
+    expected.sort();
+    assert_eq!(by_stream(&fleet), expected);
+    assert_eq!(fleet.store.list_leases().await.unwrap().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_created_again_under_its_name_stops_the_worker_and_is_refused_after() {
+    let fleet = two_streams(4);
+    let worker = multi_stream_worker(
+        &fleet,
+        "worker-a",
+        &["orders", "refunds"],
+        Duration::from_secs(600),
+    );
+    let task = tokio::spawn(worker.run());
+    wait_until(|| by_stream(&fleet).len() >= 8).await;
+    fleet.kinesis.delete_stream("refunds");
+    fleet.kinesis.create_stream("refunds", 1);
+    let error = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&error, SchedulerError::StreamRecreated { stream, .. } if stream == "refunds"),
+        "{error}"
+    );
+    // The old stream's leases stay, released, until an operator deletes
+    // them; a worker started now refuses rather than leave them behind.
+    let leases = fleet.store.list_leases().await.unwrap();
+    assert_eq!(leases.len(), 4);
+    assert!(leases.iter().all(|l| l.owner.is_none()), "{leases:?}");
+    let again = multi_stream_worker(
+        &fleet,
+        "worker-b",
+        &["orders", "refunds"],
+        Duration::from_secs(600),
+    );
+    let error = again.run().await.unwrap_err();
+    assert!(
+        matches!(&error, SchedulerError::StreamEpochMismatch { count: 2, .. }),
+        "{error}"
+    );
+}

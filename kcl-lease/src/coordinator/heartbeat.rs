@@ -175,6 +175,11 @@ impl Shared {
             beat: heart.next_beat(),
             draining: *self.draining.borrow(),
             failover_time: Some(heart.failover_time),
+            streams: self
+                .streams
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
         };
         let sent = clock();
         let result = store.heartbeat(&heartbeat).await;

@@ -115,6 +115,9 @@ struct Shared {
     /// Owners with no heartbeat whose leases' counters keep moving (Java
     /// KCL workers on this table), with those leases, as of the last round.
     foreign_owners: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
+    /// The streams this worker announces in its heartbeat (see
+    /// [`WorkerHeartbeat::streams`](crate::WorkerHeartbeat::streams)).
+    streams: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
 }
 
 impl Shared {
@@ -275,6 +278,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             draining: watch::channel(false).0,
             receivers: AtomicUsize::new(0),
             foreign_owners: Default::default(),
+            streams: std::sync::Mutex::new(config.scope.announced()),
         });
         let handle = CoordinatorHandle {
             store: Arc::clone(&store),
@@ -349,6 +353,11 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
     /// Changes which leases this worker processes (set before it runs,
     /// once the streams are known).
     pub fn set_scope(&mut self, scope: crate::LeaseScope) {
+        *self
+            .shared
+            .streams
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = scope.announced();
         self.config.scope = scope;
     }
 
@@ -394,6 +403,11 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
 
         let draining = *self.shared.draining.borrow();
         let mut workers: BTreeSet<String> = self.tracker.live_workers().into_iter().collect();
+        // Only workers of the same streams share the plan: a live worker of
+        // other streams (a rolling deploy that changes the list) neither
+        // receives leases it would not take nor gives up its own; its
+        // leases are left alone until it stops or expires.
+        workers.retain(|worker| self.same_streams(&heartbeats, worker));
         workers.insert(me.clone());
         report.live_workers = workers.len();
         // Draining workers (this one too, when stopping) receive nothing;
@@ -531,6 +545,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         heartbeats
             .iter()
             .filter(|h| h.worker != self.config.worker_id && !h.draining)
+            .filter(|h| self.config.scope.same_as(&h.streams))
             .filter(|h| self.tracker.is_worker_live(&h.worker))
             .count()
     }
@@ -706,6 +721,15 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             }
         }
         Ok(())
+    }
+
+    /// Whether `worker`'s heartbeat in `heartbeats` announces the streams
+    /// this worker consumes.
+    fn same_streams(&self, heartbeats: &[crate::WorkerHeartbeat], worker: &str) -> bool {
+        heartbeats
+            .iter()
+            .find(|h| h.worker == worker)
+            .is_some_and(|h| self.config.scope.same_as(&h.streams))
     }
 
     fn holder(&self, lease: &Lease, workers: &BTreeSet<String>) -> Holder {

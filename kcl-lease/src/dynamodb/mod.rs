@@ -47,6 +47,8 @@ const HEARTBEAT: &str = "heartbeat";
 const HEARTBEAT_EPOCH_MILLIS: &str = "heartbeatEpochMillis";
 const DRAINING: &str = "draining";
 const FAILOVER_MILLIS: &str = "failoverMillis";
+/// The streams of a multi-stream worker (a string set of identifiers).
+const STREAMS: &str = "streams";
 
 /// How long [`LeaseStore::ensure_tables`] waits for a new table to become
 /// active.
@@ -851,6 +853,13 @@ impl LeaseStore for DynamoDbLeaseStore {
         if let Some(failover) = heartbeat.failover_time {
             put = put.item(FAILOVER_MILLIS, n(failover.as_millis() as u64));
         }
+        // DynamoDB refuses empty sets; a multi-stream worker has a stream.
+        if let Some(streams) = heartbeat.streams.as_ref().filter(|s| !s.is_empty()) {
+            put = put.item(
+                STREAMS,
+                AttributeValue::Ss(streams.iter().cloned().collect()),
+            );
+        }
         let written = self
             .send("PutItem", &self.workers_table, || put.clone().send())
             .await?;
@@ -941,6 +950,10 @@ fn heartbeat_from_item(item: &Item) -> Option<WorkerHeartbeat> {
         beat: beat.parse().ok()?,
         draining: matches!(item.get(DRAINING), Some(AttributeValue::Bool(true))),
         failover_time,
+        streams: match item.get(STREAMS) {
+            Some(AttributeValue::Ss(streams)) => Some(streams.iter().cloned().collect()),
+            _ => None,
+        },
     })
 }
 
