@@ -84,6 +84,11 @@ async fn leases(application_name: &str) -> Outcome {
     let store = DynamoDbLeaseStore::new(&aws_sdk_dynamodb::Client::new(&aws), application_name);
     let mut leases = store.list_leases().await?;
     leases.sort_by(|a, b| a.key.cmp(&b.key));
+    // A multi-stream application's leases name their stream.
+    let streams = leases.iter().any(|lease| lease.stream.is_some());
+    if streams {
+        print!("{:<32} ", "stream");
+    }
     println!("{:<22} {:<16} {:<14} notes", "shard", "owner", "checkpoint");
     for lease in &leases {
         let checkpoint = match &lease.checkpoint {
@@ -105,9 +110,13 @@ async fn leases(application_name: &str) -> Outcome {
             let children: Vec<&str> = lease.child_shard_ids.iter().map(String::as_str).collect();
             notes.push(format!("children {}", children.join(",")));
         }
+        if streams {
+            let stream = lease.stream.as_ref().map(ToString::to_string);
+            print!("{:<32} ", stream.as_deref().unwrap_or("-"));
+        }
         println!(
             "{:<22} {:<16} {:<14} {}",
-            lease.key,
+            lease.shard_id(),
             lease.owner.as_deref().unwrap_or("-"),
             checkpoint,
             notes.join("; ")
@@ -163,11 +172,16 @@ fn verify(produced: usize, files: &[PathBuf]) -> Outcome {
     }
     // First processing of each record, in processing order.
     lines.sort_by_key(|l| l.processed_ms);
-    let mut copies: HashMap<&str, usize> = HashMap::new();
+    let mut copies: HashMap<(&str, &str), usize> = HashMap::new();
     let mut first_ms: HashMap<(String, u64), u64> = HashMap::new();
     let mut unreadable = 0;
     for line in &lines {
-        *copies.entry(&line.data).or_default() += 1;
+        // The same payload in two streams is two records.
+        let record = (
+            line.stream.as_deref().unwrap_or_default(),
+            line.data.as_str(),
+        );
+        *copies.entry(record).or_default() += 1;
         match Payload::from_bytes(line.data.as_bytes()).ok() {
             Some(payload) => {
                 first_ms

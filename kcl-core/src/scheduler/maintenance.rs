@@ -159,8 +159,8 @@ async fn check_identity(
             error!(stream = %stream.name, %was, %now, "the stream was deleted and created again; stopping");
             Err(SchedulerError::StreamRecreated {
                 stream: stream.name.clone(),
-                was: was.clone(),
-                now,
+                was: was.to_string(),
+                now: now.to_string(),
             })
         }
         _ => Ok(()),

@@ -89,19 +89,20 @@ pub enum SchedulerError {
     /// under another identifier: nothing was written to it.
     #[error(
         "lease table {table} holds {count} unfinished lease(s) of stream {name} as {found}, while \
-         it is consumed as {stream}. If those leases are this stream's (a Java application that \
+         it is consumed as {consumed_as}. If those leases are this stream's (a Java application that \
          chose its own creation epoch), name the stream as {found} (StreamConfig::with_identifier, \
          or --stream-name {found}); if the stream was deleted and created again, the leases are \
-         the old stream's: delete them from the table to start the new one",
-        name = stream.stream_name
+         the old stream's: delete them from the table to start the new one"
     )]
     StreamEpochMismatch {
         /// The lease table.
         table: String,
-        /// The stream as this worker identifies it.
-        stream: StreamIdentifier,
+        /// The stream's name.
+        name: String,
+        /// The stream as this worker identifies it (`account:stream:epoch`).
+        consumed_as: String,
         /// The identifier the table's leases carry.
-        found: StreamIdentifier,
+        found: String,
         /// How many unfinished leases carry it.
         count: usize,
     },
@@ -116,10 +117,10 @@ pub enum SchedulerError {
     StreamRecreated {
         /// The stream's name.
         stream: String,
-        /// How it was identified at start.
-        was: StreamIdentifier,
+        /// How it was identified at start (`account:stream:epoch`).
+        was: String,
         /// How Kinesis identifies it now.
-        now: StreamIdentifier,
+        now: String,
     },
     /// A multi-stream application was started on the lease table of an
     /// application of one stream: nothing was written to it.
@@ -819,8 +820,13 @@ fn refuse_another_epoch(
         if let Some(first) = others.first() {
             return Err(SchedulerError::StreamEpochMismatch {
                 table: table.to_owned(),
-                stream: ours.clone(),
-                found: first.stream.clone().unwrap_or_else(|| ours.clone()),
+                name: ours.stream_name.clone(),
+                consumed_as: ours.to_string(),
+                found: first
+                    .stream
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 count: others.len(),
             });
         }

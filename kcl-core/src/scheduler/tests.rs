@@ -1122,7 +1122,7 @@ async fn a_table_keeping_a_stream_under_another_epoch_is_refused_until_named_so(
     let error = derived.run().await.unwrap_err();
     match &error {
         SchedulerError::StreamEpochMismatch { found, count, .. } => {
-            assert_eq!(found, &java);
+            assert_eq!(found, &java.to_string());
             assert_eq!(*count, 2);
         }
         other => panic!("expected StreamEpochMismatch, got {other}"),
