@@ -255,7 +255,12 @@ async fn metrics_and_probes_are_served_over_http() {
         "kcl_aws_requests_total{service=\"dynamodb\",operation=\"Scan\",outcome=\"ok\"}"
     ));
     assert!(metrics.contains("kcl_batch_processing_seconds_bucket"));
-    assert!(metrics.contains("kcl_millis_behind_latest{shard="));
+    assert!(metrics.contains(&format!(
+        "kcl_millis_behind_latest{{stream=\"{stream}\",shard="
+    )));
+    assert!(metrics.contains(&format!(
+        "kcl_records_processed_total{{stream=\"{stream}\",shard="
+    )));
     assert!(metrics.contains("# HELP kcl_records_processed_total"));
 
     stop_all(&mut replicas);
@@ -268,6 +273,7 @@ async fn metrics_and_probes_are_served_over_http() {
     let parsed: serde_json::Value = serde_json::from_str(consumer_line).expect("JSON log line");
     let span = &parsed["span"];
     assert_eq!(span["worker_id"], "worker-m", "{consumer_line}");
+    assert_eq!(span["stream"], stream.as_str(), "{consumer_line}");
     assert!(
         span["shard_id"]
             .as_str()
