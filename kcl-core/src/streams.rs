@@ -100,40 +100,45 @@ impl StreamConfig {
         kinesis: &dyn Kinesis,
         default_position: InitialPosition,
     ) -> Result<ConsumedStream, KinesisError> {
-        let identifier = match &self.identifier {
-            Some(identifier) => identifier.clone(),
-            None => {
-                let summary = kinesis.describe_stream(&self.name).await?;
-                let invalid = |message: String| KinesisError::InvalidResponse {
-                    operation: "DescribeStreamSummary",
-                    message,
-                };
-                let account_id = summary
-                    .account_id()
-                    .ok_or_else(|| invalid(format!("no account id in ARN {}", summary.arn)))?
-                    .to_owned();
-                let creation_epoch = summary
-                    .created
-                    .duration_since(UNIX_EPOCH)
-                    .map(|since| since.as_secs())
-                    .ok()
-                    .filter(|secs| *secs > 0)
-                    .ok_or_else(|| invalid("a stream creation time before 1970".into()))?;
-                StreamIdentifier {
-                    account_id,
-                    stream_name: self.name.clone(),
-                    creation_epoch,
-                }
-            }
-        };
+        let described = describe(kinesis, &self.name).await?;
+        let identifier = self.identifier.clone().unwrap_or(described.clone());
         Ok(ConsumedStream {
             name: self.name.clone(),
-            identifier_from_kinesis: self.identifier.is_none(),
+            described: Some(described),
             identifier: Some(identifier),
             initial_position: self.initial_position.unwrap_or(default_position),
             fanout_consumer: OnceLock::new(),
         })
     }
+}
+
+/// `stream` as Kinesis describes it now: its account (from the ARN) and
+/// creation time in seconds.
+pub(crate) async fn describe(
+    kinesis: &dyn Kinesis,
+    stream: &str,
+) -> Result<StreamIdentifier, KinesisError> {
+    let summary = kinesis.describe_stream(stream).await?;
+    let invalid = |message: String| KinesisError::InvalidResponse {
+        operation: "DescribeStreamSummary",
+        message,
+    };
+    let account_id = summary
+        .account_id()
+        .ok_or_else(|| invalid(format!("no account id in ARN {}", summary.arn)))?
+        .to_owned();
+    let creation_epoch = summary
+        .created
+        .duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .ok()
+        .filter(|secs| *secs > 0)
+        .ok_or_else(|| invalid("a stream creation time before 1970".into()))?;
+    Ok(StreamIdentifier {
+        account_id,
+        stream_name: stream.to_owned(),
+        creation_epoch,
+    })
 }
 
 /// A stream a worker consumes, as its shard consumers, shard discovery and
@@ -145,9 +150,11 @@ pub struct ConsumedStream {
     /// How its leases are keyed in a multi-stream application; `None` in an
     /// application of one stream (leases keyed by shard id).
     pub identifier: Option<StreamIdentifier>,
-    /// Whether the identifier was read from Kinesis (not given): it is
-    /// checked again at every shard discovery.
-    pub identifier_from_kinesis: bool,
+    /// In a multi-stream application, the stream as Kinesis described it at
+    /// start (its account and creation time): a stream deleted and created
+    /// again under the name is described otherwise, which every shard
+    /// discovery checks.
+    pub described: Option<StreamIdentifier>,
     /// Where its shards without a checkpoint start.
     pub initial_position: InitialPosition,
     /// The enhanced fan-out consumer's ARN on this stream, once registered:
@@ -162,7 +169,7 @@ impl ConsumedStream {
         Self {
             name: name.into(),
             identifier: None,
-            identifier_from_kinesis: false,
+            described: None,
             initial_position,
             fanout_consumer: OnceLock::new(),
         }

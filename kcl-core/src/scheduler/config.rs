@@ -350,6 +350,12 @@ impl SchedulerBuilder {
         let former_stream_cleanup_delay = self
             .former_stream_cleanup_delay
             .unwrap_or(Some(Duration::from_secs(3600)));
+        if former_stream_cleanup_delay.is_some_and(|delay| delay.is_zero()) {
+            return Err(ConfigError::Invalid {
+                setting: "former_stream_cleanup_delay",
+                reason: "must be greater than zero (None keeps the leases)".into(),
+            });
+        }
         let worker_id = match self.worker_id {
             Some(id) => id,
             None => default_worker_id(),
@@ -565,6 +571,10 @@ mod tests {
                     .application_name("apps")
                     .stream(StreamConfig::new("bad name")),
                 "stream",
+            ),
+            (
+                builder().former_stream_cleanup_delay(Some(Duration::ZERO)),
+                "former_stream_cleanup_delay",
             ),
             (
                 builder().retrieval(RetrievalConfig {

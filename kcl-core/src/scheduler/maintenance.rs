@@ -22,7 +22,7 @@ use crate::consumer::ConsumerContext;
 use crate::kinesis::KinesisError;
 use crate::lease_cleanup::{CleanupReason, LeaseCleaner, cleanable, of_former_streams};
 use crate::shard_sync::{ShardSyncError, create_missing_leases, list_stream_shards};
-use crate::streams::ConsumedStreams;
+use crate::streams::{ConsumedStream, ConsumedStreams, describe};
 
 /// Runs discovery and cleanup every `interval` until the task is dropped
 /// (the first pass runs at start, before this task), or until a stream of a
@@ -51,7 +51,9 @@ pub(super) async fn run(
 /// that may be deleted. At start, a stream that does not exist or may not
 /// be read is an error; later it is retried at the next interval (or, in a
 /// multi-stream application, a stream gone from Kinesis is a former
-/// stream). Any other failure is logged and retried at the next interval.
+/// stream). A stream of a multi-stream application that Kinesis describes
+/// otherwise than at start (deleted and created again) is an error. Any
+/// other failure is logged and retried at the next interval.
 pub(super) async fn discover(
     context: &ConsumerContext,
     streams: &ConsumedStreams,
@@ -60,10 +62,26 @@ pub(super) async fn discover(
     let mut listed = Vec::new();
     let mut deleted = BTreeSet::new();
     for stream in streams.iter() {
-        if !at_start {
-            check_identity(context, stream).await?;
+        // In a multi-stream application, the shards listed are used only if
+        // Kinesis describes the same stream before and after listing them.
+        match identity(context, stream).await {
+            Identity::Same => {}
+            Identity::Recreated(error) => return Err(error),
+            Identity::Gone if !at_start => {
+                deleted.extend(stream.identifier.clone());
+                continue;
+            }
+            Identity::Gone | Identity::Unknown => continue,
         }
-        match list_stream_shards(&*context.kinesis, stream).await {
+        let shards = list_stream_shards(&*context.kinesis, stream).await;
+        if shards.is_ok() {
+            match identity(context, stream).await {
+                Identity::Same => {}
+                Identity::Recreated(error) => return Err(error),
+                Identity::Gone | Identity::Unknown => continue,
+            }
+        }
+        match shards {
             Ok(shards) => listed.push((stream, shards)),
             Err(ShardSyncError::ListShards {
                 source: source @ KinesisError::NotFound { .. },
@@ -136,33 +154,39 @@ pub(super) async fn discover(
     Ok(candidates)
 }
 
-/// For a stream whose identifier was read from Kinesis: fails if Kinesis
-/// now describes another stream under the name (deleted and created
-/// again). A stream not found, or a failure to ask, is left to the shard
-/// listing that follows.
-async fn check_identity(
-    context: &ConsumerContext,
-    stream: &crate::streams::ConsumedStream,
-) -> Result<(), SchedulerError> {
-    let (Some(was), true) = (&stream.identifier, stream.identifier_from_kinesis) else {
-        return Ok(());
+/// What Kinesis says of a consumed stream now, against what it said at
+/// start.
+enum Identity {
+    /// The same stream (or an application of one stream: not checked).
+    Same,
+    /// Gone: a former stream once that has lasted the delay.
+    Gone,
+    /// Kinesis could not be asked: the stream is left alone this pass.
+    Unknown,
+    /// Another stream under the name: deleted and created again.
+    Recreated(SchedulerError),
+}
+
+/// Checks a stream of a multi-stream application against Kinesis's
+/// description of it at start.
+async fn identity(context: &ConsumerContext, stream: &ConsumedStream) -> Identity {
+    let Some(was) = &stream.described else {
+        return Identity::Same;
     };
-    let now = match crate::streams::StreamConfig::new(&stream.name)
-        .resolve(&*context.kinesis, stream.initial_position)
-        .await
-    {
-        Ok(now) => now,
-        Err(_) => return Ok(()),
-    };
-    match now.identifier {
-        Some(now) if now != *was => {
+    match describe(&*context.kinesis, &stream.name).await {
+        Ok(now) if now == *was => Identity::Same,
+        Ok(now) => {
             error!(stream = %stream.name, %was, %now, "the stream was deleted and created again; stopping");
-            Err(SchedulerError::StreamRecreated {
+            Identity::Recreated(SchedulerError::StreamRecreated {
                 stream: stream.name.clone(),
                 was: was.to_string(),
                 now: now.to_string(),
             })
         }
-        _ => Ok(()),
+        Err(KinesisError::NotFound { .. }) => Identity::Gone,
+        Err(error) => {
+            warn!(stream = %stream.name, %error, "could not describe the stream; its shards are discovered at the next interval");
+            Identity::Unknown
+        }
     }
 }

@@ -165,6 +165,8 @@ pub struct Scheduler {
 struct Running {
     /// The lease it processes.
     token: LeaseToken,
+    /// The stream of the lease.
+    stream: String,
     /// How the scheduler steers it.
     signal: watch::Sender<ConsumerSignal>,
 }
@@ -295,6 +297,12 @@ impl Scheduler {
             .collect();
         if config.streams.is_multi_stream() {
             coordinator.set_scope(LeaseScope::MultiStream(identifiers));
+            // Announce the streams before creating any lease of them, so
+            // that no worker of another list takes a new stream for a
+            // former one.
+            if let Err(error) = coordinator.heartbeat(kcl_lease::deadline::now).await {
+                warn!(%error, "could not write the first heartbeat; the coordinator retries");
+            }
         }
         maintenance::discover(&context, &streams, true).await?;
 
@@ -334,6 +342,7 @@ impl Scheduler {
             stopped_at_deadline: HashSet::new(),
             releasing: HashSet::new(),
             release_failures: HashMap::new(),
+            abandoned: HashSet::new(),
         };
         // Aborted if this future is dropped, like everything else the worker
         // runs: a dropped worker must look crashed to the fleet, not stopped.
@@ -381,10 +390,14 @@ impl Scheduler {
                 Some(joined) = tasks.consumers.join_next_with_id() => tasks.finished(joined),
                 Some(released) = tasks.releases.join_next() => tasks.released(released),
                 ended = &mut maintenance_task.0 => {
-                    break Err(match ended {
+                    let error = match ended {
                         Ok(error) => error,
                         Err(error) => SchedulerError::Coordinator(format!("shard discovery task failed: {error}")),
-                    });
+                    };
+                    if let SchedulerError::StreamRecreated { stream, .. } = &error {
+                        tasks.abandon(stream);
+                    }
+                    break Err(error);
                 }
                 ended = &mut coordinator_task.0 => {
                     let why = match ended {
@@ -458,6 +471,10 @@ struct WorkerTasks {
     releasing: HashSet<LeaseToken>,
     /// Releases that failed in a row, by lease.
     release_failures: HashMap<LeaseToken, u32>,
+    /// Streams whose leases this worker no longer processes, checkpoints or
+    /// releases (a stream created anew under its name: its old checkpoints
+    /// must not be carried into the new stream by a handoff).
+    abandoned: HashSet<String>,
 }
 
 impl WorkerTasks {
@@ -500,6 +517,7 @@ impl WorkerTasks {
                 || self.lost.contains(&lease.token)
                 || self.stopped_at_deadline.contains(&lease.token)
                 || self.releasing.contains(&lease.token)
+                || self.is_abandoned(&lease.lease)
             {
                 continue;
             }
@@ -513,6 +531,31 @@ impl WorkerTasks {
         }
     }
 
+    /// Stops the consumers of `stream` at once, as if their leases were
+    /// lost (no checkpoint, no handoff): the leases stay with this worker
+    /// until it stops, then expire.
+    fn abandon(&mut self, stream: &str) {
+        warn!(
+            stream,
+            "stopping the stream's shards without checkpointing or handing them over"
+        );
+        self.abandoned.insert(stream.to_owned());
+        for running in self.running.values() {
+            if running.stream == stream {
+                running.signal.send_replace(ConsumerSignal::LeaseLost);
+            }
+        }
+    }
+
+    /// Whether `lease` belongs to a stream this worker abandoned.
+    fn is_abandoned(&self, lease: &kcl_lease::Lease) -> bool {
+        !self.abandoned.is_empty()
+            && self
+                .streams
+                .of(lease)
+                .is_some_and(|stream| self.abandoned.contains(&stream.name))
+    }
+
     fn start(&mut self, held: &HeldLease) {
         let (signal, signals) = watch::channel(ConsumerSignal::Run);
         let context = Arc::clone(&self.context);
@@ -522,6 +565,7 @@ impl WorkerTasks {
             error!(lease = %held.token.key, "a held lease of a stream this worker does not consume; not processed");
             return;
         };
+        let stream_name = stream.name.clone();
         let token = held.token.clone();
         let deadline = self.handle.deadline(held.epoch);
         let task_token = token.clone();
@@ -532,8 +576,14 @@ impl WorkerTasks {
         };
         let abort = self.consumers.spawn(task.in_current_span());
         self.task_keys.insert(abort.id(), token.key.clone());
-        self.running
-            .insert(token.key.clone(), Running { token, signal });
+        self.running.insert(
+            token.key.clone(),
+            Running {
+                token,
+                stream: stream_name,
+                signal,
+            },
+        );
     }
 
     /// Handles a consumer that ended.

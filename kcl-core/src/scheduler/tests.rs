@@ -531,6 +531,7 @@ async fn holding_worker(
         stopped_at_deadline: HashSet::new(),
         releasing: HashSet::new(),
         release_failures: HashMap::new(),
+        abandoned: HashSet::new(),
     };
     (tasks, handle)
 }
@@ -679,7 +680,22 @@ fn multi_stream_worker(
     former_stream_cleanup_delay: Duration,
 ) -> Scheduler {
     let journal = Arc::clone(&fleet.journal);
-    let mut builder = Scheduler::builder()
+    let mut builder = multi_stream_builder(fleet, id, former_stream_cleanup_delay);
+    for stream in streams {
+        builder = builder.stream(crate::StreamConfig::new(*stream));
+    }
+    builder
+        .build(move |_: &str| Scripted(Arc::clone(&journal)))
+        .unwrap()
+}
+
+/// The settings of [`multi_stream_worker`], without its streams.
+fn multi_stream_builder(
+    fleet: &Fleet,
+    id: &str,
+    former_stream_cleanup_delay: Duration,
+) -> SchedulerBuilder {
+    Scheduler::builder()
         .application_name("apps")
         .worker_id(id)
         .failover_time(Duration::from_secs(2))
@@ -695,13 +711,7 @@ fn multi_stream_worker(
         .backends(
             Arc::new(fleet.kinesis.clone()),
             Arc::new(fleet.store.client()),
-        );
-    for stream in streams {
-        builder = builder.stream(crate::StreamConfig::new(*stream));
-    }
-    builder
-        .build(move |_: &str| Scripted(Arc::clone(&journal)))
-        .unwrap()
+        )
 }
 
 /// `orders` with `records` records (`r<n>`) and `refunds` with as many
@@ -1179,11 +1189,16 @@ async fn a_stream_created_again_under_its_name_stops_the_worker_and_is_refused_a
         matches!(&error, SchedulerError::StreamRecreated { stream, .. } if stream == "refunds"),
         "{error}"
     );
-    // The old stream's leases stay, released, until an operator deletes
-    // them; a worker started now refuses rather than leave them behind.
+    // The old stream's leases stay (stopped as lost, so neither
+    // checkpointed nor released) until an operator deletes them; a worker
+    // started now refuses rather than leave them behind.
     let leases = fleet.store.list_leases().await.unwrap();
     assert_eq!(leases.len(), 4);
-    assert!(leases.iter().all(|l| l.owner.is_none()), "{leases:?}");
+    for lease in &leases {
+        let refunds = lease.stream.as_ref().unwrap().stream_name == "refunds";
+        let owner = if refunds { Some("worker-a") } else { None };
+        assert_eq!(lease.owner.as_deref(), owner, "{lease:?}");
+    }
     let again = multi_stream_worker(
         &fleet,
         "worker-b",
@@ -1195,4 +1210,128 @@ async fn a_stream_created_again_under_its_name_stops_the_worker_and_is_refused_a
         matches!(&error, SchedulerError::StreamEpochMismatch { count: 2, .. }),
         "{error}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_worker_restarted_under_its_id_without_a_stream_leaves_that_stream_to_the_others() {
+    let fleet = two_streams(10);
+    let delay = Duration::from_secs(600);
+    let both = ["orders", "refunds"];
+    let a = multi_stream_worker(&fleet, "worker-a", &both, delay);
+    let a_held = a.held_leases();
+    let a_task = tokio::spawn(a.run());
+    wait_until(|| by_stream(&fleet).len() >= 20 && a_held.borrow().len() == 4).await;
+    // A crashes and comes back at once under its id, with orders only;
+    // B, with both streams, joins.
+    a_task.abort();
+    let _ = a_task.await;
+    let a = multi_stream_worker(&fleet, "worker-a", &["orders"], delay);
+    let a_stop = a.shutdown_handle();
+    let a_task = tokio::spawn(a.run());
+    let b = multi_stream_worker(&fleet, "worker-b", &both, delay);
+    let (b_held, b_stop) = (b.held_leases(), b.shutdown_handle());
+    let b_task = tokio::spawn(b.run());
+    for n in 10..14 {
+        fleet
+            .kinesis
+            .put_record("refunds", &format!("k{n}"), format!("s{n}").as_bytes());
+    }
+    wait_until(|| {
+        let lines = by_stream(&fleet);
+        (10..14).all(|n| lines.contains(&format!("refunds:s{n}")))
+    })
+    .await;
+    assert!(
+        b_held
+            .borrow()
+            .values()
+            .all(|h| h.lease.stream.as_ref().unwrap().stream_name == "refunds"),
+        "B took the refunds shards A left, and none of A's orders shards"
+    );
+    a_stop.shutdown();
+    b_stop.shutdown();
+    a_task.await.unwrap().unwrap();
+    b_task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_created_again_is_not_read_with_the_old_leases_while_kinesis_cannot_say() {
+    let fleet = two_streams(4);
+    let worker = multi_stream_worker(
+        &fleet,
+        "worker-a",
+        &["orders", "refunds"],
+        Duration::from_secs(600),
+    );
+    let task = tokio::spawn(worker.run());
+    wait_until(|| by_stream(&fleet).len() >= 8).await;
+    // Kinesis cannot describe streams for a while, and refunds is created
+    // again meanwhile, with a third shard the old stream never had.
+    fleet.kinesis.fail_next(
+        "DescribeStreamSummary",
+        KinesisError::Throttled {
+            operation: "DescribeStreamSummary",
+            message: "slow down".into(),
+        },
+        20,
+    );
+    fleet.kinesis.delete_stream("refunds");
+    fleet.kinesis.create_stream("refunds", 3);
+    fleet
+        .kinesis
+        .put_record_to_shard("refunds", "shardId-000000000002", "k", b"new");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let leases = fleet.store.list_leases().await.unwrap();
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.shard_id() != "shardId-000000000002"),
+        "no lease of the new stream under the old one's key: {leases:?}"
+    );
+    assert!(!by_stream(&fleet).contains(&"refunds:new".to_owned()));
+    // Once Kinesis answers, the worker stops.
+    let error = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(error, SchedulerError::StreamRecreated { .. }),
+        "{error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_named_stream_created_again_stops_its_shards_without_checkpointing_them() {
+    let fleet = two_streams(4);
+    // Refunds named as a table written by a Java application names it.
+    let named = kcl_lease::StreamIdentifier::parse("000000000000:refunds:5").unwrap();
+    let journal = Arc::clone(&fleet.journal);
+    let worker = multi_stream_builder(&fleet, "worker-a", Duration::from_secs(600))
+        .stream(crate::StreamConfig::new(STREAM))
+        .stream(crate::StreamConfig::with_identifier(named.clone()))
+        .build(move |_: &str| Scripted(Arc::clone(&journal)))
+        .unwrap();
+    let held = worker.held_leases();
+    let task = tokio::spawn(worker.run());
+    wait_until(|| held.borrow().len() == 4 && by_stream(&fleet).len() >= 8).await;
+    let calls = fleet.journal.lock().unwrap().calls.len();
+
+    fleet.kinesis.delete_stream("refunds");
+    fleet.kinesis.create_stream("refunds", 2);
+    let error = task.await.unwrap().unwrap_err();
+    assert!(
+        matches!(&error, SchedulerError::StreamRecreated { stream, .. } if stream == "refunds"),
+        "{error}"
+    );
+    // Refunds' shards were stopped as lost (not checkpointed, not
+    // released, so not handed to anyone); orders' were checkpointed and
+    // released.
+    let calls = fleet.journal.lock().unwrap().calls[calls..].to_vec();
+    assert_eq!(
+        calls.iter().filter(|call| *call == "lease_lost").count(),
+        2,
+        "{calls:?}"
+    );
+    for lease in fleet.store.list_leases().await.unwrap() {
+        let refunds = lease.stream.as_ref() == Some(&named);
+        let owner = if refunds { Some("worker-a") } else { None };
+        assert_eq!(lease.owner.as_deref(), owner, "{lease:?}");
+    }
 }

@@ -430,7 +430,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .filter(|lease| !lease.is_finished())
             .map(|lease| LeaseView {
                 key: lease.key.clone(),
-                holder: match self.holder(lease, &workers) {
+                holder: match self.holder(lease, &workers, &heartbeats) {
                     Holder::Pinned
                         if lease
                             .processing_owner()
@@ -723,6 +723,22 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         Ok(())
     }
 
+    /// Whether the worker processing `lease` has a heartbeat in `heartbeats`
+    /// that does not announce the lease's stream.
+    fn abandoned(lease: &Lease, heartbeats: &[crate::WorkerHeartbeat]) -> bool {
+        let Some(owner) = lease.processing_owner() else {
+            return false;
+        };
+        let Some(heartbeat) = heartbeats.iter().find(|h| h.worker == owner) else {
+            return false;
+        };
+        match (&lease.stream, &heartbeat.streams) {
+            (Some(stream), Some(streams)) => !streams.contains(&stream.to_string()),
+            (Some(_), None) | (None, Some(_)) => true,
+            (None, None) => false,
+        }
+    }
+
     /// Whether `worker`'s heartbeat in `heartbeats` announces the streams
     /// this worker consumes.
     fn same_streams(&self, heartbeats: &[crate::WorkerHeartbeat], worker: &str) -> bool {
@@ -732,12 +748,21 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .is_some_and(|h| self.config.scope.same_as(&h.streams))
     }
 
-    fn holder(&self, lease: &Lease, workers: &BTreeSet<String>) -> Holder {
+    fn holder(
+        &self,
+        lease: &Lease,
+        workers: &BTreeSet<String>,
+        heartbeats: &[crate::WorkerHeartbeat],
+    ) -> Holder {
         let me = self.config.worker_id.as_str();
         match &lease.owner {
             None => Holder::Free,
             Some(_) if lease.processing_owner() == Some(me) => Holder::Held(me.to_owned()),
             Some(_) if self.tracker.is_lease_expired(lease) => Holder::Free,
+            // Its owner runs, but no longer consumes the lease's stream (it
+            // restarted under the same id with another list of streams):
+            // nothing processes the lease, so it is free.
+            Some(_) if Self::abandoned(lease, heartbeats) => Holder::Free,
             Some(owner) if workers.contains(owner) => Holder::Held(owner.clone()),
             Some(_) => Holder::Pinned,
         }
