@@ -650,3 +650,151 @@ async fn a_multi_stream_worker_refuses_a_single_stream_table_and_writes_nothing(
     assert!(error.to_string().contains(&table), "{error}");
     assert_unchanged(&aws.dynamodb(), &table, &items).await;
 }
+
+#[tokio::test]
+async fn multi_stream_leases_this_project_writes_are_read_by_the_java_kcl_as_written() {
+    let aws = LocalAws::connect();
+    let table = unique_name("multi-stream-back-to-java");
+    let store = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    store.ensure_tables().await.unwrap();
+    let orders = kcl_lease::StreamIdentifier::parse("123456789012:orders:1700000000").unwrap();
+    // A parent read to its end with two children, one of them started
+    // and mid-handoff, as a multi-stream worker leaves them.
+    let mut parent = kcl_lease::Lease::for_shard(
+        Some(&orders),
+        "shardId-000000000000",
+        ExtendedSequenceNumber::TrimHorizon,
+    );
+    parent.hash_key_range = Some(kcl_lease::HashKeyRange { start: 0, end: 99 });
+    store.create_lease_if_absent(&parent).await.unwrap();
+    let parent = store.take_lease(&parent, "rust-worker").await.unwrap();
+    let children = ["shardId-000000000001", "shardId-000000000002"];
+    store
+        .record_child_shards(
+            &parent.token().unwrap(),
+            &children.iter().map(|c| (*c).to_owned()).collect(),
+        )
+        .await
+        .unwrap();
+    store
+        .checkpoint(
+            &parent.token().unwrap(),
+            &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
+            &CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd),
+        )
+        .await
+        .unwrap();
+    for (n, child) in children.iter().enumerate() {
+        let mut lease =
+            kcl_lease::Lease::for_shard(Some(&orders), child, ExtendedSequenceNumber::TrimHorizon);
+        lease.parent_shard_ids = [parent.shard_id().to_owned()].into();
+        let start = 50 * n as u128;
+        lease.hash_key_range = Some(kcl_lease::HashKeyRange {
+            start,
+            end: start + 49,
+        });
+        store.create_lease_if_absent(&lease).await.unwrap();
+    }
+    let child = store
+        .get_lease(&orders.lease_key(children[0]))
+        .await
+        .unwrap()
+        .unwrap();
+    let child = store.take_lease(&child, "rust-worker").await.unwrap();
+    let at = ExtendedSequenceNumber::record(
+        "49590338271490256608559692538361571095921575989136588898",
+        2,
+    )
+    .unwrap();
+    store
+        .checkpoint(
+            &child.token().unwrap(),
+            &CheckpointUpdate::at(ExtendedSequenceNumber::TrimHorizon),
+            &CheckpointUpdate::at(at),
+        )
+        .await
+        .unwrap();
+    store
+        .request_handoff(&child, "rust-worker-2")
+        .await
+        .unwrap();
+
+    java_kcl::assert_a_java_worker_can_read_every_lease(&aws.dynamodb(), &table).await;
+    let stored = stored_item(&aws.dynamodb(), &table, &orders.lease_key(children[0]))
+        .await
+        .unwrap();
+    assert_eq!(
+        stored["streamName"],
+        AttributeValue::S("123456789012:orders:1700000000".into())
+    );
+    assert_eq!(stored["shardId"], AttributeValue::S(children[0].into()));
+    assert_eq!(
+        stored["parentShardId"],
+        AttributeValue::Ss(vec!["shardId-000000000000".into()])
+    );
+    assert_eq!(stored["entityType"], AttributeValue::S("LEASE".into()));
+}
+
+#[tokio::test]
+async fn java_multi_stream_leases_read_the_same_in_memory_and_on_dynamodb() {
+    let aws = LocalAws::connect();
+    let table = unique_name("java-multi-stream-read");
+    let dynamodb = DynamoDbLeaseStore::new(&aws.dynamodb(), &table);
+    dynamodb.ensure_tables().await.unwrap();
+    let memory = InMemoryLeaseStore::new();
+    let items = vec![
+        java_kcl::with_hash_range(
+            java_kcl::multi_stream_lease(
+                "123456789012",
+                "orders",
+                1_700_000_000,
+                "shardId-000000000000",
+                "49590338271490256608559692538361571095921575989136588898",
+            ),
+            0,
+            99,
+        ),
+        java_kcl::with_lineage(
+            java_kcl::multi_stream_lease(
+                "123456789012",
+                "refunds",
+                1_700_000_001,
+                "shardId-000000000003",
+                "TRIM_HORIZON",
+            ),
+            &["shardId-000000000001", "shardId-000000000002"],
+            &[],
+        ),
+        java_kcl::stream_info("123456789012:orders:1700000000"),
+    ];
+    put_items(&aws.dynamodb(), &table, &items).await;
+    for item in &items {
+        memory.put_item(item);
+    }
+    let mut on_dynamodb = dynamodb.list_table().await.unwrap();
+    let mut in_memory = memory.list_table().await.unwrap();
+    for listing in [&mut on_dynamodb, &mut in_memory] {
+        listing.leases.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+    assert_eq!(on_dynamodb.leases, in_memory.leases);
+    assert_eq!(on_dynamodb.skipped, in_memory.skipped);
+    let [orders, refunds] = on_dynamodb.leases.as_slice() else {
+        panic!("{on_dynamodb:?}");
+    };
+    assert_eq!(orders.stream.as_ref().unwrap().stream_name, "orders");
+    assert_eq!(orders.shard_id(), "shardId-000000000000");
+    assert_eq!(
+        refunds.stream.as_ref().unwrap().creation_epoch,
+        1_700_000_001
+    );
+    assert_eq!(refunds.shard_id(), "shardId-000000000003");
+    assert_eq!(
+        refunds.parent_shard_ids,
+        BTreeSet::from([
+            "shardId-000000000001".to_owned(),
+            "shardId-000000000002".to_owned()
+        ])
+    );
+    assert_eq!(on_dynamodb.skipped.len(), 1, "the stream information");
+    assert!(on_dynamodb.skipped[0].is_multi_stream_information());
+}
