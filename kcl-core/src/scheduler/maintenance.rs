@@ -62,8 +62,11 @@ pub(super) async fn discover(
     let mut listed = Vec::new();
     let mut deleted = BTreeSet::new();
     for stream in streams.iter() {
+        let shards = list_stream_shards(&*context.kinesis, stream).await;
         // In a multi-stream application, the shards listed are used only if
-        // Kinesis describes the same stream before and after listing them.
+        // Kinesis describes the stream seen at start after listing them: a
+        // stream created anew has another creation time from then on, so the
+        // listing came from the stream seen at start too.
         match identity(context, stream).await {
             Identity::Same => {}
             Identity::Recreated(error) => return Err(error),
@@ -72,14 +75,6 @@ pub(super) async fn discover(
                 continue;
             }
             Identity::Gone | Identity::Unknown => continue,
-        }
-        let shards = list_stream_shards(&*context.kinesis, stream).await;
-        if shards.is_ok() {
-            match identity(context, stream).await {
-                Identity::Same => {}
-                Identity::Recreated(error) => return Err(error),
-                Identity::Gone | Identity::Unknown => continue,
-            }
         }
         match shards {
             Ok(shards) => listed.push((stream, shards)),
