@@ -52,6 +52,11 @@
 //! ```
 #![warn(missing_docs)]
 
+/// The one retry component: exponential backoff with jitter, for every
+/// AWS call the worker makes (Kinesis here, DynamoDB in the lease layer)
+/// and for processor retries. Defined in `kcl-lease`, the lowest crate
+/// that makes AWS calls.
+pub use kcl_lease::backoff;
 pub mod consumer;
 pub mod kinesis;
 pub mod lease_cleanup;

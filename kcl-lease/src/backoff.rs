@@ -43,6 +43,17 @@ impl Default for BackoffConfig {
     }
 }
 
+impl BackoffConfig {
+    /// The same delays with no attempt limit: for calls that must succeed
+    /// in the end (a stop or a lost lease ends them, not a count).
+    pub fn without_limit(self) -> Self {
+        Self {
+            max_attempts: None,
+            ..self
+        }
+    }
+}
+
 /// A sequence of jittered delays following a [`BackoffConfig`].
 pub struct Backoff {
     config: BackoffConfig,

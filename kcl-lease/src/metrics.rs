@@ -3,9 +3,10 @@
 //! Requests are counted for every AWS service the worker calls (DynamoDB
 //! here, Kinesis in `kcl-core`) under one name.
 
-/// DynamoDB requests sent, each attempt counted: labels `service`
-/// (`dynamodb`), `operation` and `outcome` (`ok`, `condition_failed`,
-/// `throttled_or_failed`, `refused`).
+/// AWS requests sent, each attempt counted: labels `service` (`dynamodb`
+/// or `kinesis`), `operation` and `outcome` (for DynamoDB `ok`,
+/// `condition_failed`, `throttled_or_failed`, `refused`; Kinesis's are
+/// named in `kcl-core`).
 pub const AWS_REQUESTS: &str = "kcl_aws_requests_total";
 /// Leases taken (free or expired ones).
 pub const LEASE_TAKES: &str = "kcl_lease_takes_total";

@@ -35,9 +35,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::backoff::{Backoff, BackoffConfig};
 use futures::FutureExt;
 use kcl_checkpoint::{CheckpointTracker, ExtendedSequenceNumber};
-use kcl_lease::backoff::{Backoff, BackoffConfig};
 use kcl_lease::{Lease, LeaseCheckpointWriter, LeaseStore, LeaseToken, ProcessingDeadline};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -831,10 +831,7 @@ impl ChildLeaseError {
 
 /// A backoff that never runs out (for restarts, which never give up).
 fn unlimited(config: &BackoffConfig) -> Backoff {
-    Backoff::new(BackoffConfig {
-        max_attempts: None,
-        ..config.clone()
-    })
+    Backoff::new(config.clone().without_limit())
 }
 
 /// Resolves once the processor must be stopped at once: the processing

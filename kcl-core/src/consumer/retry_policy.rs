@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use kcl_lease::backoff::BackoffConfig;
+use crate::backoff::BackoffConfig;
 
 /// How a batch the processor failed on (an error or a panic) is retried.
 ///
@@ -46,10 +46,7 @@ impl ProcessorRetryPolicy {
     /// The delays between attempts, with the attempt limit this policy sets.
     pub fn backoff(&self) -> BackoffConfig {
         match self {
-            Self::RetryForever { backoff } => BackoffConfig {
-                max_attempts: None,
-                ..backoff.clone()
-            },
+            Self::RetryForever { backoff } => backoff.clone().without_limit(),
             Self::SkipBatchAfter { attempts, backoff } => BackoffConfig {
                 max_attempts: Some((*attempts).max(1)),
                 ..backoff.clone()

@@ -4,8 +4,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backoff::BackoffConfig;
 use kcl_checkpoint::ExtendedSequenceNumber;
-use kcl_lease::backoff::BackoffConfig;
 use kcl_lease::{InMemoryLeaseStore, Lease, LeaseStore};
 use tokio::sync::watch;
 
@@ -126,10 +126,7 @@ impl Fixture {
             factory: Arc::new(move |_: &str| Scripted(Arc::clone(&journal))),
             retrieval: self.retrieval.clone(),
             retry_policy: self.policy.clone(),
-            kinesis_backoff: BackoffConfig {
-                max_attempts: None,
-                ..BackoffConfig::default()
-            },
+            kinesis_backoff: BackoffConfig::default().without_limit(),
             parent_poll_interval: Duration::from_secs(1),
             stats: Arc::default(),
             shard_ends: tokio::sync::watch::channel(0).0,

@@ -3,12 +3,11 @@
 //! [`InMemoryKinesis`] (for unit tests and simulations).
 //!
 //! Implementations send each request once: retries with backoff are the
-//! caller's (see [`retry`]), so throttling is handled
-//! in one place and counted.
+//! caller's (through [`crate::backoff`]), so throttling is handled in one
+//! place and counted.
 
 mod error;
 mod memory;
-pub mod retry;
 mod sdk;
 
 use std::time::SystemTime;

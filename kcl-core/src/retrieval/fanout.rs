@@ -24,8 +24,8 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
+use crate::backoff::{Backoff, BackoffConfig, retry_with_backoff};
 use kcl_lease::HashKeyRange;
-use kcl_lease::backoff::{Backoff, BackoffConfig, retry_with_backoff};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
@@ -47,10 +47,7 @@ pub async fn register_consumer(
     name: &str,
     backoff: &BackoffConfig,
 ) -> Result<String, KinesisError> {
-    let unlimited = Backoff::new(BackoffConfig {
-        max_attempts: None,
-        ..backoff.clone()
-    });
+    let unlimited = Backoff::new(backoff.clone().without_limit());
     retry_with_backoff("RegisterStreamConsumer", unlimited, || async {
         match kinesis.register_consumer(stream, name).await {
             Ok(arn) => ControlFlow::Break(Ok(arn)),

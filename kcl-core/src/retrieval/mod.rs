@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use std::time::SystemTime;
 
+use crate::backoff::{Backoff, BackoffConfig};
 use kcl_checkpoint::ExtendedSequenceNumber;
 use kcl_lease::HashKeyRange;
-use kcl_lease::backoff::{Backoff, BackoffConfig};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
 
@@ -100,10 +100,7 @@ pub(crate) struct FetchRetry {
 impl FetchRetry {
     /// Delays following `config`, its attempt limit ignored.
     pub(crate) fn new(config: &BackoffConfig) -> Self {
-        let config = BackoffConfig {
-            max_attempts: None,
-            ..config.clone()
-        };
+        let config = config.clone().without_limit();
         Self {
             failures: Backoff::new(config.clone()),
             config,

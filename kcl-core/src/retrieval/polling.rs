@@ -20,9 +20,9 @@
 
 use std::sync::Arc;
 
+use crate::backoff::BackoffConfig;
 use kcl_checkpoint::SequenceNumber;
 use kcl_lease::HashKeyRange;
-use kcl_lease::backoff::BackoffConfig;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::backoff::BackoffConfig;
 use kcl_checkpoint::ExtendedSequenceNumber;
-use kcl_lease::backoff::BackoffConfig;
 use kcl_lease::{DynamoDbLeaseStore, LeaseConfig, LeaseStore};
 
 use super::Scheduler;

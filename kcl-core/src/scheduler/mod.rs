@@ -29,7 +29,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kcl_lease::backoff::{Backoff, BackoffConfig, retry_with_backoff};
+use crate::backoff::{Backoff, retry_with_backoff};
 use kcl_lease::{
     CoordinatorHandle, HeldLease, LeaseConfigError, LeaseCoordinator, LeaseScope, LeaseStore,
     LeaseStoreError, LeaseToken, ProcessingDeadline, StreamIdentifier,
@@ -900,10 +900,7 @@ async fn resolve_streams(
     };
     let mut streams = Vec::new();
     for stream in configs {
-        let backoff = Backoff::new(BackoffConfig {
-            max_attempts: None,
-            ..config.kinesis_backoff.clone()
-        });
+        let backoff = Backoff::new(config.kinesis_backoff.clone().without_limit());
         let resolved = retry_with_backoff("DescribeStreamSummary", backoff, || async {
             match stream.resolve(kinesis, config.initial_position).await {
                 Ok(resolved) => ControlFlow::Break(Ok(resolved)),
