@@ -25,7 +25,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use kcl_checkpoint::ExtendedSequenceNumber;
 use kcl_lease::{
-    Lease, LeaseStore, LeaseStoreError, LeaseTableListing, SkippedKind, StreamIdentifier,
+    HashKeyRange, Lease, LeaseStore, LeaseStoreError, LeaseTableListing, SkippedKind,
+    StreamIdentifier,
 };
 use tracing::{debug, info};
 
@@ -117,13 +118,35 @@ pub fn leases_to_create(
         } else {
             continue;
         };
-        let mut lease = Lease::new(shard.shard_id.clone(), start.clone());
-        lease.parent_shard_ids = shard.parents().map(str::to_owned).collect();
-        lease.hash_key_range = Some(shard.hash_key_range);
+        let lease = new_shard_lease(
+            None,
+            &shard.shard_id,
+            shard.parents().map(str::to_owned),
+            shard.hash_key_range,
+            start.clone(),
+        );
         new.insert(id, start);
         created.push(lease);
     }
     created
+}
+
+/// The lease of a shard with no lease yet, unowned, starting at `start`,
+/// with its parents (two for a merge) and hash key range: how shard
+/// discovery and a parent's consumer at shard end both create one. `stream`
+/// is the stream of a multi-stream application (`None`: the lease is keyed
+/// by shard id).
+pub fn new_shard_lease(
+    stream: Option<&StreamIdentifier>,
+    shard_id: &str,
+    parents: impl IntoIterator<Item = String>,
+    hash_key_range: HashKeyRange,
+    start: ExtendedSequenceNumber,
+) -> Lease {
+    let mut lease = Lease::for_shard(stream, shard_id, start);
+    lease.parent_shard_ids = parents.into_iter().collect();
+    lease.hash_key_range = Some(hash_key_range);
+    lease
 }
 
 /// The leases of `stream` in `listing`, keyed by shard id (as
