@@ -1,5 +1,7 @@
-//! The assignment plan: a pure function from what the lease table holds to
-//! who should hold what.
+//! The assignment plan: pure functions from what the lease table holds to
+//! who should hold what. [`lease_views`] decides how the plan sees each
+//! lease (free, held, pinned to a worker outside the plan, or draining);
+//! [`plan`] decides who gets which.
 //!
 //! Every worker computes the same plan from its snapshot and carries out only
 //! its own part: it takes the free leases planned for it and asks the owners
@@ -27,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::Lease;
+use crate::{Lease, WorkerHeartbeat};
 
 /// Who holds a lease, as the assignment sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +75,81 @@ pub fn waiting_on_parents(lease: &Lease, leases: &BTreeMap<&str, &Lease>) -> boo
                 .get(lease.key_of(parent).as_str())
                 .is_none_or(|parent| !parent.is_finished())
         })
+}
+
+/// The fleet as one assignment round read it.
+#[derive(Clone, Copy, Debug)]
+pub struct RoundView<'a> {
+    /// The planning worker.
+    pub me: &'a str,
+    /// The live workers that share the plan and may receive leases (the
+    /// planning one included unless it is stopping).
+    pub workers: &'a BTreeSet<String>,
+    /// Live workers that are stopping: they receive nothing, and every
+    /// lease they process moves to the others.
+    pub stopping: &'a BTreeSet<String>,
+    /// Every heartbeat read in the round.
+    pub heartbeats: &'a [WorkerHeartbeat],
+}
+
+/// How the plan sees each unfinished lease of `leases` (the leases this
+/// worker processes, as the round read them), given the fleet and which
+/// leases' owners have expired.
+pub fn lease_views(
+    leases: &[Lease],
+    round: &RoundView<'_>,
+    expired: impl Fn(&Lease) -> bool,
+) -> Vec<LeaseView> {
+    let table: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+    leases
+        .iter()
+        .filter(|lease| !lease.is_finished())
+        .map(|lease| LeaseView {
+            key: lease.key.clone(),
+            holder: holder(lease, round, &expired),
+            moving: lease.handoff_in_progress(),
+            waiting: waiting_on_parents(lease, &table),
+        })
+        .collect()
+}
+
+/// Who holds `lease`, as the plan sees it.
+fn holder(lease: &Lease, round: &RoundView<'_>, expired: impl Fn(&Lease) -> bool) -> Holder {
+    let processing = lease.processing_owner();
+    let holder = match &lease.owner {
+        None => Holder::Free,
+        Some(_) if processing == Some(round.me) => Holder::Held(round.me.to_owned()),
+        Some(_) if expired(lease) => Holder::Free,
+        // Its owner runs, but no longer consumes the lease's stream (it
+        // restarted under the same id with another list of streams):
+        // nothing processes the lease, so it is free.
+        Some(_) if abandoned(lease, round.heartbeats) => Holder::Free,
+        Some(owner) if round.workers.contains(owner) => Holder::Held(owner.clone()),
+        Some(_) => Holder::Pinned,
+    };
+    match holder {
+        Holder::Pinned if processing.is_some_and(|owner| round.stopping.contains(owner)) => {
+            Holder::Draining(processing.unwrap_or_default().to_owned())
+        }
+        Holder::Held(owner) if round.stopping.contains(&owner) => Holder::Draining(owner),
+        holder => holder,
+    }
+}
+
+/// Whether the worker processing `lease` has a heartbeat in `heartbeats`
+/// that does not announce the lease's stream.
+fn abandoned(lease: &Lease, heartbeats: &[WorkerHeartbeat]) -> bool {
+    let Some(owner) = lease.processing_owner() else {
+        return false;
+    };
+    let Some(heartbeat) = heartbeats.iter().find(|h| h.worker == owner) else {
+        return false;
+    };
+    match (&lease.stream, &heartbeat.streams) {
+        (Some(stream), Some(streams)) => !streams.contains(&stream.to_string()),
+        (Some(_), None) | (None, Some(_)) => true,
+        (None, None) => false,
+    }
 }
 
 /// What the plan asks for.
@@ -323,6 +400,70 @@ mod tests {
         let by_key = [(p2.key.as_str(), &p2)].into_iter().collect();
         assert!(!waiting_on_parents(&started, &by_key));
         assert!(!waiting_on_parents(&p2, &by_key), "no parents");
+    }
+
+    #[test]
+    fn each_lease_is_seen_free_held_pinned_or_draining() {
+        use kcl_checkpoint::ExtendedSequenceNumber as Esn;
+        let orders = crate::StreamIdentifier::parse("1:orders:10").unwrap();
+        let owned = |key: &str, owner: Option<&str>| {
+            let mut lease = Lease::for_shard(Some(&orders), key, Esn::record("1", 0).unwrap());
+            lease.owner = owner.map(str::to_owned);
+            lease
+        };
+        let beat = |worker: &str, streams: &[&str]| WorkerHeartbeat {
+            worker: worker.into(),
+            beat: 1,
+            draining: false,
+            failover_time: None,
+            streams: Some(streams.iter().map(|s| (*s).to_owned()).collect()),
+        };
+        let mut finished = owned("done", Some("b"));
+        finished.checkpoint = Esn::ShardEnd;
+        let leases = [
+            owned("free", None),
+            owned("mine", Some("me")),
+            owned("expired", Some("gone")),
+            owned("left", Some("restarted")),
+            owned("held", Some("b")),
+            owned("other-list", Some("c")),
+            owned("stopping", Some("d")),
+            finished,
+        ];
+        let workers: BTreeSet<String> = ["me".into(), "b".into()].into();
+        let stopping: BTreeSet<String> = ["d".into()].into();
+        let heartbeats = [
+            beat("b", &["1:orders:10"]),
+            beat("c", &["1:orders:10", "1:refunds:10"]),
+            beat("d", &["1:orders:10"]),
+            beat("restarted", &["1:refunds:10"]),
+        ];
+        let round = RoundView {
+            me: "me",
+            workers: &workers,
+            stopping: &stopping,
+            heartbeats: &heartbeats,
+        };
+        let views = lease_views(&leases, &round, |lease| {
+            lease.owner.as_deref() == Some("gone")
+        });
+        let seen: Vec<(&str, Holder)> = views
+            .iter()
+            .map(|v| (v.key.rsplit(':').next().unwrap(), v.holder.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("free", Holder::Free),
+                ("mine", Holder::Held("me".into())),
+                ("expired", Holder::Free),
+                ("left", Holder::Free),
+                ("held", Holder::Held("b".into())),
+                ("other-list", Holder::Pinned),
+                ("stopping", Holder::Draining("d".into())),
+            ],
+            "a finished lease is not planned"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::assignment::{self, Holder, LeaseView};
+use crate::assignment::{self, RoundView};
 use crate::deadline::{Liveness, ProcessingDeadline};
 use crate::liveness::{LivenessTracker, ReadWindow};
 use crate::{Lease, LeaseConfig, LeaseConfigError, LeaseStore, LeaseStoreError, LeaseToken};
@@ -424,27 +424,15 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         self.shared
             .receivers
             .store(self.receivers(&heartbeats), Ordering::SeqCst);
-        let table: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
-        let views: Vec<LeaseView> = leases
-            .iter()
-            .filter(|lease| !lease.is_finished())
-            .map(|lease| LeaseView {
-                key: lease.key.clone(),
-                holder: match self.holder(lease, &workers, &heartbeats) {
-                    Holder::Pinned
-                        if lease
-                            .processing_owner()
-                            .is_some_and(|owner| stopping.contains(owner)) =>
-                    {
-                        Holder::Draining(lease.processing_owner().unwrap_or_default().to_owned())
-                    }
-                    Holder::Held(owner) if stopping.contains(&owner) => Holder::Draining(owner),
-                    holder => holder,
-                },
-                moving: lease.handoff_in_progress(),
-                waiting: assignment::waiting_on_parents(lease, &table),
-            })
-            .collect();
+        let round = RoundView {
+            me: &me,
+            workers: &workers,
+            stopping: &stopping,
+            heartbeats: &heartbeats,
+        };
+        let views = assignment::lease_views(&leases, &round, |lease| {
+            self.tracker.is_lease_expired(lease)
+        });
         let plan = assignment::plan(&views, &workers, self.config.max_leases_per_worker);
 
         let by_key: BTreeMap<&str, usize> = leases
@@ -723,22 +711,6 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         Ok(())
     }
 
-    /// Whether the worker processing `lease` has a heartbeat in `heartbeats`
-    /// that does not announce the lease's stream.
-    fn abandoned(lease: &Lease, heartbeats: &[crate::WorkerHeartbeat]) -> bool {
-        let Some(owner) = lease.processing_owner() else {
-            return false;
-        };
-        let Some(heartbeat) = heartbeats.iter().find(|h| h.worker == owner) else {
-            return false;
-        };
-        match (&lease.stream, &heartbeat.streams) {
-            (Some(stream), Some(streams)) => !streams.contains(&stream.to_string()),
-            (Some(_), None) | (None, Some(_)) => true,
-            (None, None) => false,
-        }
-    }
-
     /// Whether `worker`'s heartbeat in `heartbeats` announces the streams
     /// this worker consumes.
     fn same_streams(&self, heartbeats: &[crate::WorkerHeartbeat], worker: &str) -> bool {
@@ -746,26 +718,6 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .iter()
             .find(|h| h.worker == worker)
             .is_some_and(|h| self.config.scope.same_as(&h.streams))
-    }
-
-    fn holder(
-        &self,
-        lease: &Lease,
-        workers: &BTreeSet<String>,
-        heartbeats: &[crate::WorkerHeartbeat],
-    ) -> Holder {
-        let me = self.config.worker_id.as_str();
-        match &lease.owner {
-            None => Holder::Free,
-            Some(_) if lease.processing_owner() == Some(me) => Holder::Held(me.to_owned()),
-            Some(_) if self.tracker.is_lease_expired(lease) => Holder::Free,
-            // Its owner runs, but no longer consumes the lease's stream (it
-            // restarted under the same id with another list of streams):
-            // nothing processes the lease, so it is free.
-            Some(_) if Self::abandoned(lease, heartbeats) => Holder::Free,
-            Some(owner) if workers.contains(owner) => Holder::Held(owner.clone()),
-            Some(_) => Holder::Pinned,
-        }
     }
 
     /// The next moment a round is due: the regular interval after `last`, or
