@@ -132,7 +132,7 @@ pub struct ShardStart {
     /// Until when the shard may be processed.
     pub deadline: ProcessingDeadline,
     /// Where an earlier reader began, for a lease still at `LATEST` or
-    /// `AT_TIMESTAMP` (see [`Lease::start_timestamp`]).
+    /// `AT_TIMESTAMP` (see [`Lease::start_timestamp`](kcl_lease::Lease::start_timestamp)).
     pub start_timestamp: Option<SystemTime>,
 }
 
