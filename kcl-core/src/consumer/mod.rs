@@ -158,17 +158,29 @@ impl Drop for FetcherTask {
 /// One shard's consumer. Create with [`ShardConsumer::new`], then
 /// [`run`](ShardConsumer::run) it on its own task.
 pub struct ShardConsumer {
+    /// What every consumer of the worker shares: Kinesis, the lease table,
+    /// the processor factory, settings and counters.
     context: Arc<ConsumerContext>,
+    /// The shard, its stream, its lease token and deadline, and where
+    /// processing starts.
     start: ShardStart,
+    /// How the scheduler steers this consumer (run, shut down, lease lost).
     signals: watch::Receiver<ConsumerSignal>,
     /// Writes the shard's checkpoints to its lease; the tracker's writer.
     writer: Arc<LeaseCheckpointWriter<dyn LeaseStore>>,
+    /// What has been delivered and checkpointed; hands out the
+    /// checkpointers and validates what they are asked to store.
     tracker: CheckpointTracker,
     /// A processor was restarted: the lease is read again before the next
     /// one is initialized.
     resync: bool,
+    /// The application's processor, created on first use and replaced
+    /// after a panic.
     processor: Option<Box<dyn RecordProcessor>>,
+    /// The task reading records ahead (polling or fan-out); `None` before
+    /// initialization and while restarting from the checkpoint.
     fetcher: Option<FetcherTask>,
+    /// The shards that follow this one, once its end is reached.
     child_shards: Vec<ChildShard>,
     /// Backoff after panics and failed initializations; reset by progress.
     failures: Backoff,

@@ -153,11 +153,17 @@ impl ShutdownHandle {
 
 /// A worker: see the module documentation.
 pub struct Scheduler {
+    /// The validated settings.
     config: SchedulerConfig,
+    /// What every shard consumer shares (and the worker's counters).
     context: Arc<ConsumerContext>,
+    /// The lease coordinator, run on a task of its own by `run`.
     coordinator: LeaseCoordinator<dyn LeaseStore>,
+    /// The coordinator's handle: held leases, deadlines, releases.
     handle: CoordinatorHandle<dyn LeaseStore>,
+    /// Set to stop the worker cleanly (see [`ShutdownHandle`]).
     shutdown: Arc<watch::Sender<bool>>,
+    /// Liveness and readiness, for the probes.
     health: Arc<Health>,
 }
 
