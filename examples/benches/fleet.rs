@@ -24,7 +24,7 @@ use kcl_examples::recorder::read_lines;
 use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use kcl_tests::processes::{Processes, lease_owners, start_recorder, terminate};
 use kcl_tests::stream::{OrderedProducer, create_stream};
-use kcl_tests::{LocalAws, unique_name};
+use kcl_tests::{LocalAws, output_dir, unique_name};
 
 const RECORDER: &str = env!("CARGO_BIN_EXE_recorder");
 const KILLS: usize = 5;
@@ -75,8 +75,8 @@ async fn failover(aws: &LocalAws) {
     let kinesis = aws.kinesis();
     let (stream, app) = (unique_name("failover"), unique_name("failover-app"));
     create_stream(&kinesis, &stream, SHARDS as i32).await;
-    let dir = std::env::temp_dir().join(unique_name("failover-out"));
-    std::fs::create_dir_all(&dir).expect("output directory");
+    let out = output_dir("failover-out");
+    let dir = out.path();
     let mut processes = Processes::default();
     let mut workers: Vec<(String, PathBuf)> = Vec::new();
     let start = |name: String, processes: &mut Processes, workers: &mut Vec<(String, PathBuf)>| {
@@ -159,7 +159,6 @@ async fn failover(aws: &LocalAws) {
         gaps[gaps.len() / 2],
         gaps[gaps.len() - 1]
     );
-    std::fs::remove_dir_all(&dir).expect("remove outputs");
 }
 
 async fn scale_out(aws: &LocalAws) {
@@ -167,8 +166,8 @@ async fn scale_out(aws: &LocalAws) {
     let kinesis = aws.kinesis();
     let (stream, app) = (unique_name("scale-out"), unique_name("scale-out-app"));
     create_stream(&kinesis, &stream, SHARDS as i32).await;
-    let dir = std::env::temp_dir().join(unique_name("scale-out-out"));
-    std::fs::create_dir_all(&dir).expect("output directory");
+    let out = output_dir("scale-out-out");
+    let dir = out.path();
     let start = |name: &str| -> Child {
         let output = dir.join(format!("{name}.jsonl"));
         start_recorder(RECORDER, aws, &stream, &app, name, &output, &[])
@@ -236,5 +235,4 @@ async fn scale_out(aws: &LocalAws) {
          started ({:.1} assignment intervals), {moves} leases moved (least possible: 24)",
         took.as_secs_f64() / 10.0
     );
-    std::fs::remove_dir_all(&dir).expect("remove outputs");
 }

@@ -17,7 +17,7 @@ use kcl_examples::payload::Payload;
 use kcl_examples::recorder::read_lines;
 use kcl_tests::processes::{Processes, lease_owners, start_recorder, terminate};
 use kcl_tests::stream::create_stream;
-use kcl_tests::{LocalAws, unique_name};
+use kcl_tests::{LocalAws, output_dir, unique_name};
 
 const RECORDER: &str = env!("CARGO_BIN_EXE_recorder");
 const PRODUCER: &str = env!("CARGO_BIN_EXE_producer");
@@ -28,8 +28,8 @@ async fn main() {
     let aws = LocalAws::connect();
     let stream = unique_name("latency");
     create_stream(&aws.kinesis(), &stream, 4).await;
-    let dir = std::env::temp_dir().join(unique_name("latency-out"));
-    std::fs::create_dir_all(&dir).expect("output directory");
+    let out = output_dir("latency-out");
+    let dir = out.path();
     let modes = [("polling", "polling"), ("fan-out", "fanout")];
     let mut processes = Processes::default();
     let mut outputs = Vec::new();
@@ -85,7 +85,6 @@ async fn main() {
             latencies.len()
         );
     }
-    std::fs::remove_dir_all(&dir).expect("remove outputs");
 }
 
 async fn wait_for_leases(aws: &LocalAws, app: &str) {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use kcl_examples::recorder::{RecordLine, read_lines};
 use kcl_tests::processes::{Processes, lease_owners, start_recorder, terminate};
 use kcl_tests::stream::{OrderedProducer, create_stream};
-use kcl_tests::{LocalAws, unique_name};
+use kcl_tests::{LocalAws, output_dir, unique_name};
 
 const RECORDER: &str = env!("CARGO_BIN_EXE_recorder");
 const SHARDS: usize = 6;
@@ -33,8 +33,8 @@ async fn main() {
     let kinesis = aws.kinesis();
     let (stream, app) = (unique_name("rolling"), unique_name("rolling-app"));
     create_stream(&kinesis, &stream, SHARDS as i32).await;
-    let dir = std::env::temp_dir().join(unique_name("rolling-out"));
-    std::fs::create_dir_all(&dir).expect("output directory");
+    let out = output_dir("rolling-out");
+    let dir = out.path();
     let started = Instant::now();
     let mut processes = Processes::default();
     let mut outputs: Vec<PathBuf> = Vec::new();
@@ -84,7 +84,6 @@ async fn main() {
 
     let lines = all_lines(&outputs);
     report(&lines, written.len(), &stop_times, started.elapsed());
-    std::fs::remove_dir_all(&dir).expect("remove outputs");
 }
 
 /// Waits until `workers` workers hold the shards (each at least one).

@@ -137,6 +137,19 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}-{n}-{}", std::process::id(), &random[..8])
 }
 
+/// A directory for a test's output files, named after `prefix`, removed
+/// with everything in it when dropped: when the test passes and when it
+/// fails.
+///
+/// # Panics
+/// If the directory cannot be created.
+pub fn output_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .tempdir()
+        .expect("create an output directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,6 @@
 //! that does not exist, and missing permissions (AccessDenied answers from a
 //! fault proxy), at start and while running.
 
-use std::path::PathBuf;
 use std::process::Child;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use kcl_examples::recorder::read_lines;
 use kcl_tests::fault_proxy::{Fault, FaultProxy};
 use kcl_tests::processes::{Processes, start_recorder, terminate};
 use kcl_tests::stream::{create_stream, put_records};
-use kcl_tests::{LocalAws, unique_name};
+use kcl_tests::{LocalAws, output_dir, unique_name};
 
 use super::RECORDER;
 
@@ -36,7 +35,7 @@ struct Setup {
     through: LocalAws,
     kinesis: FaultProxy,
     dynamodb: FaultProxy,
-    dir: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 async fn setup(name: &str) -> Setup {
@@ -46,8 +45,7 @@ async fn setup(name: &str) -> Setup {
     let mut through = aws.clone();
     through.kinesis_endpoint = kinesis.endpoint();
     through.dynamodb_endpoint = dynamodb.endpoint();
-    let dir = std::env::temp_dir().join(unique_name(name));
-    std::fs::create_dir_all(&dir).expect("output directory");
+    let dir = output_dir(name);
     Setup {
         aws,
         through,
@@ -65,7 +63,7 @@ async fn a_missing_stream_or_missing_permissions_stop_the_worker_with_a_clear_er
 
     // A stream that does not exist.
     let missing = unique_name("no-such-stream");
-    let output = setup.dir.join("missing.jsonl");
+    let output = setup.dir.path().join("missing.jsonl");
     let mut child = start_recorder(
         RECORDER,
         &setup.aws,
@@ -83,7 +81,10 @@ async fn a_missing_stream_or_missing_permissions_stop_the_worker_with_a_clear_er
     // No permission on the lease table, then none on the stream.
     for (proxy, what) in [(&setup.dynamodb, "lease table"), (&setup.kinesis, "stream")] {
         proxy.set(Fault::AccessDenied);
-        let output = setup.dir.join(format!("denied-{}.jsonl", what.len()));
+        let output = setup
+            .dir
+            .path()
+            .join(format!("denied-{}.jsonl", what.len()));
         let mut child = start_recorder(
             RECORDER,
             &setup.through,
@@ -99,7 +100,6 @@ async fn a_missing_stream_or_missing_permissions_stop_the_worker_with_a_clear_er
         assert!(log.contains(what), "{what}: {log}");
         proxy.set(Fault::None);
     }
-    std::fs::remove_dir_all(&setup.dir).expect("remove outputs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,7 +108,7 @@ async fn permissions_revoked_for_a_while_delay_records_but_lose_none() {
     let kinesis = setup.aws.kinesis();
     let stream = unique_name("recorder-revoked");
     create_stream(&kinesis, &stream, 2).await;
-    let output = setup.dir.join("w.jsonl");
+    let output = setup.dir.path().join("w.jsonl");
     let flags = [
         "--failover-time-ms",
         "3000",
@@ -171,7 +171,6 @@ async fn permissions_revoked_for_a_while_delay_records_but_lose_none() {
                 .keys()
                 .any(|(_, o)| *o == "access_denied")
     );
-    std::fs::remove_dir_all(&setup.dir).expect("remove outputs");
 }
 
 async fn wait_for(output: &std::path::Path, n: usize) {

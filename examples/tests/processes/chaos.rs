@@ -45,7 +45,7 @@ use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use kcl_tests::fault_proxy::{Fault, FaultProxy};
 use kcl_tests::processes::{Processes, start_recorder, terminate};
 use kcl_tests::stream::{OrderedProducer, create_stream, merge, open_shards, split_in_half};
-use kcl_tests::{LocalAws, unique_name};
+use kcl_tests::{LocalAws, output_dir, unique_name};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -358,8 +358,8 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
     let kinesis = aws.kinesis();
     let (stream, app) = (unique_name("chaos"), unique_name("chaos-app"));
     create_stream(&kinesis, &stream, SHARDS).await;
-    let dir = std::env::temp_dir().join(unique_name("chaos-out"));
-    std::fs::create_dir_all(&dir).expect("output directory");
+    let out = output_dir("chaos-out");
+    let dir = out.path();
     let mut slots = Vec::new();
     for n in 0..REPLICAS {
         slots.push(Slot {
@@ -375,7 +375,7 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
         retrieval: settings.retrieval.clone(),
         stream: stream.clone(),
         app: app.clone(),
-        dir: dir.clone(),
+        dir: dir.to_path_buf(),
         slots,
         processes: Processes::default(),
         outputs: Vec::new(),
@@ -596,7 +596,6 @@ async fn the_fleet_loses_nothing_and_keeps_order_through_crashes_reshards_and_fa
             entry.dynamodb.requests()
         );
     }
-    std::fs::remove_dir_all(&dir).expect("remove outputs");
 }
 
 /// How long after a self-stop a worker may take to take its leases anew and

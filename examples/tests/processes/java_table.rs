@@ -13,7 +13,7 @@ use kcl_examples::recorder::read_lines;
 use kcl_tests::java_kcl::{self, Item, key_of};
 use kcl_tests::processes::{Processes, start_recorder, terminate};
 use kcl_tests::stream::{create_stream, open_shards, put_to_shard, stream_identifier};
-use kcl_tests::{LocalAws, unique_name};
+use kcl_tests::{LocalAws, output_dir, unique_name};
 
 use super::RECORDER;
 
@@ -81,8 +81,8 @@ async fn recorder_replicas_resume_a_java_3_5_table_after_each_checkpoint() {
         })
         .collect();
 
-    let dir = std::env::temp_dir().join(unique_name("java-table-out"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let out = output_dir("java-table-out");
+    let dir = out.path();
     let outputs: Vec<PathBuf> = (0..2)
         .map(|n| dir.join(format!("worker-{n}.jsonl")))
         .collect();
@@ -151,7 +151,6 @@ async fn recorder_replicas_resume_a_java_3_5_table_after_each_checkpoint() {
         assert_eq!(stored.as_ref(), Some(item), "{} changed", key_of(item));
     }
     java_kcl::assert_a_java_worker_can_read_every_lease(&dynamodb, &app).await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,8 +200,8 @@ async fn recorder_replicas_given_both_streams_resume_a_java_multi_stream_table()
             .expect("put a fixture item");
     }
 
-    let dir = std::env::temp_dir().join(unique_name("java-multi-out"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let out = output_dir("java-multi-out");
+    let dir = out.path();
     let outputs: Vec<PathBuf> = (0..2)
         .map(|n| dir.join(format!("worker-{n}.jsonl")))
         .collect();
@@ -282,5 +281,4 @@ async fn recorder_replicas_given_both_streams_resume_a_java_multi_stream_table()
         assert_eq!(stored.as_ref(), Some(item), "{} changed", key_of(item));
     }
     java_kcl::assert_a_java_worker_can_read_every_lease(&dynamodb, &app).await;
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -12,7 +12,7 @@ use kcl_tests::stream::{
     OrderedProducer, create_stream, merge, open_shards, put_records, split_in_half,
     update_shard_count,
 };
-use kcl_tests::{LocalAws, unique_name};
+use kcl_tests::{LocalAws, output_dir, unique_name};
 
 use super::RECORDER;
 
@@ -98,9 +98,9 @@ async fn three_replicas_record_every_record_once_and_exit_cleanly_on_sigterm() {
     let kinesis = aws.kinesis();
     let (stream, app) = (unique_name("recorder"), unique_name("recorder-app"));
     create_stream(&kinesis, &stream, 6).await;
-    let dir = std::env::temp_dir().join(unique_name("recorder-out"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut replicas, outputs) = start_three(&aws, &stream, &app, &dir);
+    let out = output_dir("recorder-out");
+    let dir = out.path();
+    let (mut replicas, outputs) = start_three(&aws, &stream, &app, dir);
     // Every replica holds two shards before records flow, so all take part.
     wait_for_balance(&aws, &app, 2).await;
     let expected = put_records(&kinesis, &stream, 24, 0, 600).await;
@@ -124,7 +124,6 @@ async fn three_replicas_record_every_record_once_and_exit_cleanly_on_sigterm() {
             .iter()
             .all(|l| l.arrival_ms > 0 && l.processed_ms >= l.arrival_ms.saturating_sub(5_000))
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Runs the recorder with `args` (which must make it fail before it
@@ -186,8 +185,8 @@ async fn metrics_and_probes_are_served_over_http() {
         unique_name("recorder-metrics-app"),
     );
     create_stream(&kinesis, &stream, 2).await;
-    let dir = std::env::temp_dir().join(unique_name("recorder-metrics-out"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let out = output_dir("recorder-metrics-out");
+    let dir = out.path();
     let output = dir.join("worker.jsonl");
     let addr = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -279,7 +278,6 @@ async fn metrics_and_probes_are_served_over_http() {
             .as_str()
             .is_some_and(|s| s.starts_with("shardId-"))
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,9 +289,9 @@ async fn three_replicas_keep_per_key_order_across_split_merge_and_scale_up() {
         unique_name("recorder-reshard-app"),
     );
     create_stream(&kinesis, &stream, 3).await;
-    let dir = std::env::temp_dir().join(unique_name("recorder-reshard-out"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut replicas, outputs) = start_three(&aws, &stream, &app, &dir);
+    let out = output_dir("recorder-reshard-out");
+    let dir = out.path();
+    let (mut replicas, outputs) = start_three(&aws, &stream, &app, dir);
     wait_for_balance(&aws, &app, 1).await;
 
     let producer = OrderedProducer::start(kinesis.clone(), &stream, 16, Duration::from_millis(40));
@@ -342,7 +340,6 @@ async fn three_replicas_keep_per_key_order_across_split_merge_and_scale_up() {
             n - 1
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,8 +351,8 @@ async fn sigterm_hands_shards_over_before_they_could_expire_and_nothing_is_proce
         unique_name("recorder-handoff-app"),
     );
     create_stream(&kinesis, &stream, 4).await;
-    let dir = std::env::temp_dir().join(unique_name("recorder-handoff-out"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let out = output_dir("recorder-handoff-out");
+    let dir = out.path();
     let outputs: Vec<PathBuf> = (0..2).map(|n| dir.join(format!("w{n}.jsonl"))).collect();
     // A failover time far longer than a handoff: shards that had to expire
     // would stall for 30 s.
@@ -421,7 +418,6 @@ async fn sigterm_hands_shards_over_before_they_could_expire_and_nothing_is_proce
     let mut wanted = written.clone();
     wanted.sort_unstable();
     assert_eq!(data, wanted);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -433,8 +429,8 @@ async fn a_recorder_reads_through_enhanced_fan_out() {
         unique_name("recorder-fanout-app"),
     );
     create_stream(&kinesis, &stream, 2).await;
-    let dir = std::env::temp_dir().join(unique_name("recorder-fanout-out"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let out = output_dir("recorder-fanout-out");
+    let dir = out.path();
     let output = dir.join("worker.jsonl");
     let flags = ["--retrieval", "fanout", "--assignment-interval-ms", "500"];
     let mut replicas = Processes(vec![start_recorder(
@@ -454,5 +450,4 @@ async fn a_recorder_reads_through_enhanced_fan_out() {
     assert_eq!(data, wanted, "every record exactly once");
     let logs = std::fs::read_to_string(output.with_extension("log")).unwrap();
     assert!(logs.contains("reading through enhanced fan-out"), "{logs}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

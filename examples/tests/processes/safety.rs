@@ -18,7 +18,7 @@ use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
 use kcl_tests::fault_proxy::{Fault, FaultProxy};
 use kcl_tests::processes::{Processes, start_recorder, terminate};
 use kcl_tests::stream::{OrderedProducer, create_stream};
-use kcl_tests::{LocalAws, unique_name};
+use kcl_tests::{LocalAws, output_dir, unique_name};
 
 use super::RECORDER;
 
@@ -133,7 +133,8 @@ async fn a_worker_cut_from_dynamodb_for_40_s_processes_nothing_on_a_shard_anothe
     let kinesis = aws.kinesis();
     let (stream, app) = (unique_name("stall"), unique_name("stall-app"));
     create_stream(&kinesis, &stream, 4).await;
-    let dir = tempdir("stall-out");
+    let out = output_dir("stall-out");
+    let dir = out.path();
     let proxy = FaultProxy::start(&aws.dynamodb_endpoint).await;
     let mut through = aws.clone();
     through.dynamodb_endpoint = proxy.endpoint();
@@ -210,7 +211,6 @@ async fn a_worker_cut_from_dynamodb_for_40_s_processes_nothing_on_a_shard_anothe
         "w0 processed {last:?} ms into the stall (its failover time is 3000 ms)"
     );
     assert_eq!(others_from.len(), 4, "the others processed every shard");
-    std::fs::remove_dir_all(&dir).expect("remove outputs");
 }
 
 /// Workers at LATEST on an idle stream. Records begin while two workers
@@ -223,7 +223,8 @@ async fn latest_skips_nothing(retrieval: &str) {
     let kinesis = aws.kinesis();
     let (stream, app) = (unique_name("latest"), unique_name("latest-app"));
     create_stream(&kinesis, &stream, 4).await;
-    let dir = tempdir("latest-out");
+    let out = output_dir("latest-out");
+    let dir = out.path();
     let mut proxies = Vec::new();
     let mut paths = Vec::new();
     for _ in 0..2 {
@@ -273,7 +274,6 @@ async fn latest_skips_nothing(retrieval: &str) {
         written.len(),
         lines_of(&outputs).len()
     );
-    std::fs::remove_dir_all(&dir).expect("remove outputs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,11 +284,4 @@ async fn workers_at_latest_skip_nothing_through_a_kinesis_cut_and_a_replacement(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_workers_at_latest_skip_nothing_through_a_kinesis_cut_and_a_replacement() {
     latest_skips_nothing("fanout").await;
-}
-
-/// A fresh directory for a test's output files.
-fn tempdir(prefix: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique_name(prefix));
-    std::fs::create_dir_all(&dir).expect("output directory");
-    dir
 }
