@@ -41,7 +41,7 @@ use futures::FutureExt;
 use kcl_checkpoint::{CheckpointTracker, ExtendedSequenceNumber};
 use kcl_lease::{LeaseCheckpointWriter, LeaseStore, LeaseToken, ProcessingDeadline};
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 pub use retry_policy::ProcessorRetryPolicy;
@@ -142,19 +142,13 @@ pub struct ShardStart {
 /// that no record written after the consumer started is left out.
 pub const LATEST_START_MARGIN: Duration = Duration::from_secs(5);
 
-/// Aborts the fetcher task when dropped, so no fetcher outlives its
-/// consumer.
+/// A running fetcher: no fetcher outlives its consumer.
 struct FetcherTask {
-    handle: JoinHandle<()>,
+    /// The task, aborted when this is dropped.
+    _handle: AbortOnDropHandle<()>,
+    /// What it reads: batches, then the shard end.
     events: mpsc::Receiver<ShardEvent>,
 }
-
-impl Drop for FetcherTask {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
-}
-
 /// One shard's consumer. Create with [`ShardConsumer::new`], then
 /// [`run`](ShardConsumer::run) it on its own task.
 pub struct ShardConsumer {
@@ -432,7 +426,7 @@ impl ShardConsumer {
             }
         };
         self.fetcher = Some(FetcherTask {
-            handle: task,
+            _handle: AbortOnDropHandle::new(task),
             events,
         });
     }

@@ -36,6 +36,8 @@ use kcl_lease::{
 };
 use tokio::sync::watch;
 use tokio::task::{Id, JoinError, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, error, info, info_span, warn};
 
 pub use config::{ConfigError, InitialPosition, RetrievalMode, SchedulerBuilder, SchedulerConfig};
@@ -141,13 +143,13 @@ pub enum SchedulerError {
 
 /// Stops a running [`Scheduler`] cleanly. Cheap to clone.
 #[derive(Clone, Debug)]
-pub struct ShutdownHandle(Arc<watch::Sender<bool>>);
+pub struct ShutdownHandle(CancellationToken);
 
 impl ShutdownHandle {
     /// Asks the scheduler to hand its shards over and stop; `run` returns
     /// when it has.
     pub fn shutdown(&self) {
-        self.0.send_replace(true);
+        self.0.cancel();
     }
 }
 
@@ -162,7 +164,7 @@ pub struct Scheduler {
     /// The coordinator's handle: held leases, deadlines, releases.
     handle: CoordinatorHandle<dyn LeaseStore>,
     /// Set to stop the worker cleanly (see [`ShutdownHandle`]).
-    shutdown: Arc<watch::Sender<bool>>,
+    shutdown: CancellationToken,
     /// Liveness and readiness, for the probes.
     health: Arc<Health>,
 }
@@ -210,14 +212,13 @@ impl Scheduler {
             stats: Arc::default(),
             shard_ends: tokio::sync::watch::channel(0).0,
         });
-        let (shutdown, _) = watch::channel(false);
         let health = Arc::new(Health::new(STALL_AFTER, config.lease.failover_time));
         Ok(Self {
             config,
             context,
             coordinator,
             handle,
-            shutdown: Arc::new(shutdown),
+            shutdown: CancellationToken::new(),
             health,
         })
     }
@@ -234,7 +235,7 @@ impl Scheduler {
 
     /// Stops this scheduler cleanly when asked.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        ShutdownHandle(Arc::clone(&self.shutdown))
+        ShutdownHandle(self.shutdown.clone())
     }
 
     /// The worker's counters.
@@ -279,10 +280,9 @@ impl Scheduler {
             streams = ?config.streams.names(),
             "worker starting"
         );
-        let mut stop = shutdown.subscribe();
         let streams = tokio::select! {
             // Stopped while starting: nothing is held yet.
-            () = stopped(&mut stop) => return Ok(()),
+            () = shutdown.cancelled() => return Ok(()),
             streams = resolve_streams(&config, &*context.kinesis) => streams?,
         };
         refuse_a_table_of_another_kind(
@@ -323,7 +323,7 @@ impl Scheduler {
                 );
                 let arn = tokio::select! {
                     // Stopped while registering: nothing is held yet.
-                    () = stopped(&mut stop) => return Ok(()),
+                    () = shutdown.cancelled() => return Ok(()),
                     registered = registering => registered.map_err(|source| SchedulerError::Stream {
                         stream: stream.name.clone(),
                         source,
@@ -334,7 +334,8 @@ impl Scheduler {
             }
         }
 
-        let (stop_coordinator, coordinator_stop) = watch::channel(false);
+        let stop_coordinator = CancellationToken::new();
+        let coordinator_stop = stop_coordinator.clone();
         let mut tasks = WorkerTasks {
             context: Arc::clone(&context),
             streams: Arc::clone(&streams),
@@ -352,15 +353,12 @@ impl Scheduler {
         };
         // Aborted if this future is dropped, like everything else the worker
         // runs: a dropped worker must look crashed to the fleet, not stopped.
-        let mut coordinator_task = AbortOnDrop(tokio::spawn(
+        let mut coordinator_task = AbortOnDropHandle::new(tokio::spawn(
             coordinator
-                .run(async move {
-                    let mut stop = coordinator_stop;
-                    stopped(&mut stop).await;
-                })
+                .run(async move { coordinator_stop.cancelled().await })
                 .in_current_span(),
         ));
-        let mut maintenance_task = AbortOnDrop(tokio::spawn(
+        let mut maintenance_task = AbortOnDropHandle::new(tokio::spawn(
             maintenance::run(
                 Arc::clone(&context),
                 Arc::clone(&streams),
@@ -375,12 +373,11 @@ impl Scheduler {
         health.started(std::time::Instant::now());
         let mut ticks = tokio::time::interval(HEALTH_TICK);
         let mut held = handle.held();
-        let mut shutdown_requested = shutdown.subscribe();
         let result = loop {
             let snapshot = held.borrow_and_update().clone();
             tasks.reconcile(&snapshot);
             tokio::select! {
-                () = stopped(&mut shutdown_requested) => break Ok(()),
+                () = shutdown.cancelled() => break Ok(()),
                 _ = ticks.tick() => {
                     health.tick(std::time::Instant::now());
                     if let Some(at) = handle.last_heartbeat() {
@@ -395,7 +392,7 @@ impl Scheduler {
                 }
                 Some(joined) = tasks.consumers.join_next_with_id() => tasks.finished(joined),
                 Some(released) = tasks.releases.join_next() => tasks.released(released),
-                ended = &mut maintenance_task.0 => {
+                ended = &mut maintenance_task => {
                     let error = match ended {
                         Ok(error) => error,
                         Err(error) => SchedulerError::Coordinator(format!("shard discovery task failed: {error}")),
@@ -405,7 +402,7 @@ impl Scheduler {
                     }
                     break Err(error);
                 }
-                ended = &mut coordinator_task.0 => {
+                ended = &mut coordinator_task => {
                     let why = match ended {
                         Ok(Ok(())) => "ended".to_owned(),
                         Ok(Err(error)) => error.to_string(),
@@ -421,9 +418,9 @@ impl Scheduler {
         health.stopping();
         handle.stop_taking();
         tasks.drain(&mut held, config.shutdown_timeout).await;
-        let _ = stop_coordinator.send(true);
-        if !coordinator_task.0.is_finished() {
-            match (&mut coordinator_task.0).await {
+        stop_coordinator.cancel();
+        if !coordinator_task.is_finished() {
+            match (&mut coordinator_task).await {
                 Ok(Err(error)) => warn!(%error, "could not remove the worker's heartbeat"),
                 Err(error) => warn!(%error, "lease coordinator task failed"),
                 Ok(Ok(())) => {}
@@ -431,15 +428,6 @@ impl Scheduler {
         }
         info!(stats = ?context.stats.snapshot(), "worker stopped");
         result
-    }
-}
-
-/// A task that is aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -780,11 +768,6 @@ const RECEIVERS_CHECK: Duration = Duration::from_millis(200);
 
 /// How long processors get to return from `lease_lost` when forced out.
 const LEASE_LOST_GRACE: Duration = Duration::from_secs(1);
-
-/// Resolves once `flag` is set (or its sender is gone).
-async fn stopped(flag: &mut watch::Receiver<bool>) {
-    let _ = flag.wait_for(|stop| *stop).await;
-}
 
 /// Reads the lease fresh (the held snapshot may predate checkpoints written
 /// since) and runs its consumer, unless the lease has moved on, the

@@ -15,7 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info};
 
 use super::Health;
@@ -41,13 +41,8 @@ pub enum TelemetryError {
 /// Serves metrics and probes until dropped.
 pub struct TelemetryServer {
     local_addr: SocketAddr,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TelemetryServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    /// The server task, aborted when this is dropped.
+    _task: AbortOnDropHandle<()>,
 }
 
 impl TelemetryServer {
@@ -100,7 +95,10 @@ impl TelemetryServer {
                 });
             }
         });
-        Ok(Self { local_addr, task })
+        Ok(Self {
+            local_addr,
+            _task: AbortOnDropHandle::new(task),
+        })
     }
 
     /// The address it listens on.
