@@ -16,11 +16,12 @@
 //! positions and `kcl-core` hands them to the application.
 #![warn(missing_docs)]
 
+mod checkpoint_update;
 mod checkpointer;
 mod sequence_number;
-mod update;
 mod validation;
 
+pub use checkpoint_update::CheckpointUpdate;
 pub use checkpointer::{
     CheckpointError, CheckpointProgress, CheckpointTracker, CheckpointWriteError, CheckpointWriter,
     Checkpointer,
@@ -28,5 +29,4 @@ pub use checkpointer::{
 pub use sequence_number::{
     ExtendedSequenceNumber, MAX_SEQUENCE_NUMBER_DIGITS, SequenceNumber, SequenceNumberError,
 };
-pub use update::CheckpointUpdate;
 pub use validation::{InvalidCheckpoint, validate_checkpoint};

@@ -65,7 +65,6 @@ mod record;
 pub mod retrieval;
 pub mod scheduler;
 pub mod shard_sync;
-mod stats;
 pub mod streams;
 pub mod telemetry;
 #[cfg(test)]
@@ -88,5 +87,5 @@ pub use scheduler::{
     ConfigError, InitialPosition, RetrievalMode, Scheduler, SchedulerBuilder, SchedulerConfig,
     SchedulerError, ShutdownHandle,
 };
-pub use stats::{StatsSnapshot, WorkerStats};
 pub use streams::StreamConfig;
+pub use telemetry::{StatsSnapshot, WorkerStats};

@@ -52,8 +52,8 @@ use crate::retrieval::FetchStart;
 use crate::retrieval::fanout::FanoutFetcher;
 use crate::retrieval::polling::PollingFetcher;
 use crate::retrieval::{Batch, RetrievalConfig, ShardEvent};
-use crate::stats::WorkerStats;
 use crate::streams::ConsumedStream;
+use crate::telemetry::WorkerStats;
 use crate::{InitializationInput, ProcessRecordsInput, RecordProcessor, RecordProcessorFactory};
 
 /// What the scheduler tells a running shard consumer.

@@ -34,7 +34,7 @@ use super::{
     FetchRetry, FetchStart, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch,
 };
 use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
-use crate::stats::WorkerStats;
+use crate::telemetry::WorkerStats;
 
 /// Registers (or finds) the stream consumer `name` on `stream` and returns
 /// its ARN once it is active. Throttling and transient failures are retried

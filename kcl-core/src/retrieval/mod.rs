@@ -25,7 +25,7 @@ use tracing::{error, warn};
 
 use crate::Record;
 use crate::kinesis::{ChildShard, KinesisError, StartingPosition};
-use crate::stats::WorkerStats;
+use crate::telemetry::WorkerStats;
 
 pub use budget::{PrefetchBudget, PrefetchPermit};
 

@@ -31,7 +31,7 @@ use super::{
     FetchRetry, FetchStart, PrefetchBudget, RetrievalConfig, ShardEvent, prepare, send_batch,
 };
 use crate::kinesis::{Kinesis, KinesisError, StartingPosition};
-use crate::stats::WorkerStats;
+use crate::telemetry::WorkerStats;
 
 /// Reads one shard into a channel.
 pub struct PollingFetcher {

@@ -48,9 +48,9 @@ use crate::consumer::{
 };
 use crate::kinesis::{Kinesis, KinesisError};
 use crate::lease_cleanup::LeaseCleaner;
-use crate::stats::WorkerStats;
 use crate::streams::{ConsumedStream, ConsumedStreams, StreamsConfig};
 use crate::telemetry::Health;
+use crate::telemetry::WorkerStats;
 
 /// Why a worker stopped with an error.
 #[derive(Debug, thiserror::Error)]

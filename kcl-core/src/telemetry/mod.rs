@@ -3,6 +3,8 @@
 //! HTTP endpoint serving them.
 //!
 //! - [`metrics`]: the names and meaning of every metric the worker records.
+//! - [`WorkerStats`]: the worker's counters, which record those metrics as
+//!   they count.
 //! - [`Health`]: liveness (the scheduler's loops are progressing) and
 //!   readiness (started, and the lease table answered recently).
 //! - [`TelemetryServer`]: `GET /metrics`, `/healthz` and `/readyz` on one
@@ -11,6 +13,8 @@
 mod health;
 pub mod metrics;
 mod server;
+mod stats;
 
 pub use health::Health;
 pub use server::{TelemetryError, TelemetryServer};
+pub use stats::{StatsSnapshot, WorkerStats};

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kcl_tests::stream::{OrderedProducer, create_stream, open_shards, split_in_half};
 use kcl_tests::{LocalAws, unique_name};
 
-use crate::fleet::{
+use crate::probe_fleet::{
     SharedBoard, Worker, check_complete_and_ordered, check_per_key_order, wait_for_records,
 };
 

@@ -11,7 +11,7 @@ use aws_sdk_kinesis::primitives::Blob;
 use kcl_tests::stream::{create_stream, open_shards};
 use kcl_tests::{LocalAws, unique_name};
 
-use crate::fleet::{SharedBoard, Worker, check_complete_and_ordered, wait_for_records};
+use crate::probe_fleet::{SharedBoard, Worker, check_complete_and_ordered, wait_for_records};
 
 /// The Python with aws-kinesis-agg: `KCL_TEST_PYTHON` (set by
 /// `scripts/test.sh`), else the one `scripts/python-tools.sh` installs.

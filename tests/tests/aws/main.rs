@@ -6,11 +6,11 @@
 mod bad_input;
 mod fanout;
 mod faults;
-mod fleet;
 mod java_tables;
 mod kpl;
 mod lease_coordinator;
 mod lease_store;
+mod probe_fleet;
 mod reshard;
 mod stack;
 mod worker;

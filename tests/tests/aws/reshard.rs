@@ -13,7 +13,7 @@ use kcl_tests::stream::{
 };
 use kcl_tests::{LocalAws, unique_name};
 
-use crate::fleet::{
+use crate::probe_fleet::{
     SharedBoard, Worker, check_complete_and_ordered, check_per_key_order, wait_for_records,
 };
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kcl_tests::stream::{create_stream, put_records};
 use kcl_tests::{LocalAws, unique_name};
 
-use crate::fleet::{SharedBoard, Worker, check_complete_and_ordered, wait_for_records};
+use crate::probe_fleet::{SharedBoard, Worker, check_complete_and_ordered, wait_for_records};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_reads_every_record_once_in_shard_order() {

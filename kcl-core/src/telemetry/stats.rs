@@ -1,6 +1,6 @@
 //! Counters of what a worker has done: kept here for tests and the final
 //! log line, and recorded as [metrics](crate::telemetry::metrics) (with the
-//! shard as a label where it applies) for the exporter.
+//! stream and shard as labels where they apply) for the exporter.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
