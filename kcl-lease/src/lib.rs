@@ -38,16 +38,15 @@ mod checkpoint_writer;
 mod config;
 mod coordinator;
 pub mod deadline;
-pub mod dynamodb;
 mod error;
 pub mod faults;
 mod lease;
 pub mod listing;
 pub mod liveness;
-mod memory;
 pub mod metrics;
 mod scope;
 mod store;
+pub use store::dynamodb;
 mod stream_identifier;
 
 pub use checkpoint_writer::LeaseCheckpointWriter;
@@ -58,8 +57,8 @@ pub use dynamodb::DynamoDbLeaseStore;
 pub use error::LeaseStoreError;
 pub use lease::{HashKeyRange, Lease, LeaseToken};
 pub use listing::{LeaseTableListing, SkippedItem, SkippedKind};
-pub use memory::InMemoryLeaseStore;
 pub use scope::LeaseScope;
+pub use store::memory::InMemoryLeaseStore;
 pub use store::{
     CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WRITE_OPERATIONS, WorkerHeartbeat,
     write_requests,

@@ -1,4 +1,10 @@
-//! The lease store: every operation a worker makes on the lease table.
+//! The lease store: every operation a worker makes on the lease table and
+//! the workers table ([`LeaseStore`]), with its two implementations of the
+//! same semantics: [`dynamodb`] and the in-memory one in `memory` (for
+//! tests and simulations), held to each other by the conformance suite.
+
+pub mod dynamodb;
+pub(crate) mod memory;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
