@@ -402,25 +402,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         leases.retain(|lease| !not_retaken.contains(&lease.key));
 
         let draining = *self.shared.draining.borrow();
-        let mut workers: BTreeSet<String> = self.tracker.live_workers().into_iter().collect();
-        // Only workers of the same streams share the plan: a live worker of
-        // other streams (a rolling deploy that changes the list) neither
-        // receives leases it would not take nor gives up its own; its
-        // leases are left alone until it stops or expires.
-        workers.retain(|worker| self.same_streams(&heartbeats, worker));
-        workers.insert(me.clone());
-        report.live_workers = workers.len();
-        // Draining workers (this one too, when stopping) receive nothing;
-        // their leases are planned to move to the others.
-        let mut stopping: BTreeSet<String> = heartbeats
-            .iter()
-            .filter(|h| h.draining && h.worker != me && workers.contains(&h.worker))
-            .map(|h| h.worker.clone())
-            .collect();
-        if draining {
-            stopping.insert(me.clone());
-        }
-        workers.retain(|w| !stopping.contains(w));
+        let (workers, stopping) = self.planning_workers(&heartbeats, draining);
+        report.live_workers = workers.len() + stopping.len();
         self.shared
             .receivers
             .store(self.receivers(&heartbeats), Ordering::SeqCst);
@@ -434,19 +417,65 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             self.tracker.is_lease_expired(lease)
         });
         let plan = assignment::plan(&views, &workers, self.config.max_leases_per_worker);
+        if !draining {
+            self.carry_out(&plan, &mut leases, (ended, epoch), &mut report)
+                .await?;
+        }
+        self.publish(leases, epoch, clock, &mut report);
+        debug!(?report, "assignment round");
+        Ok(report)
+    }
 
+    /// The workers that share this worker's plan (the live workers of the
+    /// same streams, this one included) less those that are stopping, and
+    /// the stopping ones (this one too when `draining`): they receive
+    /// nothing, and their leases are planned to move to the others.
+    fn planning_workers(
+        &self,
+        heartbeats: &[crate::WorkerHeartbeat],
+        draining: bool,
+    ) -> (BTreeSet<String>, BTreeSet<String>) {
+        let me = self.config.worker_id.as_str();
+        let mut workers: BTreeSet<String> = self.tracker.live_workers().into_iter().collect();
+        // Only workers of the same streams share the plan: a live worker of
+        // other streams (a rolling deploy that changes the list) neither
+        // receives leases it would not take nor gives up its own; its
+        // leases are left alone until it stops or expires.
+        workers.retain(|worker| self.same_streams(heartbeats, worker));
+        workers.insert(me.to_owned());
+        let mut stopping: BTreeSet<String> = heartbeats
+            .iter()
+            .filter(|h| h.draining && h.worker != me && workers.contains(&h.worker))
+            .map(|h| h.worker.clone())
+            .collect();
+        if draining {
+            stopping.insert(me.to_owned());
+        }
+        workers.retain(|w| !stopping.contains(w));
+        (workers, stopping)
+    }
+
+    /// Carries out this worker's part of `plan`: takes the free leases
+    /// planned for it and asks for the handoffs planned to it, updating
+    /// `leases` with what was written. A lease another worker changed first
+    /// is counted as contended and left for the next round. `read` is when
+    /// the tables were read and the epoch the round acts in.
+    async fn carry_out(
+        &mut self,
+        plan: &assignment::Plan,
+        leases: &mut [Lease],
+        (read, epoch): (Instant, u64),
+        report: &mut RoundReport,
+    ) -> Result<(), LeaseStoreError> {
+        let me = self.config.worker_id.clone();
         let by_key: BTreeMap<&str, usize> = leases
             .iter()
             .enumerate()
             .map(|(i, l)| (l.key.as_str(), i))
             .collect();
         let (takes, moves) = plan.for_worker(&me);
-        let takes: Vec<usize> = takes
-            .filter(|_| !draining)
-            .filter_map(|key| by_key.get(key).copied())
-            .collect();
+        let takes: Vec<usize> = takes.filter_map(|key| by_key.get(key).copied()).collect();
         let moves: Vec<usize> = moves
-            .filter(|_| !draining)
             .filter_map(|(key, _)| by_key.get(key).copied())
             .collect();
         for index in takes {
@@ -472,7 +501,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     // as the old one releases.
                     self.awaiting.insert(
                         moving.key.clone(),
-                        (ended + self.config.failover_time, epoch),
+                        (read + self.config.failover_time, epoch),
                     );
                     leases[index] = moving;
                 }
@@ -480,13 +509,26 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                 Err(error) => return Err(error),
             }
         }
+        Ok(())
+    }
 
+    /// Publishes the leases this worker processes among `leases`, if it is
+    /// still alive in `epoch` (the writes before may have been slow), and
+    /// reports those it lost since the last publication.
+    fn publish(
+        &self,
+        leases: Vec<Lease>,
+        epoch: u64,
+        clock: impl Fn() -> Instant,
+        report: &mut RoundReport,
+    ) {
+        let me = self.config.worker_id.as_str();
         let held: HeldLeases = leases
             .into_iter()
-            .filter(|lease| lease.processing_owner() == Some(me.as_str()))
+            .filter(|lease| lease.processing_owner() == Some(me))
             .filter_map(|lease| {
                 let token = lease.token()?;
-                let handoff_requested = lease.owner.as_deref() != Some(me.as_str());
+                let handoff_requested = lease.owner.as_deref() != Some(me);
                 Some((
                     lease.key.clone(),
                     HeldLease {
@@ -498,12 +540,10 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                 ))
             })
             .collect();
-        // The takes and handoff requests above may have been slow: publish
-        // only while this worker is still alive in the same epoch.
         let published_at = clock();
         if self.shared.heart.live_epoch(published_at) != Some(epoch) {
             self.shared.lapse_if_due(published_at);
-            return Ok(report);
+            return;
         }
         report.lost = self
             .shared
@@ -523,8 +563,6 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             *published = held;
             changed
         });
-        debug!(?report, "assignment round");
-        Ok(report)
     }
 
     /// How many other live workers could receive leases (not draining), by
