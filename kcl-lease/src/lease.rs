@@ -98,12 +98,13 @@ impl Lease {
     /// The shard id: the key, or its last part for a lease of a
     /// multi-stream application.
     pub fn shard_id(&self) -> &str {
+        // A multi-stream key is `account:stream:epoch:shardId`, and shard
+        // ids hold no `:` (the key is checked when the lease is read).
         match &self.stream {
-            Some(stream) => self
+            Some(_) => self
                 .key
-                .strip_prefix(&stream.to_string())
-                .and_then(|rest| rest.strip_prefix(':'))
-                .unwrap_or(&self.key),
+                .rsplit_once(':')
+                .map_or(self.key.as_str(), |(_, shard)| shard),
             None => &self.key,
         }
     }

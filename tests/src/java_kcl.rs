@@ -357,6 +357,58 @@ pub async fn assert_a_java_worker_can_read_every_lease(
     }
 }
 
+/// Writes `items` into the DynamoDB table `table` as they are.
+///
+/// # Panics
+/// If an item cannot be written.
+pub async fn put_items(client: &aws_sdk_dynamodb::Client, table: &str, items: &[Item]) {
+    for item in items {
+        client
+            .put_item()
+            .table_name(table)
+            .set_item(Some(item.clone()))
+            .send()
+            .await
+            .expect("put a fixture item");
+    }
+}
+
+/// Reads the item `key` of `table` as it is stored.
+///
+/// # Panics
+/// If the table cannot be read.
+pub async fn stored_item(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    key: &str,
+) -> Option<Item> {
+    client
+        .get_item()
+        .table_name(table)
+        .key("leaseKey", AttributeValue::S(key.into()))
+        .consistent_read(true)
+        .send()
+        .await
+        .expect("get an item")
+        .item
+}
+
+/// Checks that each of `items` is stored in `table` exactly as it was
+/// written.
+///
+/// # Panics
+/// On the first item that changed or is gone, naming it.
+pub async fn assert_unchanged(client: &aws_sdk_dynamodb::Client, table: &str, items: &[Item]) {
+    for item in items {
+        assert_eq!(
+            stored_item(client, table, key_of(item)).await.as_ref(),
+            Some(item),
+            "{} changed",
+            key_of(item)
+        );
+    }
+}
+
 /// Creates a lease table as the Java KCL does (key `leaseKey`, on-demand),
 /// and nothing else.
 ///

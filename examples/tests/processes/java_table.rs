@@ -8,14 +8,45 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::AttributeValue;
-use kcl_examples::recorder::read_lines;
-use kcl_tests::java_kcl::{self, Item, key_of};
+use kcl_examples::recorder::{RecordLine, read_lines};
+use kcl_tests::java_kcl::{self, Item};
 use kcl_tests::processes::{Processes, start_recorder, terminate};
 use kcl_tests::stream::{create_stream, open_shards, put_to_shard, stream_identifier};
 use kcl_tests::{LocalAws, output_dir, unique_name};
 
 use super::RECORDER;
+
+/// Waits (at most 90 s) until the `replicas` have written `count` lines to
+/// their `outputs`, stops them with SIGTERM, checks that each stopped
+/// cleanly, and returns every line.
+async fn record_until(
+    replicas: &mut Processes,
+    outputs: &[PathBuf],
+    count: usize,
+) -> Vec<RecordLine> {
+    let recorded = || -> Vec<RecordLine> {
+        outputs
+            .iter()
+            .flat_map(|output| read_lines(output).unwrap_or_default())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while recorded().len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "recorded {} of {count} records",
+            recorded().len(),
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for child in &replicas.0 {
+        terminate(child);
+    }
+    for child in &mut replicas.0 {
+        assert!(child.wait().unwrap().success());
+    }
+    recorded()
+}
 
 /// Records per shard, written before the replicas start.
 const PER_SHARD: usize = 12;
@@ -63,15 +94,8 @@ async fn recorder_replicas_resume_a_java_3_5_table_after_each_checkpoint() {
     }
     let others = java_kcl::java_3_5_items_other_than_leases();
     java_kcl::create_lease_table(&dynamodb, &app).await;
-    for item in leases.iter().chain(&others) {
-        dynamodb
-            .put_item()
-            .table_name(&app)
-            .set_item(Some(item.clone()))
-            .send()
-            .await
-            .expect("put a fixture item");
-    }
+    java_kcl::put_items(&dynamodb, &app, &leases).await;
+    java_kcl::put_items(&dynamodb, &app, &others).await;
     let expected: BTreeSet<String> = written
         .iter()
         .zip(checkpointed_after)
@@ -107,49 +131,18 @@ async fn recorder_replicas_resume_a_java_3_5_table_after_each_checkpoint() {
             })
             .collect(),
     );
-    let recorded = || -> Vec<String> {
-        outputs
-            .iter()
-            .flat_map(|output| read_lines(output).unwrap_or_default())
-            .map(|line| line.data)
-            .collect()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while recorded().len() < expected.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "recorded {} of {} records",
-            recorded().len(),
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for child in &replicas.0 {
-        terminate(child);
-    }
-    for child in &mut replicas.0 {
-        assert!(child.wait().unwrap().success());
-    }
-
-    let recorded = recorded();
+    let recorded: Vec<String> = record_until(&mut replicas, &outputs, expected.len())
+        .await
+        .into_iter()
+        .map(|line| line.data)
+        .collect();
     assert_eq!(
         recorded.iter().cloned().collect::<BTreeSet<_>>(),
         expected,
         "exactly the records after each checkpoint"
     );
     assert_eq!(recorded.len(), expected.len(), "nothing twice");
-    for item in &others {
-        let stored = dynamodb
-            .get_item()
-            .table_name(&app)
-            .key("leaseKey", AttributeValue::S(key_of(item).to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap()
-            .item;
-        assert_eq!(stored.as_ref(), Some(item), "{} changed", key_of(item));
-    }
+    java_kcl::assert_unchanged(&dynamodb, &app, &others).await;
     java_kcl::assert_a_java_worker_can_read_every_lease(&dynamodb, &app).await;
 }
 
@@ -190,15 +183,8 @@ async fn recorder_replicas_given_both_streams_resume_a_java_multi_stream_table()
         }
     }
     java_kcl::create_lease_table(&dynamodb, &app).await;
-    for item in leases.iter().chain(&others) {
-        dynamodb
-            .put_item()
-            .table_name(&app)
-            .set_item(Some(item.clone()))
-            .send()
-            .await
-            .expect("put a fixture item");
-    }
+    java_kcl::put_items(&dynamodb, &app, &leases).await;
+    java_kcl::put_items(&dynamodb, &app, &others).await;
 
     let out = output_dir("java-multi-out");
     let dir = out.path();
@@ -228,31 +214,11 @@ async fn recorder_replicas_given_both_streams_resume_a_java_multi_stream_table()
         ),
         start_recorder(RECORDER, &aws, "", &app, "worker-1", &outputs[1], &flags),
     ]);
-    let recorded = || -> Vec<(String, String)> {
-        outputs
-            .iter()
-            .flat_map(|output| read_lines(output).unwrap_or_default())
-            .map(|line| (line.stream.unwrap_or_default(), line.data))
-            .collect()
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    while recorded().len() < expected.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "recorded {} of {} records",
-            recorded().len(),
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    for child in &replicas.0 {
-        terminate(child);
-    }
-    for child in &mut replicas.0 {
-        assert!(child.wait().unwrap().success());
-    }
-
-    let recorded = recorded();
+    let recorded: Vec<(String, String)> = record_until(&mut replicas, &outputs, expected.len())
+        .await
+        .into_iter()
+        .map(|line| (line.stream.unwrap_or_default(), line.data))
+        .collect();
     assert_eq!(
         recorded.iter().cloned().collect::<BTreeSet<_>>(),
         expected,
@@ -268,17 +234,6 @@ async fn recorder_replicas_given_both_streams_resume_a_java_multi_stream_table()
         .items
         .unwrap_or_default();
     assert_eq!(scanned.len(), leases.len() + others.len(), "no lease added");
-    for item in &others {
-        let stored = dynamodb
-            .get_item()
-            .table_name(&app)
-            .key("leaseKey", AttributeValue::S(key_of(item).to_owned()))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap()
-            .item;
-        assert_eq!(stored.as_ref(), Some(item), "{} changed", key_of(item));
-    }
+    java_kcl::assert_unchanged(&dynamodb, &app, &others).await;
     java_kcl::assert_a_java_worker_can_read_every_lease(&dynamodb, &app).await;
 }

@@ -16,54 +16,15 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_core::checkpoint::{Checkpointer, ExtendedSequenceNumber};
 use kcl_core::{
     InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor, Scheduler,
-    SchedulerError, StreamConfig,
+    SchedulerBuilder, SchedulerError, StreamConfig,
 };
 use kcl_lease::{
     CheckpointUpdate, DynamoDbLeaseStore, InMemoryLeaseStore, LeaseStore, LeaseStoreError,
     SkippedKind,
 };
-use kcl_tests::java_kcl::{self, Item, key_of};
+use kcl_tests::java_kcl::{self, Item, assert_unchanged, key_of, put_items, stored_item};
 use kcl_tests::stream::{create_stream, open_shards, put_to_shard, stream_identifier};
 use kcl_tests::{LocalAws, unique_name};
-
-/// Writes `items` into the DynamoDB table `table` as they are.
-async fn put_items(client: &aws_sdk_dynamodb::Client, table: &str, items: &[Item]) {
-    for item in items {
-        client
-            .put_item()
-            .table_name(table)
-            .set_item(Some(item.clone()))
-            .send()
-            .await
-            .expect("put a fixture item");
-    }
-}
-
-/// Checks that each of `items` is stored in `table` exactly as it was
-/// written.
-async fn assert_unchanged(client: &aws_sdk_dynamodb::Client, table: &str, items: &[Item]) {
-    for item in items {
-        assert_eq!(
-            stored_item(client, table, key_of(item)).await.as_ref(),
-            Some(item),
-            "{} changed",
-            key_of(item)
-        );
-    }
-}
-
-/// Reads the item `key` of `table` as it is stored.
-async fn stored_item(client: &aws_sdk_dynamodb::Client, table: &str, key: &str) -> Option<Item> {
-    client
-        .get_item()
-        .table_name(table)
-        .key("leaseKey", AttributeValue::S(key.into()))
-        .consistent_read(true)
-        .send()
-        .await
-        .expect("get an item")
-        .item
-}
 
 /// The leases of a stopped Java KCL 3.5 fleet over two shards: one leased
 /// by 3.5 and checkpointed mid-shard inside an aggregate, one written by
@@ -314,6 +275,45 @@ impl RecordProcessor for Recording {
     }
 }
 
+/// Runs the worker `builder` makes ("rust-worker", a 2 s failover time,
+/// 500 ms rounds, a [`Recording`] processor writing to `seen`) until
+/// `done`, then stops it cleanly. Fails after 60 s, or if the worker stops
+/// first.
+async fn run_until(
+    builder: SchedulerBuilder,
+    aws: &LocalAws,
+    seen: &Seen,
+    done: impl Fn() -> bool,
+) {
+    let scheduler = builder
+        .worker_id("rust-worker")
+        .failover_time(Duration::from_secs(2))
+        .assignment_interval(Duration::from_millis(500))
+        .aws_clients(&aws.kinesis(), &aws.dynamodb())
+        .build({
+            let seen = seen.clone();
+            move |shard: &str| Recording {
+                shard: shard.to_owned(),
+                seen: seen.clone(),
+            }
+        })
+        .expect("valid settings");
+    let shutdown = scheduler.shutdown_handle();
+    let task = tokio::spawn(scheduler.run());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "processed {:?}",
+            seen.by_stream.lock().unwrap()
+        );
+        assert!(!task.is_finished(), "the worker stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.shutdown();
+    task.await.unwrap().expect("the worker stops cleanly");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_resumes_a_java_3_5_table_after_each_checkpoint_and_changes_nothing_else() {
     let aws = LocalAws::connect();
@@ -365,41 +365,21 @@ async fn a_worker_resumes_a_java_3_5_table_after_each_checkpoint_and_changes_not
     put_items(&aws.dynamodb(), &table, &others).await;
 
     let seen = Seen::default();
-    let scheduler = Scheduler::builder()
-        .application_name(&table)
-        .stream_name(&stream)
-        .worker_id("rust-worker")
-        .failover_time(Duration::from_secs(2))
-        .assignment_interval(Duration::from_millis(500))
-        .aws_clients(&kinesis, &aws.dynamodb())
-        .build({
-            let seen = seen.clone();
-            move |shard: &str| Recording {
-                shard: shard.to_owned(),
-                seen: seen.clone(),
-            }
-        })
-        .expect("valid settings");
-    let shutdown = scheduler.shutdown_handle();
-    let task = tokio::spawn(scheduler.run());
 
     let expected: BTreeSet<(String, String)> = on(&first.0)[4..]
         .iter()
         .chain(&on(&second.0)[7..])
         .map(|(shard, _, data)| (shard.clone(), data.clone()))
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.records.lock().unwrap().len() < expected.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "processed {:?}, expected {expected:?}",
-            seen.records.lock().unwrap()
-        );
-        assert!(!task.is_finished(), "the worker stopped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    shutdown.shutdown();
-    task.await.unwrap().expect("the worker stops cleanly");
+    run_until(
+        Scheduler::builder()
+            .application_name(&table)
+            .stream_name(&stream),
+        &aws,
+        &seen,
+        || seen.records.lock().unwrap().len() >= expected.len(),
+    )
+    .await;
 
     let processed: Vec<_> = seen.records.lock().unwrap().clone();
     assert_eq!(
@@ -557,36 +537,16 @@ async fn a_multi_stream_worker_resumes_a_java_multi_stream_table_after_each_chec
     put_items(&aws.dynamodb(), &table, &others).await;
 
     let seen = Seen::default();
-    let scheduler = Scheduler::builder()
-        .application_name(&table)
-        .stream(StreamConfig::new(&names[0]))
-        .stream(StreamConfig::new(&names[1]))
-        .worker_id("rust-worker")
-        .failover_time(Duration::from_secs(2))
-        .assignment_interval(Duration::from_millis(500))
-        .aws_clients(&kinesis, &aws.dynamodb())
-        .build({
-            let seen = seen.clone();
-            move |shard: &str| Recording {
-                shard: shard.to_owned(),
-                seen: seen.clone(),
-            }
-        })
-        .expect("valid settings");
-    let shutdown = scheduler.shutdown_handle();
-    let task = tokio::spawn(scheduler.run());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while seen.by_stream.lock().unwrap().len() < expected.len() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "processed {:?}, expected {expected:?}",
-            seen.by_stream.lock().unwrap()
-        );
-        assert!(!task.is_finished(), "the worker stopped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    shutdown.shutdown();
-    task.await.unwrap().expect("the worker stops cleanly");
+    run_until(
+        Scheduler::builder()
+            .application_name(&table)
+            .stream(StreamConfig::new(&names[0]))
+            .stream(StreamConfig::new(&names[1])),
+        &aws,
+        &seen,
+        || seen.by_stream.lock().unwrap().len() >= expected.len(),
+    )
+    .await;
 
     let processed = seen.by_stream.lock().unwrap().clone();
     assert_eq!(
