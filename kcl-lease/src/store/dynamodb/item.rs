@@ -30,7 +30,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use kcl_checkpoint::ExtendedSequenceNumber;
 
 use crate::listing::{SkippedItem, SkippedKind};
-use crate::{HashKeyRange, Lease, LeaseStoreError, StreamIdentifier};
+use crate::{HashKeyRange, Lease, LeaseStoreError, StreamIdentifier, WorkerHeartbeat};
 
 pub(crate) const LEASE_KEY: &str = "leaseKey";
 pub(crate) const LEASE_OWNER: &str = "leaseOwner";
@@ -57,6 +57,19 @@ pub(crate) const LEASE_ENTITY: &str = "LEASE";
 pub(crate) const STREAM_NAME: &str = "streamName";
 /// The shard of a multi-stream application's lease.
 pub(crate) const SHARD_ID: &str = "shardId";
+
+/// The workers table's hash key: the worker's id.
+pub(crate) const WORKER_ID: &str = "workerId";
+/// A heartbeat's value, growing with every write.
+pub(crate) const HEARTBEAT: &str = "heartbeat";
+/// The writer's wall clock at the heartbeat, for operators only.
+pub(crate) const HEARTBEAT_EPOCH_MILLIS: &str = "heartbeatEpochMillis";
+/// Set while the worker stops and hands its leases over.
+pub(crate) const DRAINING: &str = "draining";
+/// The failover time the worker runs with.
+pub(crate) const FAILOVER_MILLIS: &str = "failoverMillis";
+/// The streams of a multi-stream worker (a string set of identifiers).
+pub(crate) const STREAMS: &str = "streams";
 
 /// A DynamoDB item.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -128,6 +141,50 @@ pub(crate) fn lease_to_item(lease: &Lease) -> Item {
         item.insert(STARTING_TIMESTAMP_MILLIS.into(), n(epoch_millis(at)));
     }
     item
+}
+
+/// The workers-table item of `heartbeat`, written at `now_ms` (the
+/// writer's wall clock, milliseconds since the epoch).
+pub(crate) fn heartbeat_to_item(heartbeat: &WorkerHeartbeat, now_ms: u64) -> Item {
+    let mut item = Item::new();
+    item.insert(WORKER_ID.into(), s(&heartbeat.worker));
+    item.insert(HEARTBEAT.into(), n(heartbeat.beat));
+    item.insert(HEARTBEAT_EPOCH_MILLIS.into(), n(now_ms));
+    item.insert(DRAINING.into(), AttributeValue::Bool(heartbeat.draining));
+    if let Some(failover) = heartbeat.failover_time {
+        item.insert(FAILOVER_MILLIS.into(), n(failover.as_millis() as u64));
+    }
+    // DynamoDB refuses empty sets; a multi-stream worker has a stream.
+    if let Some(streams) = heartbeat.streams.as_ref().filter(|s| !s.is_empty()) {
+        item.insert(
+            STREAMS.into(),
+            AttributeValue::Ss(streams.iter().cloned().collect()),
+        );
+    }
+    item
+}
+
+/// Reads a heartbeat item; `None` for an item that is not one.
+pub(crate) fn heartbeat_from_item(item: &Item) -> Option<WorkerHeartbeat> {
+    let (Some(AttributeValue::S(worker)), Some(AttributeValue::N(beat))) =
+        (item.get(WORKER_ID), item.get(HEARTBEAT))
+    else {
+        return None;
+    };
+    let failover_time = match item.get(FAILOVER_MILLIS) {
+        Some(AttributeValue::N(millis)) => millis.parse().ok().map(Duration::from_millis),
+        _ => None,
+    };
+    Some(WorkerHeartbeat {
+        worker: worker.clone(),
+        beat: beat.parse().ok()?,
+        draining: matches!(item.get(DRAINING), Some(AttributeValue::Bool(true))),
+        failover_time,
+        streams: match item.get(STREAMS) {
+            Some(AttributeValue::Ss(streams)) => Some(streams.iter().cloned().collect()),
+            _ => None,
+        },
+    })
 }
 
 /// `at` in milliseconds since the Unix epoch (0 before it).

@@ -15,6 +15,7 @@
 //!   leases over). Kept apart so a Java KCL reader of the lease table never
 //!   sees an item that is not a lease.
 
+mod condition;
 pub mod item;
 
 use std::collections::BTreeSet;
@@ -33,22 +34,14 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableStatus,
 };
-use kcl_checkpoint::ExtendedSequenceNumber;
 use tracing::info;
 
 use crate::backoff::{Backoff, BackoffConfig, retry_with_backoff};
 use crate::listing::SkippedItemsReport;
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WorkerHeartbeat};
 use crate::{Lease, LeaseStoreError, LeaseTableListing, LeaseToken};
+use condition::Condition;
 use item::*;
-
-const WORKER_ID: &str = "workerId";
-const HEARTBEAT: &str = "heartbeat";
-const HEARTBEAT_EPOCH_MILLIS: &str = "heartbeatEpochMillis";
-const DRAINING: &str = "draining";
-const FAILOVER_MILLIS: &str = "failoverMillis";
-/// The streams of a multi-stream worker (a string set of identifiers).
-const STREAMS: &str = "streams";
 
 /// How long [`LeaseStore::ensure_tables`] waits for a new table to become
 /// active.
@@ -204,33 +197,23 @@ impl DynamoDbLeaseStore {
             format!("{OWNER_SWITCHES} = :zero"),
         ];
         let mut remove = Vec::new();
-        let (checkpoint_is, mut values) = stored_position_is(
-            CHECKPOINT,
-            CHECKPOINT_SUB_SEQUENCE,
-            ":previous",
-            Some(&previous.checkpoint),
-        );
-        let (pending_is, pending_values) = stored_position_is(
-            PENDING_CHECKPOINT,
-            PENDING_CHECKPOINT_SUB_SEQUENCE,
-            ":previous_pending",
-            previous.pending_checkpoint.as_ref(),
-        );
-        values.extend(pending_values);
+        let condition = condition::held_by(token)
+            .and(condition::stored_position_is(
+                CHECKPOINT,
+                CHECKPOINT_SUB_SEQUENCE,
+                ":previous",
+                Some(&previous.checkpoint),
+            ))
+            .and(condition::stored_position_is(
+                PENDING_CHECKPOINT,
+                PENDING_CHECKPOINT_SUB_SEQUENCE,
+                ":previous_pending",
+                previous.pending_checkpoint.as_ref(),
+            ));
         let mut request = self
-            .client
-            .update_item()
+            .conditional_update(condition)
             .table_name(&self.lease_table)
             .key(LEASE_KEY, s(&token.key))
-            .condition_expression(format!(
-                "{HELD_CONDITION} AND {checkpoint_is} AND {pending_is}"
-            ))
-            .set_expression_attribute_values(Some(values.into_iter().collect()))
-            .expression_attribute_values(":counter", n(token.counter))
-            .expression_attribute_values(":worker", s(&token.worker))
-            .expression_attribute_values(NULL_TYPE, s("NULL"))
-            .expression_attribute_values(":string_type", s("S"))
-            .expression_attribute_values(":lease_entity", s(LEASE_ENTITY))
             .expression_attribute_values(":checkpoint", s(update.checkpoint.checkpoint_str()))
             .expression_attribute_values(
                 ":checkpoint_sub",
@@ -396,6 +379,21 @@ impl DynamoDbLeaseStore {
 /// DynamoDB refused a write because its condition did not hold.
 struct ConditionFailed;
 
+impl DynamoDbLeaseStore {
+    /// An `UpdateItem` request conditional on `condition`, with its values
+    /// bound. Bind the update's own values after this.
+    fn conditional_update(
+        &self,
+        condition: Condition,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        let (expression, values) = condition.into_parts();
+        self.client
+            .update_item()
+            .condition_expression(expression)
+            .set_expression_attribute_values(Some(values))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ErrorClass {
     ConditionFailed,
@@ -436,112 +434,6 @@ fn classify<E: ProvideErrorMetadata>(error: &SdkError<E>) -> ErrorClass {
 /// follows a write of the token's own holder; more than a couple in a row do
 /// not happen.
 const CHECKPOINT_RACES: u32 = 5;
-
-/// The condition that the item is a lease, as a scan sorts items
-/// ([`classify_item`]): an `entityType` that is absent, not a string, or
-/// `LEASE`. Every write that
-/// depends on ownership includes it, so no item a scan skips is ever
-/// written. Its values are bound by [`bind_our_lease`].
-const OUR_LEASE: &str = "(attribute_not_exists(entityType) \
-     OR NOT attribute_type(entityType, :string_type) OR entityType = :lease_entity)";
-
-/// The values [`OUR_LEASE`] uses.
-fn our_lease_values() -> [(&'static str, AttributeValue); 2] {
-    [(":string_type", s("S")), (":lease_entity", s(LEASE_ENTITY))]
-}
-
-/// Binds the values of [`OUR_LEASE`] to `request`.
-fn bind_our_lease(
-    mut request: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
-) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
-    for (name, value) in our_lease_values() {
-        request = request.expression_attribute_values(name, value);
-    }
-    request
-}
-
-/// The condition that `token` still processes the lease (which is ours:
-/// [`OUR_LEASE`]). Uses [`NULL_TYPE`], like [`absent`], and the values of
-/// [`OUR_LEASE`].
-const HELD_CONDITION: &str = "leaseCounter = :counter AND (checkpointOwner = :worker OR \
-     ((attribute_not_exists(checkpointOwner) OR attribute_type(checkpointOwner, :null_type)) \
-     AND leaseOwner = :worker)) AND \
-     (attribute_not_exists(entityType) OR NOT attribute_type(entityType, :string_type) \
-     OR entityType = :lease_entity)";
-
-/// The expression value naming DynamoDB's NULL type: every request whose
-/// condition uses [`absent`] or [`HELD_CONDITION`] binds it (to "NULL").
-const NULL_TYPE: &str = ":null_type";
-
-/// The condition that the attribute `name` holds nothing, as the item
-/// reader reads it: absent, or DynamoDB NULL. Uses [`NULL_TYPE`].
-fn absent(name: &str) -> String {
-    format!("(attribute_not_exists({name}) OR attribute_type({name}, {NULL_TYPE}))")
-}
-
-/// The condition that the position stored in the attributes `name` and
-/// `sub_name` is `position` (`None`: no position), as the item reader
-/// reads it: an absent or NULL sub-sequence number is 0, and an absent,
-/// NULL or empty string is no position. Its values are named after
-/// `placeholder`.
-fn stored_position_is(
-    name: &str,
-    sub_name: &str,
-    placeholder: &str,
-    position: Option<&ExtendedSequenceNumber>,
-) -> (String, Vec<(String, AttributeValue)>) {
-    let null = format!("{placeholder}_null");
-    let mut values = Vec::new();
-    let Some(position) = position else {
-        values.push((null.clone(), s("NULL")));
-        let empty = format!("{placeholder}_empty");
-        let condition = format!(
-            "(attribute_not_exists({name}) OR attribute_type({name}, {null}) OR {name} = {empty})"
-        );
-        values.push((empty, s("")));
-        return (condition, values);
-    };
-    let sub = format!("{placeholder}_sub");
-    let sub_is = if position.sub_sequence_number() == 0 {
-        values.push((null.clone(), s("NULL")));
-        format!(
-            "({sub_name} = {sub} OR attribute_not_exists({sub_name}) OR attribute_type({sub_name}, {null}))"
-        )
-    } else {
-        format!("{sub_name} = {sub}")
-    };
-    values.push((placeholder.to_owned(), s(position.checkpoint_str())));
-    values.push((sub, n(position.sub_sequence_number())));
-    (format!("{name} = {placeholder} AND {sub_is}"), values)
-}
-
-/// The condition that a lease is still as `seen` in the fields that fence
-/// ownership, with its expression values.
-fn unchanged_condition(seen: &Lease) -> (String, Vec<(&'static str, AttributeValue)>) {
-    let mut values = vec![(":seen_counter", n(seen.counter))];
-    let mut condition = String::from("leaseCounter = :seen_counter");
-    match &seen.owner {
-        Some(owner) => {
-            condition.push_str(" AND leaseOwner = :seen_owner");
-            values.push((":seen_owner", s(owner)));
-        }
-        None => condition.push_str(&format!(" AND {}", absent(LEASE_OWNER))),
-    }
-    match &seen.checkpoint_owner {
-        Some(checkpoint_owner) => {
-            condition.push_str(" AND checkpointOwner = :seen_checkpoint_owner");
-            values.push((":seen_checkpoint_owner", s(checkpoint_owner)));
-        }
-        None => condition.push_str(&format!(" AND {}", absent(CHECKPOINT_OWNER))),
-    }
-    // DynamoDB refuses a request that binds a value no expression uses.
-    if seen.owner.is_none() || seen.checkpoint_owner.is_none() {
-        values.push((NULL_TYPE, s("NULL")));
-    }
-    condition.push_str(&format!(" AND {OUR_LEASE}"));
-    values.extend(our_lease_values());
-    (condition, values)
-}
 
 #[async_trait]
 impl LeaseStore for DynamoDbLeaseStore {
@@ -592,7 +484,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .put_item()
             .table_name(&self.lease_table)
             .set_item(Some(lease_to_item(lease)))
-            .condition_expression("attribute_not_exists(leaseKey)");
+            .condition_expression(condition::no_item().into_parts().0);
         Ok(self
             .send("PutItem", &self.lease_table, || put.clone().send())
             .await?
@@ -600,7 +492,6 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn take_lease(&self, seen: &Lease, worker: &str) -> Result<Lease, LeaseStoreError> {
-        let (condition, values) = unchanged_condition(seen);
         let switches = seen.processing_owner().is_some_and(|p| p != worker);
         let mut update =
             format!("SET {LEASE_OWNER} = :worker, {LEASE_COUNTER} = {LEASE_COUNTER} + :one");
@@ -611,17 +502,12 @@ impl LeaseStore for DynamoDbLeaseStore {
         }
         update.push_str(&format!(" REMOVE {CHECKPOINT_OWNER}"));
         let mut request = self
-            .client
-            .update_item()
+            .conditional_update(condition::unchanged_since(seen))
             .update_expression(update)
-            .condition_expression(condition)
             .expression_attribute_values(":worker", s(worker))
             .expression_attribute_values(":one", n(1));
         if switches {
             request = request.expression_attribute_values(":zero", n(0));
-        }
-        for (name, value) in values {
-            request = request.expression_attribute_values(name, value);
         }
         self.update_lease(&seen.key, request).await
     }
@@ -633,21 +519,17 @@ impl LeaseStore for DynamoDbLeaseStore {
         if seen.handoff_in_progress() {
             return Err(LeaseStoreError::lost(&seen.key));
         }
+        let condition = condition::counter_is(seen.counter)
+            .and(condition::owner_is(":from", from))
+            .and(condition::absent(CHECKPOINT_OWNER))
+            .and(condition::is_lease());
         let request = self
-            .client
-            .update_item()
+            .conditional_update(condition)
             .update_expression(format!(
                 "SET {LEASE_OWNER} = :to, {CHECKPOINT_OWNER} = :from"
             ))
-            .condition_expression(format!(
-                "leaseCounter = :counter AND leaseOwner = :from AND {} AND {OUR_LEASE}",
-                absent(CHECKPOINT_OWNER)
-            ))
-            .expression_attribute_values(NULL_TYPE, s("NULL"))
-            .expression_attribute_values(":to", s(to))
-            .expression_attribute_values(":from", s(from))
-            .expression_attribute_values(":counter", n(seen.counter));
-        self.update_lease(&seen.key, bind_our_lease(request)).await
+            .expression_attribute_values(":to", s(to));
+        self.update_lease(&seen.key, request).await
     }
 
     async fn checkpoint(
@@ -704,14 +586,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         at: SystemTime,
     ) -> Result<SystemTime, LeaseStoreError> {
         let request = self
-            .client
-            .update_item()
-            .condition_expression(HELD_CONDITION)
-            .expression_attribute_values(NULL_TYPE, s("NULL"))
-            .expression_attribute_values(":string_type", s("S"))
-            .expression_attribute_values(":lease_entity", s(LEASE_ENTITY))
-            .expression_attribute_values(":counter", n(token.counter))
-            .expression_attribute_values(":worker", s(&token.worker))
+            .conditional_update(condition::held_by(token))
             .expression_attribute_values(":at", n(epoch_millis(at)))
             .update_expression(format!(
                 "SET {STARTING_TIMESTAMP_MILLIS} = if_not_exists({STARTING_TIMESTAMP_MILLIS}, :at)"
@@ -735,16 +610,9 @@ impl LeaseStore for DynamoDbLeaseStore {
             return Ok(());
         }
         let request = self
-            .client
-            .update_item()
+            .conditional_update(condition::held_by(token))
             .table_name(&self.lease_table)
             .key(LEASE_KEY, s(&token.key))
-            .condition_expression(HELD_CONDITION)
-            .expression_attribute_values(NULL_TYPE, s("NULL"))
-            .expression_attribute_values(":string_type", s("S"))
-            .expression_attribute_values(":lease_entity", s(LEASE_ENTITY))
-            .expression_attribute_values(":counter", n(token.counter))
-            .expression_attribute_values(":worker", s(&token.worker))
             .expression_attribute_values(
                 ":children",
                 AttributeValue::Ss(children.iter().cloned().collect()),
@@ -756,26 +624,19 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 
     async fn release_lease(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
-        let base = self
-            .client
-            .update_item()
+        // A plain release: the lease becomes unowned.
+        let not_handed_over = condition::counter_is(token.counter)
+            .and(condition::absent(CHECKPOINT_OWNER))
+            .and(condition::owner_is(":worker", &token.worker))
+            .and(condition::is_lease());
+        let plain = self
+            .conditional_update(not_handed_over)
             .table_name(&self.lease_table)
             .key(LEASE_KEY, s(&token.key))
-            .expression_attribute_values(":counter", n(token.counter))
-            .expression_attribute_values(":worker", s(&token.worker))
-            .expression_attribute_values(":one", n(1));
-        let base = bind_our_lease(base);
-        // A plain release: the lease becomes unowned.
-        let plain = base
-            .clone()
             .update_expression(format!(
                 "REMOVE {LEASE_OWNER} SET {LEASE_COUNTER} = {LEASE_COUNTER} + :one"
             ))
-            .condition_expression(format!(
-                "leaseCounter = :counter AND {} AND leaseOwner = :worker AND {OUR_LEASE}",
-                absent(CHECKPOINT_OWNER)
-            ))
-            .expression_attribute_values(NULL_TYPE, s("NULL"));
+            .expression_attribute_values(":one", n(1));
         match self
             .send_conditional("UpdateItem", &token.key, || plain.clone().send())
             .await
@@ -784,14 +645,18 @@ impl LeaseStore for DynamoDbLeaseStore {
             other => return other.map(drop),
         }
         // A handoff was asked for: completing it leaves the receiver as owner.
-        let complete_handoff = base
+        let handing_over = condition::counter_is(token.counter)
+            .and(condition::handed_over_by(":worker", &token.worker))
+            .and(condition::is_lease());
+        let complete_handoff = self
+            .conditional_update(handing_over)
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(&token.key))
             .update_expression(format!(
                 "REMOVE {CHECKPOINT_OWNER} SET {LEASE_COUNTER} = {LEASE_COUNTER} + :one, \
                  {OWNER_SWITCHES} = if_not_exists({OWNER_SWITCHES}, :zero) + :one"
             ))
-            .condition_expression(format!(
-                "leaseCounter = :counter AND checkpointOwner = :worker AND {OUR_LEASE}"
-            ))
+            .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":zero", n(0));
         self.send_conditional("UpdateItem", &token.key, || complete_handoff.clone().send())
             .await
@@ -811,23 +676,14 @@ impl LeaseStore for DynamoDbLeaseStore {
         if let Err(LeaseStoreError::InvalidItem { reason, .. }) = self.get_lease(key).await {
             return Err(not_ours(reason));
         }
+        let (condition, values) = condition::deletable().into_parts();
         let delete = self
             .client
             .delete_item()
             .table_name(&self.lease_table)
             .key(LEASE_KEY, s(key))
-            .condition_expression(format!(
-                "attribute_not_exists({LEASE_KEY}) OR (attribute_type({CHECKPOINT}, :string_type) \
-                 AND attribute_type({LEASE_COUNTER}, :number_type) \
-                 AND attribute_type({OWNER_SWITCHES}, :number_type) AND {OUR_LEASE})"
-            ))
-            .set_expression_attribute_values(Some(
-                our_lease_values()
-                    .into_iter()
-                    .map(|(name, value)| (name.to_owned(), value))
-                    .chain([(":number_type".to_owned(), s("N"))])
-                    .collect(),
-            ));
+            .condition_expression(condition)
+            .set_expression_attribute_values(Some(values));
         self.send("DeleteItem", &self.lease_table, || delete.clone().send())
             .await?
             .map_err(|ConditionFailed| not_ours("changed into an item that is not a lease".into()))
@@ -838,28 +694,14 @@ impl LeaseStore for DynamoDbLeaseStore {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut put = self
+        let (condition, values) = condition::heartbeat_below(heartbeat.beat).into_parts();
+        let put = self
             .client
             .put_item()
             .table_name(&self.workers_table)
-            .item(WORKER_ID, s(&heartbeat.worker))
-            .item(HEARTBEAT, n(heartbeat.beat))
-            .item(HEARTBEAT_EPOCH_MILLIS, n(now_ms))
-            .item(DRAINING, AttributeValue::Bool(heartbeat.draining))
-            .condition_expression(format!(
-                "attribute_not_exists({HEARTBEAT}) OR {HEARTBEAT} < :beat"
-            ))
-            .expression_attribute_values(":beat", n(heartbeat.beat));
-        if let Some(failover) = heartbeat.failover_time {
-            put = put.item(FAILOVER_MILLIS, n(failover.as_millis() as u64));
-        }
-        // DynamoDB refuses empty sets; a multi-stream worker has a stream.
-        if let Some(streams) = heartbeat.streams.as_ref().filter(|s| !s.is_empty()) {
-            put = put.item(
-                STREAMS,
-                AttributeValue::Ss(streams.iter().cloned().collect()),
-            );
-        }
+            .set_item(Some(heartbeat_to_item(heartbeat, now_ms)))
+            .condition_expression(condition)
+            .set_expression_attribute_values(Some(values));
         let written = self
             .send("PutItem", &self.workers_table, || put.clone().send())
             .await?;
@@ -916,9 +758,10 @@ impl LeaseStore for DynamoDbLeaseStore {
             .key(WORKER_ID, s(worker))
             .return_values(ReturnValue::AllOld);
         if let Some(beat) = beat {
+            let (condition, values) = condition::heartbeat_is(beat).into_parts();
             delete = delete
-                .condition_expression(format!("{HEARTBEAT} = :beat"))
-                .expression_attribute_values(":beat", n(beat));
+                .condition_expression(condition)
+                .set_expression_attribute_values(Some(values));
         }
         match self
             .send("DeleteItem", &self.workers_table, || delete.clone().send())
@@ -934,29 +777,6 @@ impl LeaseStore for DynamoDbLeaseStore {
     }
 }
 
-/// Reads a heartbeat item; `None` for an item that is not one.
-fn heartbeat_from_item(item: &Item) -> Option<WorkerHeartbeat> {
-    let (Some(AttributeValue::S(worker)), Some(AttributeValue::N(beat))) =
-        (item.get(WORKER_ID), item.get(HEARTBEAT))
-    else {
-        return None;
-    };
-    let failover_time = match item.get(FAILOVER_MILLIS) {
-        Some(AttributeValue::N(millis)) => millis.parse().ok().map(Duration::from_millis),
-        _ => None,
-    };
-    Some(WorkerHeartbeat {
-        worker: worker.clone(),
-        beat: beat.parse().ok()?,
-        draining: matches!(item.get(DRAINING), Some(AttributeValue::Bool(true))),
-        failover_time,
-        streams: match item.get(STREAMS) {
-            Some(AttributeValue::Ss(streams)) => Some(streams.iter().cloned().collect()),
-            _ => None,
-        },
-    })
-}
-
 /// A request without a condition expression reported a failed condition:
 /// DynamoDB broke its contract. Reported, never panicked on.
 fn unreachable_condition(operation: &'static str) -> LeaseStoreError {
@@ -965,62 +785,5 @@ fn unreachable_condition(operation: &'static str) -> LeaseStoreError {
         table: String::new(),
         code: "ConditionalCheckFailedException".into(),
         message: "ConditionalCheckFailedException for a request without a condition".into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The `:name` placeholders an expression uses.
-    fn placeholders(expression: &str) -> BTreeSet<String> {
-        let mut found = BTreeSet::new();
-        let mut rest = expression;
-        while let Some(at) = rest.find(':') {
-            let name: String = rest[at + 1..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            found.insert(format!(":{name}"));
-            rest = &rest[at + 1 + name.len()..];
-        }
-        found
-    }
-
-    /// DynamoDB refuses a request that binds a value its expressions do not
-    /// use, or uses one it does not bind.
-    #[test]
-    fn the_unchanged_condition_binds_exactly_the_values_it_uses() {
-        for owner in [None, Some("worker-a")] {
-            for checkpoint_owner in [None, Some("worker-b")] {
-                let mut lease = Lease::new("shardId-1", ExtendedSequenceNumber::TrimHorizon);
-                lease.owner = owner.map(str::to_owned);
-                lease.checkpoint_owner = checkpoint_owner.map(str::to_owned);
-                let (condition, values) = unchanged_condition(&lease);
-                let bound: BTreeSet<String> =
-                    values.iter().map(|(name, _)| (*name).to_owned()).collect();
-                assert_eq!(placeholders(&condition), bound, "{condition}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_stored_position_condition_binds_exactly_the_values_it_uses() {
-        let positions = [
-            None,
-            Some(ExtendedSequenceNumber::TrimHorizon),
-            Some(ExtendedSequenceNumber::record("100", 0).unwrap()),
-            Some(ExtendedSequenceNumber::record("100", 3).unwrap()),
-        ];
-        for position in &positions {
-            let (condition, values) = stored_position_is(
-                CHECKPOINT,
-                CHECKPOINT_SUB_SEQUENCE,
-                ":previous",
-                position.as_ref(),
-            );
-            let bound: BTreeSet<String> = values.into_iter().map(|(name, _)| name).collect();
-            assert_eq!(placeholders(&condition), bound, "{condition}");
-        }
     }
 }
