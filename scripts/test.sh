@@ -25,6 +25,8 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all --check
 echo "test: cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "test: cargo clippy on the library crates without their optional features" >&2
+cargo clippy -p kcl-lease -p kcl-core --locked -- -D warnings
 echo "test: cargo doc (broken links and private links fail)" >&2
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked --quiet
 echo "test: deployment files" >&2

@@ -50,6 +50,15 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Features
+//!
+//! - `metrics-server`: [`telemetry`]'s `TelemetryServer`, serving
+//!   `/metrics` (Prometheus), `/healthz` and `/readyz`. Off by default:
+//!   the worker records its metrics through the `metrics` facade either
+//!   way, for whichever exporter the application installs.
+//! - `test-util`: [`kinesis`]'s `InMemoryKinesis` and `kcl-lease`'s
+//!   in-memory lease store, for tests and simulations.
 #![warn(missing_docs)]
 
 /// The one retry component: exponential backoff with jitter, for every

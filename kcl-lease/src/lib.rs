@@ -6,9 +6,10 @@
 //!   can move from the Java KCL to this project by pointing at its table.
 //! - [`LeaseStore`]: every operation a worker makes on the tables, with two
 //!   implementations of the same semantics: [`DynamoDbLeaseStore`] and
-//!   [`InMemoryLeaseStore`]. Every write that depends on ownership is
-//!   conditional on the owner and the lease counter (fencing): a worker that
-//!   lost a lease gets [`LeaseStoreError::LeaseLost`] and changes nothing.
+//!   [`InMemoryLeaseStore`] (feature `test-util`). Every write that depends
+//!   on ownership is conditional on the owner and the lease counter
+//!   (fencing): a worker that lost a lease gets
+//!   [`LeaseStoreError::LeaseLost`] and changes nothing.
 //! - [`listing`]: what a scan of the lease table finds; items that are
 //!   not leases (the Java KCL 3.5's other items, unreadable items) are
 //!   skipped and never written.
@@ -28,17 +29,24 @@
 //!   rounds and publishes the leases its worker holds.
 //! - [`LeaseCheckpointWriter`]: checkpoints written to the lease, fenced.
 //! - [`backoff`]: the retry component every AWS call goes through.
-//! - [`faults`]: a store wrapper that injects stalls, lost writes and writes
-//!   that take effect but report failure, for tests and simulations.
+//!
+//! With the `test-util` feature (for tests and simulations, off by
+//! default): [`InMemoryLeaseStore`]; [`faults`], a store wrapper that
+//! injects stalls, lost writes and writes that take effect but report
+//! failure; and [`conformance`], the suite that holds every [`LeaseStore`]
+//! to the same semantics.
 #![warn(missing_docs)]
 
 pub mod assignment;
 pub mod backoff;
 mod checkpoint_writer;
 mod config;
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
 mod coordinator;
 pub mod deadline;
 mod error;
+#[cfg(any(test, feature = "test-util"))]
 pub mod faults;
 mod lease;
 pub mod listing;
@@ -58,6 +66,7 @@ pub use error::LeaseStoreError;
 pub use lease::{HashKeyRange, Lease, LeaseToken};
 pub use listing::{LeaseTableListing, SkippedItem, SkippedKind};
 pub use scope::LeaseScope;
+#[cfg(any(test, feature = "test-util"))]
 pub use store::memory::InMemoryLeaseStore;
 pub use store::{
     CheckpointUpdate, LeaseStore, RequestCounter, RequestCounts, WRITE_OPERATIONS, WorkerHeartbeat,

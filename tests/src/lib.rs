@@ -15,7 +15,6 @@
 pub mod fault_proxy;
 pub mod fleet_sim;
 pub mod java_kcl;
-pub mod lease_conformance;
 pub mod processes;
 pub mod stream;
 

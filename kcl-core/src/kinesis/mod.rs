@@ -1,12 +1,14 @@
 //! The narrow part of the Kinesis API the worker uses, behind a trait with
 //! two implementations: [`SdkKinesis`] (aws-sdk-kinesis) and
-//! [`InMemoryKinesis`] (for unit tests and simulations).
+//! [`InMemoryKinesis`] (for unit tests and simulations; feature
+//! `test-util`).
 //!
 //! Implementations send each request once: retries with backoff are the
 //! caller's (through [`crate::backoff`]), so throttling is handled in one
 //! place and counted.
 
 mod error;
+#[cfg(any(test, feature = "test-util"))]
 mod memory;
 mod sdk;
 
@@ -16,6 +18,7 @@ use async_trait::async_trait;
 use kcl_lease::HashKeyRange;
 
 pub use error::KinesisError;
+#[cfg(any(test, feature = "test-util"))]
 pub use memory::{IN_MEMORY_ACCOUNT, InMemoryKinesis};
 pub use sdk::SdkKinesis;
 

@@ -243,8 +243,8 @@ impl Scheduler {
         Arc::clone(&self.context.stats)
     }
 
-    /// Liveness and readiness, for probes (see
-    /// [`TelemetryServer`](crate::telemetry::TelemetryServer)).
+    /// Liveness and readiness, for probes (served over HTTP by
+    /// `telemetry::TelemetryServer`, feature `metrics-server`).
     pub fn health(&self) -> Arc<Health> {
         Arc::clone(&self.health)
     }

@@ -7,14 +7,17 @@
 //!   they count.
 //! - [`Health`]: liveness (the scheduler's loops are progressing) and
 //!   readiness (started, and the lease table answered recently).
-//! - [`TelemetryServer`]: `GET /metrics`, `/healthz` and `/readyz` on one
-//!   address.
+//! - [`TelemetryServer`] (feature `metrics-server`): `GET /metrics`,
+//!   `/healthz` and `/readyz` on one address. Without the feature, install
+//!   any `metrics` exporter and serve [`Health`] as the application likes.
 
 mod health;
 pub mod metrics;
+#[cfg(feature = "metrics-server")]
 mod server;
 mod stats;
 
 pub use health::Health;
+#[cfg(feature = "metrics-server")]
 pub use server::{TelemetryError, TelemetryServer};
 pub use stats::{StatsSnapshot, WorkerStats};

@@ -4,6 +4,7 @@
 //! tests and simulations), held to each other by the conformance suite.
 
 pub mod dynamodb;
+#[cfg(any(test, feature = "test-util"))]
 pub(crate) mod memory;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,7 +1,8 @@
-//! The lease-store conformance suite against DynamoDB Local and against the
-//! in-memory store, plus what only DynamoDB can get wrong.
+//! The lease-store conformance suite against DynamoDB Local (kcl-lease's
+//! own tests run it against the in-memory store), plus what only DynamoDB
+//! can get wrong.
 
-use kcl_lease::{DynamoDbLeaseStore, InMemoryLeaseStore, LeaseStore, LeaseStoreError};
+use kcl_lease::{DynamoDbLeaseStore, LeaseStore, LeaseStoreError};
 use kcl_tests::{LocalAws, unique_name};
 
 /// Two clients of fresh tables in DynamoDB Local.
@@ -13,20 +14,8 @@ async fn dynamodb_tables() -> (DynamoDbLeaseStore, DynamoDbLeaseStore) {
     (a, DynamoDbLeaseStore::new(&client, &table))
 }
 
-/// Two clients of fresh in-memory tables.
-async fn memory_tables() -> (InMemoryLeaseStore, InMemoryLeaseStore) {
-    let a = InMemoryLeaseStore::new();
-    a.ensure_tables().await.expect("create tables");
-    let b = a.client();
-    (a, b)
-}
-
 mod dynamodb {
-    kcl_tests::lease_store_conformance!(super::dynamodb_tables);
-}
-
-mod in_memory {
-    kcl_tests::lease_store_conformance!(super::memory_tables);
+    kcl_lease::lease_store_conformance!(super::dynamodb_tables);
 }
 
 #[tokio::test]

@@ -1,14 +1,20 @@
 //! The lease-store conformance suite: the semantics every [`LeaseStore`]
-//! keeps, run against DynamoDB Local and the in-memory store alike (see
-//! `tests/aws/lease_store.rs`), so the fake stays honest.
+//! keeps, run against the in-memory store by this crate's own tests and
+//! against DynamoDB Local by the integration tests, so the fake stays
+//! honest.
 //!
 //! Each case gets two clients, `a` and `b`, of the same fresh tables, as two
-//! workers would have.
+//! workers would have. [`lease_store_conformance!`](crate::lease_store_conformance)
+//! turns every case into a test:
+//!
+//! ```ignore
+//! async fn tables() -> (MyStore, MyStore) { /* two clients of fresh tables */ }
+//! kcl_lease::lease_store_conformance!(tables);
+//! ```
 
 use kcl_checkpoint::ExtendedSequenceNumber;
-use kcl_lease::{
-    CheckpointUpdate, Lease, LeaseStore, LeaseStoreError, LeaseToken, WorkerHeartbeat,
-};
+
+use crate::{CheckpointUpdate, Lease, LeaseStore, LeaseStoreError, LeaseToken, WorkerHeartbeat};
 
 /// Runs every case in this suite; generates one `#[tokio::test]` per case
 /// in the calling module, each calling `$tables().await` for its two clients.
@@ -41,7 +47,7 @@ macro_rules! lease_store_conformance {
             #[tokio::test]
             async fn $case() {
                 let (a, b) = $tables().await;
-                $crate::lease_conformance::$case(a, b).await;
+                $crate::conformance::$case(a, b).await;
             }
         )+
     };
@@ -668,4 +674,20 @@ pub async fn child_shards_are_recorded_by_the_owner_only(a: impl LeaseStore, b: 
         must_get(&a, &shard(1)).await.child_shard_ids,
         children(&[2, 3, 4])
     );
+}
+
+/// The suite against the in-memory store.
+#[cfg(test)]
+mod in_memory {
+    use crate::{InMemoryLeaseStore, LeaseStore};
+
+    /// Two clients of fresh in-memory tables.
+    async fn tables() -> (InMemoryLeaseStore, InMemoryLeaseStore) {
+        let a = InMemoryLeaseStore::new();
+        a.ensure_tables().await.expect("create tables");
+        let b = a.client();
+        (a, b)
+    }
+
+    crate::lease_store_conformance!(tables);
 }
