@@ -1,9 +1,25 @@
-//! The worker: the [`Scheduler`] that runs one member of a fleet, the
-//! per-shard [consumers](consumer), record [retrieval] from Kinesis, shard
-//! discovery ([`shard_sync`]), removal of leases no longer needed
-//! ([`lease_cleanup`]), the [`streams`] an application consumes (one, or
-//! several in one lease table) and the [`RecordProcessor`] interface the
-//! application implements.
+//! The worker, one member of a fleet that shares a stream's shards.
+//!
+//! - [`RecordProcessor`]: what the application implements, one instance
+//!   per shard, made by a [`RecordProcessorFactory`]; it checkpoints
+//!   through a [`checkpoint::Checkpointer`].
+//! - [`Scheduler`] ([`scheduler`]): built with [`Scheduler::builder`], it
+//!   runs the lease coordinator (from `kcl-lease`), shard discovery and one
+//!   consumer per lease held, and stops cleanly through a
+//!   [`ShutdownHandle`].
+//! - [`streams`]: the streams an application consumes (one, or several in
+//!   one lease table) and where each starts.
+//! - [`consumer`]: the per-shard task driving a processor through its
+//!   lifecycle, waiting for parent shards first and creating children's
+//!   leases at shard end.
+//! - [`retrieval`]: reading records (polling or enhanced fan-out) ahead of
+//!   the processor, and expanding KPL aggregates.
+//! - [`shard_sync`]: which leases new shards need; [`lease_cleanup`]: which
+//!   leases are no longer needed.
+//! - [`kinesis`]: the part of the Kinesis API the worker uses, behind a
+//!   trait.
+//! - [`telemetry`]: metrics, health and readiness.
+//! - [`backoff`]: the one retry component (from `kcl-lease`).
 //!
 //! ```no_run
 //! use kcl_core::{

@@ -150,8 +150,7 @@ pub fn new_shard_lease(
 }
 
 /// The leases of `stream` in `listing`, keyed by shard id (as
-/// [`leases_to_create`] and [`cleanable`](crate::lease_cleanup::cleanable)
-/// see them), and in place of each of its leases that cannot be read (see
+/// [`leases_to_create`] sees them), and in place of each of its leases that cannot be read (see
 /// [`kcl_lease::listing`]) one that has not started: its shard gets no new
 /// lease over it, and its relatives are decided as if it waited at
 /// `TRIM_HORIZON`, which never skips a record of theirs (a child of it

@@ -50,7 +50,7 @@ pub enum Holder {
 /// One lease, as the assignment sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseView {
-    /// The lease key (shard id).
+    /// The lease key.
     pub key: String,
     /// Who holds it.
     pub holder: Holder,

@@ -10,13 +10,13 @@ pub enum LeaseStoreError {
     /// another worker got there first.
     #[error("lease {lease_key} was lost or changed by another worker; nothing was written")]
     LeaseLost {
-        /// The lease (shard id).
+        /// The lease key.
         lease_key: String,
     },
     /// The lease does not exist (deleted, or never created).
     #[error("lease {lease_key} does not exist")]
     NotFound {
-        /// The lease (shard id).
+        /// The lease key.
         lease_key: String,
     },
     /// A heartbeat was not written because the stored one is already

@@ -26,8 +26,9 @@ use crate::{Lease, LeaseStoreError, LeaseToken};
 pub enum Call {
     /// [`LeaseStore::ensure_tables`].
     EnsureTables,
-    /// [`LeaseStore::list_leases`].
-    ListLeases,
+    /// [`LeaseStore::list_table`] (which [`LeaseStore::list_leases`]
+    /// calls).
+    ListTable,
     /// [`LeaseStore::get_lease`].
     GetLease,
     /// [`LeaseStore::create_lease_if_absent`].
@@ -59,7 +60,7 @@ impl Call {
     pub fn is_write(self) -> bool {
         !matches!(
             self,
-            Self::EnsureTables | Self::ListLeases | Self::GetLease | Self::ListHeartbeats
+            Self::EnsureTables | Self::ListTable | Self::GetLease | Self::ListHeartbeats
         )
     }
 }
@@ -234,7 +235,7 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
             .await
     }
     async fn list_table(&self) -> Result<crate::LeaseTableListing, LeaseStoreError> {
-        self.call(Call::ListLeases, self.inner.list_table()).await
+        self.call(Call::ListTable, self.inner.list_table()).await
     }
     async fn get_lease(&self, key: &str) -> Result<Option<Lease>, LeaseStoreError> {
         self.call(Call::GetLease, self.inner.get_lease(key)).await

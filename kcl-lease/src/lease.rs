@@ -8,7 +8,8 @@ use kcl_checkpoint::ExtendedSequenceNumber;
 use crate::StreamIdentifier;
 
 /// One shard's lease, as stored in the lease table (one item per shard, in
-/// the Java KCL's format; see the crate docs for the attribute names).
+/// the Java KCL's format; see [`crate::dynamodb::item`] for the attribute
+/// names).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lease {
     /// The lease key (`leaseKey`, the table's hash key): the shard id, or
@@ -168,7 +169,8 @@ impl Lease {
 /// changes nothing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LeaseToken {
-    /// The lease (shard id).
+    /// The lease key (the shard id, or `account:stream:epoch:shardId` in a
+    /// multi-stream table).
     pub key: String,
     /// The worker processing it.
     pub worker: String,

@@ -28,7 +28,9 @@
 //! - [`LeaseCoordinator`]: the task that runs heartbeats and assignment
 //!   rounds and publishes the leases its worker holds.
 //! - [`LeaseCheckpointWriter`]: checkpoints written to the lease, fenced.
+//! - [`LeaseConfig`]: the settings (failover time, intervals, worker id).
 //! - [`backoff`]: the retry component every AWS call goes through.
+//! - [`metrics`]: the names of the metrics the lease layer records.
 //!
 //! With the `test-util` feature (for tests and simulations, off by
 //! default): [`InMemoryLeaseStore`]; [`faults`], a store wrapper that

@@ -20,7 +20,7 @@
 //! Why this never takes a lease from an owner that may still process it:
 //! the owner processes only until its *deadline*, the moment its last
 //! confirmed heartbeat was sent plus its failover time minus a margin (see
-//! the coordinator), and it extends that deadline only with a heartbeat
+//! [`crate::deadline`]), and it extends that deadline only with a heartbeat
 //! confirmed before the deadline passed. An observer reads the tables in a
 //! window `[began, ended]`:
 //! - a value seen for the first time is stamped `ended`, which is after the

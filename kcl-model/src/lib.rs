@@ -14,7 +14,8 @@
 //! been taken (in every order), while a processor may take its time to
 //! return from a batch or to checkpoint.
 //!
-//! The properties ([`properties`]): never two workers processing one shard;
+//! The model's state is in [`state`] and its steps in [`protocol`]. The
+//! properties ([`properties`]): never two workers processing one shard;
 //! a checkpoint never moves back; no record skipped (a checkpoint never
 //! passes a record nobody processed); a child never processed before its
 //! parent ended; and, without faults, every handoff completes and every

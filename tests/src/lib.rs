@@ -10,6 +10,16 @@
 //!
 //! Every test makes its own streams and tables with [`unique_name`], so the
 //! whole suite can run in parallel against one pair of emulators.
+//!
+//! - [`stream`]: create a stream on kinesis-mock and write records to it.
+//! - [`processes`]: start `recorder` worker processes and stop them by PID.
+//! - [`fault_proxy`]: an HTTP proxy on loopback that stalls, drops or
+//!   delays one worker's requests to one endpoint.
+//! - [`java_kcl`]: lease-table items in the layouts the Java KCL writes.
+//! - [`fleet_sim`]: a fleet of lease coordinators on the in-memory store
+//!   and a simulated clock.
+//! - [`output_dir`]: a directory for a test's output, removed when the test
+//!   ends (fails included).
 #![warn(missing_docs)]
 
 pub mod fault_proxy;

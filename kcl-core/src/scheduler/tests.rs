@@ -1,5 +1,8 @@
 //! Schedulers on the in-memory Kinesis and lease store, on tokio's paused
-//! clock: handoffs between workers and clean shutdown.
+//! clock: handoffs between workers, clean shutdown and releases, resharding
+//! (splits and merges), multi-stream tables (streams shared, added,
+//! removed, deleted or created again, stream epochs) and the refusal of a
+//! table of another kind.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -7,7 +10,9 @@ use std::time::Duration;
 use kcl_lease::{InMemoryLeaseStore, Lease, LeaseStore};
 
 use super::*;
+use crate::consumer::{ConsumerOutcome, ShutdownReason};
 use crate::kinesis::InMemoryKinesis;
+use crate::streams::{ConsumedStream, ConsumedStreams};
 use crate::test_support::{Journal, Scripted};
 
 const STREAM: &str = "orders";
@@ -518,21 +523,11 @@ async fn holding_worker(
         shard_ends: tokio::sync::watch::channel(0).0,
     });
     let stream = ConsumedStream::single(STREAM, InitialPosition::TrimHorizon);
-    let tasks = WorkerTasks {
+    let tasks = WorkerTasks::new(
         context,
-        streams: Arc::new(ConsumedStreams::new(vec![Arc::new(stream)])),
-        handle: handle.clone(),
-        consumers: JoinSet::new(),
-        releases: JoinSet::new(),
-        running: HashMap::new(),
-        task_keys: HashMap::new(),
-        finished: HashSet::new(),
-        lost: HashSet::new(),
-        stopped_at_deadline: HashSet::new(),
-        releasing: HashSet::new(),
-        release_failures: HashMap::new(),
-        abandoned: HashSet::new(),
-    };
+        Arc::new(ConsumedStreams::new(vec![Arc::new(stream)])),
+        handle.clone(),
+    );
     (tasks, handle)
 }
 

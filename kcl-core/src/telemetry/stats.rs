@@ -1,6 +1,9 @@
 //! Counters of what a worker has done: kept here for tests and the final
-//! log line, and recorded as [metrics](crate::telemetry::metrics) (with the
-//! stream and shard as labels where they apply) for the exporter.
+//! log line, and, all but two, recorded as
+//! [metrics](crate::telemetry::metrics) (with the stream and shard as
+//! labels where they apply) for the exporter. Shard ends delivered again
+//! are only logged and counted here; Kinesis retries are in the request
+//! metric (`kcl_aws_requests_total`, by outcome).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

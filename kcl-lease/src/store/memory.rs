@@ -1,6 +1,6 @@
 //! A lease store in memory, with the same semantics as the DynamoDB one:
-//! for unit tests and large simulations. The conformance suite in
-//! `kcl-tests` runs against both to keep them the same.
+//! for unit tests and large simulations. The conformance suite
+//! ([`crate::conformance`]) runs against both to keep them the same.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -41,7 +41,8 @@ pub struct WorkerHeartbeat {
 }
 
 /// The lease table and the workers table, with the semantics every
-/// implementation keeps (checked by the conformance suite in `kcl-tests`):
+/// implementation keeps (checked by the conformance suite,
+/// `kcl_lease::conformance`, feature `test-util`):
 ///
 /// - Writes that depend on ownership are conditional: a take or handoff
 ///   request on the lease as the caller saw it, a checkpoint or release on

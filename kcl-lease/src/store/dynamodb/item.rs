@@ -1,5 +1,7 @@
-//! Leases as DynamoDB items, in the Java KCL's attribute names and types, so
-//! a table written by either library reads the same in the other.
+//! The items of both tables. Leases are written in the Java KCL's
+//! attribute names and types, so a table written by either library reads
+//! the same in the other; the workers table's heartbeat items are this
+//! project's own (see the end of this page).
 //!
 //! | attribute | type | field |
 //! |---|---|---|
@@ -16,11 +18,23 @@
 //! | `checkpointOwner` | S | [`Lease::checkpoint_owner`] |
 //! | `startingTimestampMillis` | N | [`Lease::start_timestamp`] (this project's own) |
 //! | `entityType` | S | `LEASE` on every lease this project creates, as the Java KCL 3.5 writes it |
+//! | `streamName`, `shardId` | S | a multi-stream application's lease: [`Lease::stream`] (`account:stream:epoch`) and its shard; the key is then `account:stream:epoch:shardId` |
 //!
 //! Attributes this project does not know (the Java KCL 3.x adds some) are
 //! ignored when reading and left alone by every update. Items that are not
-//! leases of a single-stream application (see [`crate::listing`]) are
-//! recognised when a scan reads them and skipped.
+//! leases (the Java KCL 3.5's other items, unreadable ones; see
+//! [`crate::listing`]) are recognised when a scan reads them and skipped.
+//!
+//! A heartbeat item of the workers table (hash key `workerId`):
+//!
+//! | attribute | type | field |
+//! |---|---|---|
+//! | `workerId` | S | [`WorkerHeartbeat::worker`] |
+//! | `heartbeat` | N | [`WorkerHeartbeat::beat`] |
+//! | `heartbeatEpochMillis` | N | the writer's wall clock, for operators only |
+//! | `draining` | BOOL | [`WorkerHeartbeat::draining`] |
+//! | `failoverMillis` | N | [`WorkerHeartbeat::failover_time`] |
+//! | `streams` | SS | [`WorkerHeartbeat::streams`] |
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

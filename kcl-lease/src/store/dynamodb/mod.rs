@@ -2,18 +2,16 @@
 //! depends on ownership, strongly consistent reads, and retries with backoff
 //! and jitter on throttling and server errors.
 //!
-//! Two tables:
-//! - the lease table (hash key `leaseKey`), in the Java KCL's item format
-//!   (see [`item`]);
+//! Two tables, their items described in [`item`]:
+//! - the lease table (hash key `leaseKey`), in the Java KCL's item format;
 //! - the workers table (hash key `workerId`, by default the lease table's
-//!   name with `-Workers` appended), one heartbeat item per worker:
-//!   `heartbeat` (N, grows with every write: each write is conditional on
-//!   the stored value being lower), `heartbeatEpochMillis` (N, the writer's
-//!   wall clock, for operators only: no worker compares it), `failoverMillis`
-//!   (N, the failover time the worker runs with, by which the others judge
-//!   it) and `draining` (BOOL, set while the worker stops and hands its
-//!   leases over). Kept apart so a Java KCL reader of the lease table never
-//!   sees an item that is not a lease.
+//!   name with `-Workers` appended), one heartbeat item per worker, whose
+//!   `heartbeat` grows with every write (each write is conditional on the
+//!   stored value being lower). Kept apart so a Java KCL reader of the
+//!   lease table never sees an item that is not a lease.
+//!
+//! The condition of every write is built in `condition.rs`, from the
+//! attribute names in [`item`].
 
 mod condition;
 pub mod item;
