@@ -1,5 +1,4 @@
-//! The checkpointer handed to record processors, and the persistence trait
-//! it writes through.
+//! The checkpointer handed to record processors.
 //!
 //! A [`CheckpointTracker`] belongs to the framework's shard consumer: it
 //! learns which positions have been delivered to the processor and hands out
@@ -13,42 +12,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use async_trait::async_trait;
-
 use crate::{
-    CheckpointUpdate, ExtendedSequenceNumber, InvalidCheckpoint, SequenceNumberError,
-    validate_checkpoint,
+    CheckpointUpdate, CheckpointWriteError, CheckpointWriter, ExtendedSequenceNumber,
+    InvalidCheckpoint, SequenceNumberError, validate_checkpoint,
 };
-
-/// Where checkpoints are stored. The lease table implements it, fenced by the
-/// lease: once the lease has moved to another worker every write fails with
-/// [`CheckpointWriteError::LeaseLost`] and changes nothing.
-#[async_trait]
-pub trait CheckpointWriter: Send + Sync + 'static {
-    /// Stores `update` and returns what is stored afterwards. A store never
-    /// moves a checkpoint back: if an earlier write whose answer was lost
-    /// stored a later checkpoint, that one stays, with the pending fields of
-    /// `update` written on top of it (see [`CheckpointUpdate::on_top_of`]).
-    /// Throttling and transient failures are retried with backoff inside.
-    /// After [`CheckpointWriteError::LeaseLost`] nothing was written; after
-    /// [`CheckpointWriteError::Failed`] the write may still have taken
-    /// effect (its answer was lost), which a later write finds out.
-    async fn write(
-        &self,
-        update: &CheckpointUpdate,
-    ) -> Result<CheckpointUpdate, CheckpointWriteError>;
-}
-
-/// Why a [`CheckpointWriter`] could not store a checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum CheckpointWriteError {
-    /// The lease is no longer this worker's.
-    #[error("the lease was lost")]
-    LeaseLost,
-    /// The store failed through every retry, or refused the write.
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// Why a checkpoint was not written.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -128,12 +95,16 @@ pub struct CheckpointProgress {
     pub writes: u64,
 }
 
+/// What a shard's tracker and its checkpointers share.
 struct Shared {
+    /// The shard, for errors and logs.
     shard_id: String,
+    /// Where the checkpoints go (the lease, fenced).
     writer: Arc<dyn CheckpointWriter>,
     /// Which processor the checkpointers handed out now belong to; one
     /// from an earlier (replaced) processor writes nothing.
     generation: AtomicU64,
+    /// What was delivered and what was checkpointed so far.
     progress: Mutex<CheckpointProgress>,
     /// Held across each write so writes reach the store in order.
     write_order: tokio::sync::Mutex<()>,
@@ -152,6 +123,7 @@ impl Shared {
 /// The framework's side of a shard's checkpoints: records what was delivered
 /// and hands out [`Checkpointer`]s for the processor.
 pub struct CheckpointTracker {
+    /// Shared with every checkpointer handed out.
     shared: Arc<Shared>,
 }
 
@@ -269,6 +241,7 @@ impl Drop for CheckpointTracker {
 /// checkpoints the same shard.
 #[derive(Clone)]
 pub struct Checkpointer {
+    /// The shard's state, shared with its tracker.
     shared: Arc<Shared>,
     /// The processor generation this checkpointer was handed to.
     generation: u64,
@@ -426,6 +399,8 @@ impl Checkpointer {
 
 #[cfg(test)]
 mod tests {
+    use async_trait::async_trait;
+
     use super::*;
 
     /// Stores every write; fails when told to.

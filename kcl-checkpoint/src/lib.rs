@@ -20,13 +20,12 @@ mod checkpoint_update;
 mod checkpointer;
 mod sequence_number;
 mod validation;
+mod writer;
 
 pub use checkpoint_update::CheckpointUpdate;
-pub use checkpointer::{
-    CheckpointError, CheckpointProgress, CheckpointTracker, CheckpointWriteError, CheckpointWriter,
-    Checkpointer,
-};
+pub use checkpointer::{CheckpointError, CheckpointProgress, CheckpointTracker, Checkpointer};
 pub use sequence_number::{
     ExtendedSequenceNumber, MAX_SEQUENCE_NUMBER_DIGITS, SequenceNumber, SequenceNumberError,
 };
 pub use validation::{InvalidCheckpoint, validate_checkpoint};
+pub use writer::{CheckpointWriteError, CheckpointWriter};

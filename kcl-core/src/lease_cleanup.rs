@@ -110,8 +110,11 @@ pub fn of_former_streams(
 /// delay.
 #[derive(Debug)]
 pub struct LeaseCleaner {
+    /// How long a finished lease stays cleanable before it is deleted.
     delay: Duration,
+    /// How long a lease of a former stream waits; `None`: kept.
     former_stream_delay: Option<Duration>,
+    /// When each cleanable lease was first seen cleanable, by key.
     first_seen: HashMap<String, Instant>,
 }
 

@@ -24,6 +24,12 @@ pub struct Record {
 }
 
 impl Record {
+    /// The bytes the record counts for (payload and partition key), as
+    /// the prefetch budget and the bytes metric count them.
+    pub fn size(&self) -> usize {
+        self.data.len() + self.partition_key.len()
+    }
+
     /// The record's position, as checkpointed.
     pub fn position(&self) -> ExtendedSequenceNumber {
         ExtendedSequenceNumber::Record {

@@ -9,10 +9,10 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kcl_checkpoint::ExtendedSequenceNumber;
 use kcl_lease::{Lease, StreamIdentifier};
 
 use crate::kinesis::{Kinesis, KinesisError};
-use crate::scheduler::InitialPosition;
 
 /// What an application consumes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +36,36 @@ impl StreamsConfig {
     /// Whether this is a multi-stream application.
     pub fn is_multi_stream(&self) -> bool {
         matches!(self, Self::Multi(_))
+    }
+}
+
+/// Where a shard with no checkpoint starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitialPosition {
+    /// The oldest record still in the shard (the default: nothing in the
+    /// stream is skipped).
+    TrimHorizon,
+    /// Records written after the worker starts reading. The first reader of
+    /// a shard records on the lease where it began (a few seconds before it
+    /// started); until a record has been checkpointed, every later reader
+    /// (after a restart, a handoff, a processor panic) begins there, so
+    /// nothing written after the first reader started is skipped. (The Java
+    /// KCL begins from the newest record again.)
+    Latest,
+    /// Records written at or after a time. The first reader of a shard
+    /// records the time on the lease, so a later change of this setting
+    /// does not move shards that were already read.
+    AtTimestamp(SystemTime),
+}
+
+impl InitialPosition {
+    /// The checkpoint a new lease starts with.
+    pub fn checkpoint(&self) -> ExtendedSequenceNumber {
+        match self {
+            Self::TrimHorizon => ExtendedSequenceNumber::TrimHorizon,
+            Self::Latest => ExtendedSequenceNumber::Latest,
+            Self::AtTimestamp(_) => ExtendedSequenceNumber::AtTimestamp,
+        }
     }
 }
 

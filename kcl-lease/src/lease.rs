@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
-use kcl_checkpoint::ExtendedSequenceNumber;
+use kcl_checkpoint::{CheckpointUpdate, ExtendedSequenceNumber};
 
 use crate::StreamIdentifier;
 
@@ -123,6 +123,16 @@ impl Lease {
     /// a handoff is under way, otherwise the owner.
     pub fn processing_owner(&self) -> Option<&str> {
         self.checkpoint_owner.as_deref().or(self.owner.as_deref())
+    }
+
+    /// The checkpoint, pending checkpoint and state stored on the lease, as
+    /// a checkpointer resumes from them.
+    pub fn stored_checkpoint(&self) -> CheckpointUpdate {
+        CheckpointUpdate {
+            checkpoint: self.checkpoint.clone(),
+            pending_checkpoint: self.pending_checkpoint.clone(),
+            pending_checkpoint_state: self.pending_checkpoint_state.clone(),
+        }
     }
 
     /// Whether `token` still processes this lease: same counter, and its

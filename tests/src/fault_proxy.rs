@@ -25,7 +25,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::task::AbortOnDropHandle;
 
 /// What the proxy does to the requests it receives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +75,7 @@ pub struct LateRequest {
 struct Record {
     /// Requests by operation and what the proxy did with them.
     requests: BTreeMap<(String, &'static str), u64>,
+    /// Requests the proxy held and delivered late, in order.
     late: Vec<LateRequest>,
     /// A fault for the next request only, before the one set.
     once: Option<Fault>,
@@ -82,16 +83,24 @@ struct Record {
 
 /// A running fault proxy. Stops when dropped.
 pub struct FaultProxy {
+    /// Where the proxy listens.
     addr: SocketAddr,
+    /// The fault set now.
     fault: watch::Sender<Fault>,
+    /// What the proxy saw and did.
     record: Arc<Mutex<Record>>,
-    task: JoinHandle<()>,
+    /// The accept loop, aborted when the proxy is dropped.
+    _task: AbortOnDropHandle<()>,
 }
 
+/// What each connection's handler shares with the proxy.
 #[derive(Clone)]
 struct Shared {
+    /// The endpoint requests are forwarded to.
     upstream: String,
+    /// The fault set now.
     fault: watch::Receiver<Fault>,
+    /// What the proxy saw and did.
     record: Arc<Mutex<Record>>,
 }
 
@@ -156,7 +165,7 @@ impl FaultProxy {
             addr,
             fault,
             record,
-            task,
+            _task: AbortOnDropHandle::new(task),
         }
     }
 
@@ -198,12 +207,6 @@ impl FaultProxy {
         self.record
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -190,7 +190,7 @@ impl ShardConsumer {
         start: ShardStart,
         signals: watch::Receiver<ConsumerSignal>,
     ) -> Self {
-        let stored = kcl_lease::CheckpointUpdate {
+        let stored = kcl_checkpoint::CheckpointUpdate {
             checkpoint: start.checkpoint.clone(),
             pending_checkpoint: start.pending_checkpoint.clone(),
             pending_checkpoint_state: start.pending_checkpoint_state.clone(),
@@ -277,6 +277,16 @@ impl ShardConsumer {
         *self.signals.borrow_and_update()
     }
 
+    /// The event that stops the consumer, if [`current_signal`](Self::current_signal)
+    /// says to stop.
+    fn stop_requested(&mut self) -> Option<ConsumerEvent> {
+        match self.current_signal() {
+            ConsumerSignal::LeaseLost => Some(ConsumerEvent::LeaseLost),
+            ConsumerSignal::ShutdownRequested => Some(ConsumerEvent::ShutdownRequested),
+            ConsumerSignal::Run => None,
+        }
+    }
+
     fn deadline_passed(&self) {
         warn!("processing deadline passed (no confirmed heartbeat in time); stopping the shard");
     }
@@ -285,10 +295,8 @@ impl ShardConsumer {
     /// backoff; then starts the fetcher from the last checkpoint.
     async fn initialize(&mut self) -> ConsumerEvent {
         loop {
-            match self.current_signal() {
-                ConsumerSignal::LeaseLost => return ConsumerEvent::LeaseLost,
-                ConsumerSignal::ShutdownRequested => return ConsumerEvent::ShutdownRequested,
-                ConsumerSignal::Run => {}
+            if let Some(event) = self.stop_requested() {
+                return event;
             }
             if let Some(event) = self.make_start_durable().await {
                 return event;
@@ -359,10 +367,8 @@ impl ShardConsumer {
             _ => return None,
         };
         loop {
-            match self.current_signal() {
-                ConsumerSignal::LeaseLost => return Some(ConsumerEvent::LeaseLost),
-                ConsumerSignal::ShutdownRequested => return Some(ConsumerEvent::ShutdownRequested),
-                ConsumerSignal::Run => {}
+            if let Some(event) = self.stop_requested() {
+                return Some(event);
             }
             let recorded = tokio::select! {
                 biased;
@@ -433,10 +439,8 @@ impl ShardConsumer {
 
     /// Waits for the next batch or signal and handles it.
     async fn process_next(&mut self) -> Option<ConsumerEvent> {
-        match self.current_signal() {
-            ConsumerSignal::LeaseLost => return Some(ConsumerEvent::LeaseLost),
-            ConsumerSignal::ShutdownRequested => return Some(ConsumerEvent::ShutdownRequested),
-            ConsumerSignal::Run => {}
+        if let Some(event) = self.stop_requested() {
+            return Some(event);
         }
         let Some(fetcher) = self.fetcher.as_mut() else {
             self.start_fetcher(self.tracker.progress().checkpoint);
@@ -519,10 +523,7 @@ impl ShardConsumer {
             }
             match outcome {
                 Ok(Ok(())) => {
-                    let bytes = records
-                        .iter()
-                        .map(|r| r.data.len() + r.partition_key.len())
-                        .sum();
+                    let bytes = records.iter().map(crate::Record::size).sum();
                     self.context.stats.count_batch(
                         &self.start.stream.name,
                         &self.start.shard_id,
@@ -604,11 +605,7 @@ impl ShardConsumer {
             };
             match read {
                 Ok(Some(lease)) if lease.is_held_by(&self.start.token) => {
-                    let stored = kcl_lease::CheckpointUpdate {
-                        checkpoint: lease.checkpoint,
-                        pending_checkpoint: lease.pending_checkpoint,
-                        pending_checkpoint_state: lease.pending_checkpoint_state,
-                    };
+                    let stored = lease.stored_checkpoint();
                     self.writer.resume_from(stored.clone());
                     self.tracker.resume_from(stored);
                     self.resync = false;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use kcl_checkpoint::ExtendedSequenceNumber;
 use tracing::{info, warn};
 
-use super::{ConsumerContext, ConsumerEvent, ConsumerSignal, ShardConsumer, stop_signal};
+use super::{ConsumerContext, ConsumerEvent, ShardConsumer, stop_signal};
 
 /// The longest interval between two reads of the parents of a waiting
 /// child (unless `parent_poll_interval` is longer).
@@ -41,10 +41,8 @@ impl ShardConsumer {
         let mut shard_ends = self.context.shard_ends.subscribe();
         let mut logged = false;
         loop {
-            match self.current_signal() {
-                ConsumerSignal::LeaseLost => return ConsumerEvent::LeaseLost,
-                ConsumerSignal::ShutdownRequested => return ConsumerEvent::ShutdownRequested,
-                ConsumerSignal::Run => {}
+            if let Some(event) = self.stop_requested() {
+                return event;
             }
             shard_ends.borrow_and_update();
             self.check_parents(&mut pending).await;

@@ -93,11 +93,11 @@ impl Fixture {
 
     /// Checkpoints `lease` at SHARD_END.
     async fn finish(&self, lease: &Lease) {
-        let end = kcl_lease::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
+        let end = kcl_checkpoint::CheckpointUpdate::at(ExtendedSequenceNumber::ShardEnd);
         self.store
             .checkpoint(
                 &lease.token().unwrap(),
-                &kcl_lease::CheckpointUpdate::at(lease.checkpoint.clone()),
+                &kcl_checkpoint::CheckpointUpdate::at(lease.checkpoint.clone()),
                 &end,
             )
             .await
@@ -300,7 +300,7 @@ async fn a_restarted_processor_is_given_what_a_write_whose_answer_was_lost_store
     let mut fixture = Fixture::new(9).await;
     // The lease holds a pending checkpoint from an earlier owner.
     let lease = fixture.lease().await;
-    let old = kcl_lease::CheckpointUpdate {
+    let old = kcl_checkpoint::CheckpointUpdate {
         checkpoint: lease.checkpoint.clone(),
         pending_checkpoint: Some(ExtendedSequenceNumber::record("1", 0).unwrap()),
         pending_checkpoint_state: Some(b"old".to_vec()),
@@ -309,7 +309,7 @@ async fn a_restarted_processor_is_given_what_a_write_whose_answer_was_lost_store
         .store
         .checkpoint(
             &lease.token().unwrap(),
-            &kcl_lease::CheckpointUpdate::at(lease.checkpoint.clone()),
+            &kcl_checkpoint::CheckpointUpdate::at(lease.checkpoint.clone()),
             &old,
         )
         .await
@@ -641,8 +641,8 @@ async fn a_checkpoint_inside_an_aggregate_resumes_at_the_next_user_record() {
         .store
         .checkpoint(
             &lease.token().unwrap(),
-            &kcl_lease::CheckpointUpdate::at(lease.checkpoint.clone()),
-            &kcl_lease::CheckpointUpdate::at(at),
+            &kcl_checkpoint::CheckpointUpdate::at(lease.checkpoint.clone()),
+            &kcl_checkpoint::CheckpointUpdate::at(at),
         )
         .await
         .unwrap();

@@ -202,10 +202,7 @@ pub(crate) async fn send_batch(
     if records.is_empty() {
         return true;
     }
-    let bytes = records
-        .iter()
-        .map(|r| r.data.len() + r.partition_key.len())
-        .sum();
+    let bytes = records.iter().map(Record::size).sum();
     let permit = budget.acquire(records.len(), bytes).await;
     let batch = Batch {
         records,

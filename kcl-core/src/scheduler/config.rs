@@ -1,10 +1,9 @@
 //! The scheduler's settings and the builder that validates them.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::backoff::BackoffConfig;
-use kcl_checkpoint::ExtendedSequenceNumber;
 use kcl_lease::{DynamoDbLeaseStore, LeaseConfig, LeaseStore};
 
 use super::Scheduler;
@@ -12,37 +11,7 @@ use crate::RecordProcessorFactory;
 use crate::consumer::ProcessorRetryPolicy;
 use crate::kinesis::{Kinesis, SdkKinesis};
 use crate::retrieval::RetrievalConfig;
-use crate::streams::{StreamConfig, StreamsConfig};
-
-/// Where a shard with no checkpoint starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InitialPosition {
-    /// The oldest record still in the shard (the default: nothing in the
-    /// stream is skipped).
-    TrimHorizon,
-    /// Records written after the worker starts reading. The first reader of
-    /// a shard records on the lease where it began (a few seconds before it
-    /// started); until a record has been checkpointed, every later reader
-    /// (after a restart, a handoff, a processor panic) begins there, so
-    /// nothing written after the first reader started is skipped. (The Java
-    /// KCL begins from the newest record again.)
-    Latest,
-    /// Records written at or after a time. The first reader of a shard
-    /// records the time on the lease, so a later change of this setting
-    /// does not move shards that were already read.
-    AtTimestamp(SystemTime),
-}
-
-impl InitialPosition {
-    /// The checkpoint a new lease starts with.
-    pub fn checkpoint(&self) -> ExtendedSequenceNumber {
-        match self {
-            Self::TrimHorizon => ExtendedSequenceNumber::TrimHorizon,
-            Self::Latest => ExtendedSequenceNumber::Latest,
-            Self::AtTimestamp(_) => ExtendedSequenceNumber::AtTimestamp,
-        }
-    }
-}
+use crate::streams::{InitialPosition, StreamConfig, StreamsConfig};
 
 /// How a worker reads its shards.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! The scheduler: one per worker process. It runs the lease coordinator and
-//! shard discovery, and keeps exactly one [`ShardConsumer`](crate::consumer::ShardConsumer) running for each
-//! lease the worker holds:
+//! shard discovery, and keeps exactly one
+//! [`ShardConsumer`](crate::consumer::ShardConsumer) running for each lease
+//! the worker holds:
 //!
 //! - a lease newly held gets a consumer, started from the checkpoint read
 //!   fresh from the table;
@@ -14,6 +15,10 @@
 //! leases, every consumer finishes its batch and checkpoints, the leases are
 //! released, and the worker's heartbeat is removed, all within the
 //! configured shutdown timeout.
+//!
+//! What the worker does before it processes anything is in `startup.rs`;
+//! the consumer tasks and releases in `worker_tasks.rs`; shard discovery
+//! and lease cleanup, on a task of their own, in `maintenance.rs`.
 //!
 //! Nothing in the scheduler's loop waits on the lease table: shard
 //! discovery and lease cleanup run on a task of their own,
@@ -42,7 +47,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, info, info_span, warn};
 
-pub use config::{ConfigError, InitialPosition, RetrievalMode, SchedulerBuilder, SchedulerConfig};
+/// Where a shard with no checkpoint starts; defined with the [streams](crate::streams).
+pub use crate::streams::InitialPosition;
+pub use config::{ConfigError, RetrievalMode, SchedulerBuilder, SchedulerConfig};
 
 use crate::RecordProcessorFactory;
 use crate::consumer::ConsumerContext;

@@ -26,6 +26,20 @@ pub(super) struct Running {
     signal: watch::Sender<ConsumerSignal>,
 }
 
+impl Running {
+    /// Asks the consumer to stop after its batch in flight, unless it was
+    /// already told to stop. Returns whether it was asked now.
+    fn request_shutdown(&self) -> bool {
+        self.signal.send_if_modified(|signal| {
+            let ask = *signal == ConsumerSignal::Run;
+            if ask {
+                *signal = ConsumerSignal::ShutdownRequested;
+            }
+            ask
+        })
+    }
+}
+
 /// What a consumer task returns.
 pub(super) type Finished = (LeaseToken, ConsumerOutcome);
 
@@ -113,15 +127,8 @@ impl WorkerTasks {
             let still_held = held.get(key).is_some_and(|h| h.token == running.token);
             if !still_held {
                 running.signal.send_replace(ConsumerSignal::LeaseLost);
-            } else if held[key].handoff_requested {
-                running.signal.send_if_modified(|signal| {
-                    let ask = *signal == ConsumerSignal::Run;
-                    if ask {
-                        info!(lease = %key, "handoff requested; stopping after the batch in flight");
-                        *signal = ConsumerSignal::ShutdownRequested;
-                    }
-                    ask
-                });
+            } else if held[key].handoff_requested && running.request_shutdown() {
+                info!(lease = %key, "handoff requested; stopping after the batch in flight");
             }
         }
         let draining = self.handle.is_draining();
@@ -313,13 +320,7 @@ impl WorkerTasks {
                     no_receivers, "checkpointing and releasing the remaining shards"
                 );
                 for running in self.running.values() {
-                    running.signal.send_if_modified(|signal| {
-                        let ask = *signal == ConsumerSignal::Run;
-                        if ask {
-                            *signal = ConsumerSignal::ShutdownRequested;
-                        }
-                        ask
-                    });
+                    running.request_shutdown();
                 }
             }
             tokio::select! {

@@ -152,9 +152,17 @@ async fn read_own_lease<S: LeaseStore + ?Sized>(
     }
 }
 
+/// Logs and counts a lease this worker held and another worker now holds.
+fn report_lost(key: &str) {
+    warn!(lease = %key, "lease lost to another worker");
+    metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
+}
+
 /// What the rest of the worker uses to follow and act on the held leases.
 pub struct CoordinatorHandle<S: ?Sized> {
+    /// The tables, for releases.
     store: Arc<S>,
+    /// The coordinator's state the handle reads and steers.
     shared: Arc<Shared>,
 }
 
@@ -554,8 +562,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .map(|(key, _)| key.clone())
             .collect();
         for key in &report.lost {
-            warn!(lease = %key, "lease lost to another worker");
-            metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
+            report_lost(key);
         }
         report.held = held.len();
         self.shared.held.send_if_modified(|published| {
@@ -616,8 +623,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                         requested
                     }
                     _ => {
-                        warn!(lease = %key, "lease lost to another worker");
-                        metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
+                        report_lost(&key);
                         held.remove(&key);
                         true
                     }

@@ -6,13 +6,15 @@
 pub mod dynamodb;
 #[cfg(any(test, feature = "test-util"))]
 pub(crate) mod memory;
+mod requests;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 pub use kcl_checkpoint::CheckpointUpdate;
+
+pub use requests::{RequestCounter, RequestCounts, WRITE_OPERATIONS, write_requests};
 
 use crate::{Lease, LeaseStoreError, LeaseTableListing, LeaseToken};
 
@@ -166,49 +168,4 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// How many requests this store has sent, by operation.
     fn request_counts(&self) -> RequestCounts;
-}
-
-/// Requests sent to the tables, by operation name (DynamoDB's names), each
-/// retry counted. Used for the cost figures and exposed as metrics.
-#[derive(Debug, Default)]
-pub struct RequestCounter(Mutex<BTreeMap<&'static str, u64>>);
-
-/// A snapshot of a [`RequestCounter`].
-pub type RequestCounts = BTreeMap<&'static str, u64>;
-
-/// The DynamoDB operations that write.
-pub const WRITE_OPERATIONS: [&str; 5] = [
-    "PutItem",
-    "UpdateItem",
-    "DeleteItem",
-    "CreateTable",
-    "BatchWriteItem",
-];
-
-impl RequestCounter {
-    /// Counts one request of `operation`.
-    pub fn add(&self, operation: &'static str) {
-        let mut counts = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *counts.entry(operation).or_default() += 1;
-    }
-
-    /// The counts so far.
-    pub fn snapshot(&self) -> RequestCounts {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-}
-
-/// Sums the write requests in `counts`.
-pub fn write_requests(counts: &RequestCounts) -> u64 {
-    counts
-        .iter()
-        .filter(|(op, _)| WRITE_OPERATIONS.contains(op))
-        .map(|(_, n)| n)
-        .sum()
 }

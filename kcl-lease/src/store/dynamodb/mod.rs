@@ -55,9 +55,13 @@ pub struct DynamoDbLeaseStore {
     /// The client, with the SDK's own retries turned off: every retry goes
     /// through [`retry_with_backoff`], so it is jittered and counted.
     client: Client,
+    /// The lease table's name (the application's name).
     lease_table: String,
+    /// The workers table's name (heartbeats).
     workers_table: String,
+    /// How throttled and failed requests are retried.
     backoff: BackoffConfig,
+    /// Requests sent, by operation, each retry counted.
     requests: Arc<RequestCounter>,
     /// Items of the lease table this store skips, reported once each.
     skipped: Arc<SkippedItemsReport>,
