@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::{Lease, WorkerHeartbeat};
+use crate::{Lease, LeaseScope, WorkerHeartbeat};
 
 /// Who holds a lease, as the assignment sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,6 +75,63 @@ pub fn waiting_on_parents(lease: &Lease, leases: &BTreeMap<&str, &Lease>) -> boo
                 .get(lease.key_of(parent).as_str())
                 .is_none_or(|parent| !parent.is_finished())
         })
+}
+
+/// The workers that share the plan of worker `me`, and those of them that
+/// are stopping, from the workers it judges `live` and the `heartbeats`
+/// just read: the live workers whose heartbeat announces the same streams
+/// as `scope` (`me` always), split into those that may receive leases and
+/// the stopping ones (draining, and `me` when `draining`), which receive
+/// nothing and whose leases are planned to move to the others.
+///
+/// A live worker of other streams (a rolling deploy that changes the list)
+/// is in neither set: it neither receives leases it would not take nor
+/// gives up its own, which are left alone until it stops or expires.
+pub fn planning_workers(
+    me: &str,
+    live: impl IntoIterator<Item = String>,
+    heartbeats: &[WorkerHeartbeat],
+    scope: &LeaseScope,
+    draining: bool,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let same_streams = |worker: &str| {
+        heartbeats
+            .iter()
+            .find(|h| h.worker == worker)
+            .is_some_and(|h| scope.same_as(&h.streams))
+    };
+    let mut workers: BTreeSet<String> = live
+        .into_iter()
+        .filter(|worker| same_streams(worker))
+        .collect();
+    workers.insert(me.to_owned());
+    let mut stopping: BTreeSet<String> = heartbeats
+        .iter()
+        .filter(|h| h.draining && h.worker != me && workers.contains(&h.worker))
+        .map(|h| h.worker.clone())
+        .collect();
+    if draining {
+        stopping.insert(me.to_owned());
+    }
+    workers.retain(|w| !stopping.contains(w));
+    (workers, stopping)
+}
+
+/// How many workers other than `me` could receive its leases: those whose
+/// heartbeat says they are not draining, announces the same streams as
+/// `scope`, and that `is_live` judges live.
+pub fn receivers(
+    me: &str,
+    heartbeats: &[WorkerHeartbeat],
+    scope: &LeaseScope,
+    is_live: impl Fn(&str) -> bool,
+) -> usize {
+    heartbeats
+        .iter()
+        .filter(|h| h.worker != me && !h.draining)
+        .filter(|h| scope.same_as(&h.streams))
+        .filter(|h| is_live(&h.worker))
+        .count()
 }
 
 /// The fleet as one assignment round read it.
@@ -285,6 +342,63 @@ pub fn plan(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn heartbeat(worker: &str, draining: bool, streams: Option<&[&str]>) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            worker: worker.into(),
+            beat: 1,
+            draining,
+            failover_time: None,
+            streams: streams.map(|s| s.iter().map(|s| (*s).to_owned()).collect()),
+        }
+    }
+
+    fn names(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_plan_is_shared_by_live_workers_of_the_same_streams() {
+        let orders = "123456789012:orders:1";
+        let scope = LeaseScope::MultiStream(
+            [crate::StreamIdentifier::parse(orders).expect("identifier")]
+                .into_iter()
+                .collect(),
+        );
+        let heartbeats = [
+            heartbeat("a", false, Some(&[orders])),
+            heartbeat("b", false, Some(&[orders])),
+            heartbeat("c", true, Some(&[orders])),
+            // Live, but consuming other streams: in neither set.
+            heartbeat("d", false, Some(&[orders, "123456789012:refunds:1"])),
+            // Of the same streams, but not judged live.
+            heartbeat("e", false, Some(&[orders])),
+        ];
+        let live = ["b", "c", "d"].map(str::to_owned);
+        let (workers, stopping) = planning_workers("a", live.clone(), &heartbeats, &scope, false);
+        assert_eq!(workers, names(&["a", "b"]));
+        assert_eq!(stopping, names(&["c"]));
+        // A draining planner plans itself out.
+        let (workers, stopping) = planning_workers("a", live, &heartbeats, &scope, true);
+        assert_eq!(workers, names(&["b"]));
+        assert_eq!(stopping, names(&["a", "c"]));
+        // Receivers: live, not draining, same streams, not the planner.
+        let is_live = |w: &str| ["b", "c", "d"].contains(&w);
+        assert_eq!(receivers("a", &heartbeats, &scope, is_live), 1);
+        // An application of one stream plans with the workers that announce
+        // no streams.
+        let single = [heartbeat("a", false, None), heartbeat("b", false, None)];
+        let (workers, _) = planning_workers(
+            "a",
+            ["b".to_owned()],
+            &single,
+            &LeaseScope::SingleStream,
+            false,
+        );
+        assert_eq!(workers, names(&["a", "b"]));
+        let (workers, _) = planning_workers("a", ["b".to_owned()], &single, &scope, false);
+        assert_eq!(workers, names(&["a"]));
+    }
 
     fn view(key: usize, holder: Holder) -> LeaseView {
         LeaseView {

@@ -9,9 +9,8 @@
 //! with its answer lost). Each step is atomic; the checker tries every
 //! order of the steps that are due, and every moment for the adversary.
 
-use std::collections::BTreeSet;
-
 use kcl_lease::assignment::{self, Holder, LeaseView};
+use kcl_lease::{LeaseScope, WorkerHeartbeat};
 use stateright::{Model, Property};
 
 use crate::properties;
@@ -747,21 +746,31 @@ impl LeaseModel {
                 }
             }
         }
-        // The plan, as the coordinator builds it.
+        // The plan, as the coordinator builds it (one stream: no worker
+        // announces streams).
         let name = |worker: usize| format!("w{worker}");
-        let mut workers: BTreeSet<String> = (0..beats.len())
-            .filter(|&other| other == me || live(worker, other))
-            .map(name)
+        let heartbeats: Vec<WorkerHeartbeat> = beats
+            .iter()
+            .enumerate()
+            .filter_map(|(other, beat)| {
+                beat.map(|beat| WorkerHeartbeat {
+                    worker: name(other),
+                    beat: 0,
+                    draining: beat.draining,
+                    failover_time: None,
+                    streams: None,
+                })
+            })
             .collect();
-        let mut stopping: BTreeSet<String> = (0..beats.len())
-            .filter(|&other| other != me && beats[other].is_some_and(|b| b.draining))
-            .map(name)
-            .filter(|n| workers.contains(n))
-            .collect();
-        if worker.draining {
-            stopping.insert(name(me));
-        }
-        workers.retain(|n| !stopping.contains(n));
+        let (workers, stopping) = assignment::planning_workers(
+            &name(me),
+            (0..beats.len())
+                .filter(|&other| other != me && live(worker, other))
+                .map(name),
+            &heartbeats,
+            &LeaseScope::SingleStream,
+            worker.draining,
+        );
         let keys = ["shard-0", "shard-1"];
         let views: Vec<LeaseView> = [P, C]
             .into_iter()

@@ -410,7 +410,13 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         leases.retain(|lease| !not_retaken.contains(&lease.key));
 
         let draining = *self.shared.draining.borrow();
-        let (workers, stopping) = self.planning_workers(&heartbeats, draining);
+        let (workers, stopping) = assignment::planning_workers(
+            &self.config.worker_id,
+            self.tracker.live_workers(),
+            &heartbeats,
+            &self.config.scope,
+            draining,
+        );
         report.live_workers = workers.len() + stopping.len();
         self.shared
             .receivers
@@ -432,35 +438,6 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         self.publish(leases, epoch, clock, &mut report);
         debug!(?report, "assignment round");
         Ok(report)
-    }
-
-    /// The workers that share this worker's plan (the live workers of the
-    /// same streams, this one included) less those that are stopping, and
-    /// the stopping ones (this one too when `draining`): they receive
-    /// nothing, and their leases are planned to move to the others.
-    fn planning_workers(
-        &self,
-        heartbeats: &[crate::WorkerHeartbeat],
-        draining: bool,
-    ) -> (BTreeSet<String>, BTreeSet<String>) {
-        let me = self.config.worker_id.as_str();
-        let mut workers: BTreeSet<String> = self.tracker.live_workers().into_iter().collect();
-        // Only workers of the same streams share the plan: a live worker of
-        // other streams (a rolling deploy that changes the list) neither
-        // receives leases it would not take nor gives up its own; its
-        // leases are left alone until it stops or expires.
-        workers.retain(|worker| self.same_streams(heartbeats, worker));
-        workers.insert(me.to_owned());
-        let mut stopping: BTreeSet<String> = heartbeats
-            .iter()
-            .filter(|h| h.draining && h.worker != me && workers.contains(&h.worker))
-            .map(|h| h.worker.clone())
-            .collect();
-        if draining {
-            stopping.insert(me.to_owned());
-        }
-        workers.retain(|w| !stopping.contains(w));
-        (workers, stopping)
     }
 
     /// Carries out this worker's part of `plan`: takes the free leases
@@ -575,12 +552,12 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
     /// How many other live workers could receive leases (not draining), by
     /// the heartbeats just observed.
     fn receivers(&self, heartbeats: &[crate::WorkerHeartbeat]) -> usize {
-        heartbeats
-            .iter()
-            .filter(|h| h.worker != self.config.worker_id && !h.draining)
-            .filter(|h| self.config.scope.same_as(&h.streams))
-            .filter(|h| self.tracker.is_worker_live(&h.worker))
-            .count()
+        assignment::receivers(
+            &self.config.worker_id,
+            heartbeats,
+            &self.config.scope,
+            |worker| self.tracker.is_worker_live(worker),
+        )
     }
 
     /// While the worker drains, instead of a full round: reads the workers
@@ -753,15 +730,6 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             }
         }
         Ok(())
-    }
-
-    /// Whether `worker`'s heartbeat in `heartbeats` announces the streams
-    /// this worker consumes.
-    fn same_streams(&self, heartbeats: &[crate::WorkerHeartbeat], worker: &str) -> bool {
-        heartbeats
-            .iter()
-            .find(|h| h.worker == worker)
-            .is_some_and(|h| self.config.scope.same_as(&h.streams))
     }
 
     /// The next moment a round is due: the regular interval after `last`, or
