@@ -75,6 +75,37 @@ pub struct RetrievalConfig {
 /// allows five calls per second per shard.
 pub const MIN_CALL_INTERVAL: Duration = Duration::from_millis(200);
 
+impl RetrievalConfig {
+    /// Checks every setting is in its range.
+    pub fn validate(&self) -> Result<(), crate::ConfigError> {
+        use crate::ConfigError;
+        if !(1..=10_000).contains(&self.max_records_per_call) {
+            return Err(ConfigError::Invalid {
+                setting: "max_records_per_call",
+                reason: format!("{} is not between 1 and 10,000", self.max_records_per_call),
+            });
+        }
+        for (setting, value) in [
+            ("max_prefetch_records", self.max_prefetch_records),
+            ("max_prefetch_bytes", self.max_prefetch_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid {
+                    setting,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        if self.fanout_shard_end_check.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "fanout_shard_end_check",
+                reason: "must be more than zero".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl Default for RetrievalConfig {
     fn default() -> Self {
         Self {

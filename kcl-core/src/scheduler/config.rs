@@ -274,8 +274,8 @@ impl SchedulerBuilder {
     }
 
     /// Validates the settings and builds the scheduler around `factory`.
-    pub fn build(self, factory: impl RecordProcessorFactory) -> Result<Scheduler, ConfigError> {
-        let application_name = self.application_name.ok_or(ConfigError::Missing {
+    pub fn build(mut self, factory: impl RecordProcessorFactory) -> Result<Scheduler, ConfigError> {
+        let application_name = self.application_name.take().ok_or(ConfigError::Missing {
             setting: "application_name",
         })?;
         check_name(
@@ -284,38 +284,7 @@ impl SchedulerBuilder {
             3,
             255 - "-Workers".len(),
         )?;
-        let streams = match (self.stream_name, self.streams.is_empty()) {
-            (Some(_), false) => {
-                return Err(ConfigError::Invalid {
-                    setting: "stream_name",
-                    reason: "give either stream_name (one stream) or stream (each stream of a \
-                             multi-stream application), not both"
-                        .into(),
-                });
-            }
-            (None, true) => {
-                return Err(ConfigError::Missing {
-                    setting: "stream_name",
-                });
-            }
-            (Some(name), true) => {
-                check_name("stream_name", &name, 1, 128)?;
-                StreamsConfig::Single(name)
-            }
-            (None, false) => {
-                let mut names = std::collections::BTreeSet::new();
-                for stream in &self.streams {
-                    check_name("stream", stream.name(), 1, 128)?;
-                    if !names.insert(stream.name()) {
-                        return Err(ConfigError::Invalid {
-                            setting: "stream",
-                            reason: format!("{:?} is given more than once", stream.name()),
-                        });
-                    }
-                }
-                StreamsConfig::Multi(self.streams)
-            }
-        };
+        let streams = streams_config(self.stream_name.take(), std::mem::take(&mut self.streams))?;
         let former_stream_cleanup_delay = self
             .former_stream_cleanup_delay
             .unwrap_or(Some(Duration::from_secs(3600)));
@@ -325,58 +294,9 @@ impl SchedulerBuilder {
                 reason: "must be greater than zero (None keeps the leases)".into(),
             });
         }
-        let worker_id = match self.worker_id {
-            Some(id) => id,
-            None => default_worker_id(),
-        };
-        let mut lease = LeaseConfig::new(worker_id);
-        if let Some(failover) = self.failover_time {
-            lease = lease.with_failover_time(failover);
-        }
-        if let Some(interval) = self.heartbeat_interval {
-            lease.heartbeat_interval = interval;
-        }
-        if let Some(margin) = self.safety_margin {
-            lease.safety_margin = margin;
-        }
-        if let Some(interval) = self.assignment_interval {
-            lease.assignment_interval = interval;
-        }
-        if let Some(interval) = self.handoff_poll_interval {
-            lease.handoff_poll_interval = interval;
-        }
-        lease.max_leases_per_worker = self.max_leases_per_worker;
-        lease.validate().map_err(|e| ConfigError::Invalid {
-            setting: "lease settings",
-            reason: e.to_string(),
-        })?;
+        let lease = self.lease_config()?;
         let retrieval = self.retrieval.unwrap_or_default();
-        if !(1..=10_000).contains(&retrieval.max_records_per_call) {
-            return Err(ConfigError::Invalid {
-                setting: "max_records_per_call",
-                reason: format!(
-                    "{} is not between 1 and 10,000",
-                    retrieval.max_records_per_call
-                ),
-            });
-        }
-        for (setting, value) in [
-            ("max_prefetch_records", retrieval.max_prefetch_records),
-            ("max_prefetch_bytes", retrieval.max_prefetch_bytes),
-        ] {
-            if value == 0 {
-                return Err(ConfigError::Invalid {
-                    setting,
-                    reason: "must be at least 1".into(),
-                });
-            }
-        }
-        if retrieval.fanout_shard_end_check.is_zero() {
-            return Err(ConfigError::Invalid {
-                setting: "fanout_shard_end_check",
-                reason: "must be more than zero".into(),
-            });
-        }
+        retrieval.validate()?;
         let shard_sync_interval = self.shard_sync_interval.unwrap_or(Duration::from_secs(60));
         let shutdown_timeout = self.shutdown_timeout.unwrap_or(Duration::from_secs(20));
         let parent_poll_interval = self.parent_poll_interval.unwrap_or(Duration::from_secs(1));
@@ -429,9 +349,9 @@ impl SchedulerBuilder {
             kinesis_backoff: BackoffConfig {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(10),
-                multiplier: 2.0,
-                max_attempts: None,
-            },
+                ..BackoffConfig::default()
+            }
+            .without_limit(),
             shutdown_timeout,
         };
         Scheduler::new(config, kinesis, store, Arc::new(factory)).map_err(|e| {
@@ -440,6 +360,36 @@ impl SchedulerBuilder {
                 reason: e.to_string(),
             }
         })
+    }
+
+    /// The lease settings, validated.
+    fn lease_config(&self) -> Result<LeaseConfig, ConfigError> {
+        let worker_id = match self.worker_id.clone() {
+            Some(id) => id,
+            None => default_worker_id(),
+        };
+        let mut lease = LeaseConfig::new(worker_id);
+        if let Some(failover) = self.failover_time {
+            lease = lease.with_failover_time(failover);
+        }
+        if let Some(interval) = self.heartbeat_interval {
+            lease.heartbeat_interval = interval;
+        }
+        if let Some(margin) = self.safety_margin {
+            lease.safety_margin = margin;
+        }
+        if let Some(interval) = self.assignment_interval {
+            lease.assignment_interval = interval;
+        }
+        if let Some(interval) = self.handoff_poll_interval {
+            lease.handoff_poll_interval = interval;
+        }
+        lease.max_leases_per_worker = self.max_leases_per_worker;
+        lease.validate().map_err(|e| ConfigError::Invalid {
+            setting: "lease settings",
+            reason: e.to_string(),
+        })?;
+        Ok(lease)
     }
 }
 
@@ -479,6 +429,42 @@ fn default_worker_id() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "worker".to_owned());
     format!("{host}-{:08x}", rand::random::<u32>())
+}
+
+/// The stream or streams to consume: `stream_name` for one, `streams` for
+/// a multi-stream application, never both; names checked, none twice.
+fn streams_config(
+    stream_name: Option<String>,
+    streams: Vec<StreamConfig>,
+) -> Result<StreamsConfig, ConfigError> {
+    match (stream_name, streams.is_empty()) {
+        (Some(_), false) => Err(ConfigError::Invalid {
+            setting: "stream_name",
+            reason: "give either stream_name (one stream) or stream (each stream of a \
+                     multi-stream application), not both"
+                .into(),
+        }),
+        (None, true) => Err(ConfigError::Missing {
+            setting: "stream_name",
+        }),
+        (Some(name), true) => {
+            check_name("stream_name", &name, 1, 128)?;
+            Ok(StreamsConfig::Single(name))
+        }
+        (None, false) => {
+            let mut names = std::collections::BTreeSet::new();
+            for stream in &streams {
+                check_name("stream", stream.name(), 1, 128)?;
+                if !names.insert(stream.name()) {
+                    return Err(ConfigError::Invalid {
+                        setting: "stream",
+                        reason: format!("{:?} is given more than once", stream.name()),
+                    });
+                }
+            }
+            Ok(StreamsConfig::Multi(streams))
+        }
+    }
 }
 
 #[cfg(test)]
