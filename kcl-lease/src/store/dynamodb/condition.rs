@@ -17,7 +17,9 @@ use kcl_checkpoint::ExtendedSequenceNumber;
 use super::item::*;
 use crate::{Lease, LeaseToken};
 
-/// A condition expression and the values it uses.
+/// A condition expression and the values it uses. Every constructor
+/// parenthesises an expression with an OR at its top, so that conditions
+/// combine with [`and`](Self::and) as they read.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Condition {
     expression: String,
@@ -63,6 +65,8 @@ impl Condition {
     fn joined(mut self, expression: String, other: Condition) -> Self {
         for (name, value) in other.values {
             let previous = self.values.insert(name, value.clone());
+            // Placeholders are fixed names in this file: a clash is a bug
+            // here, caught by the tests below, never data from outside.
             debug_assert!(
                 previous.is_none_or(|previous| previous == value),
                 "one placeholder bound to two values"
@@ -182,7 +186,7 @@ pub(super) fn stored_position_is(
     let sub_is = Condition::equals(sub_name, &sub, n(position.sub_sequence_number()));
     if position.sub_sequence_number() == 0 {
         let sub_absent = Condition::new(
-            format!("attribute_not_exists({sub_name}) OR attribute_type({sub_name}, {null})"),
+            format!("(attribute_not_exists({sub_name}) OR attribute_type({sub_name}, {null}))"),
             [(null, s("NULL"))],
         );
         sequence.and(sub_is.or(sub_absent))
@@ -218,7 +222,7 @@ pub(super) fn deletable() -> Condition {
 /// lower one.
 pub(super) fn heartbeat_below(beat: u64) -> Condition {
     Condition::new(
-        format!("attribute_not_exists({HEARTBEAT}) OR {HEARTBEAT} < :beat"),
+        format!("(attribute_not_exists({HEARTBEAT}) OR {HEARTBEAT} < :beat)"),
         [(":beat".to_owned(), n(beat))],
     )
 }
@@ -249,10 +253,28 @@ mod tests {
         found
     }
 
+    /// Whether `expression` has an OR outside every parenthesis: it would
+    /// not read as meant once another condition is AND-ed to it.
+    fn or_at_top(expression: &str) -> bool {
+        let mut depth = 0i32;
+        let bytes = expression.as_bytes();
+        for (at, byte) in bytes.iter().enumerate() {
+            match byte {
+                b'(' => depth += 1,
+                b')' => depth -= 1,
+                _ if depth == 0 && expression[at..].starts_with(" OR ") => return true,
+                _ => {}
+            }
+        }
+        false
+    }
+
     /// DynamoDB refuses a request that binds a value its expressions do
-    /// not use, or uses one it does not bind.
+    /// not use, or uses one it does not bind; and every condition combines
+    /// as it reads.
     fn assert_binds_what_it_uses(condition: Condition) {
         let (expression, values) = condition.into_parts();
+        assert!(!or_at_top(&expression), "unparenthesised OR: {expression}");
         let bound: BTreeSet<String> = values.into_keys().collect();
         assert_eq!(placeholders(&expression), bound, "{expression}");
     }
@@ -292,6 +314,9 @@ mod tests {
         };
         assert_binds_what_it_uses(held_by(&token));
         assert_binds_what_it_uses(no_item());
+        assert_binds_what_it_uses(is_lease());
+        assert_binds_what_it_uses(absent(CHECKPOINT_OWNER));
+        assert!(or_at_top("a = :a OR b = :b"), "the check itself");
         assert_binds_what_it_uses(deletable());
         assert_binds_what_it_uses(heartbeat_below(3));
         assert_binds_what_it_uses(heartbeat_is(3));
@@ -332,8 +357,8 @@ mod tests {
             .into_parts()
             .0,
             "checkpoint = :previous AND (checkpointSubSequenceNumber = :previous_sub OR \
-             attribute_not_exists(checkpointSubSequenceNumber) OR \
-             attribute_type(checkpointSubSequenceNumber, :previous_null))"
+             (attribute_not_exists(checkpointSubSequenceNumber) OR \
+             attribute_type(checkpointSubSequenceNumber, :previous_null)))"
         );
     }
 }
