@@ -72,7 +72,7 @@ for n in 1 2 3; do start_counter "$n"; start_recorder "$n"; done
 # leases held, records processed and the lag (from /metrics).
 status() {
   note "lease table of $counter_app:"
-  "$bin/kcl-admin" leases --application-name "$counter_app" | sed 's/^/     /'
+  "$bin/kcl-admin" status --application-name "$counter_app" | sed 's/^/     /'
   for n in 1 2 3; do
     if [ -z "${pid[counter-$n]:-}" ]; then note "counter-$n: stopped"; continue; fi
     metrics=$(curl -sf "http://127.0.0.1:$((9100 + n))/metrics" || true)

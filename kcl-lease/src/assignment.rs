@@ -350,6 +350,7 @@ mod tests {
             draining,
             failover_time: None,
             streams: streams.map(|s| s.iter().map(|s| (*s).to_owned()).collect()),
+            written_at: None,
         }
     }
 
@@ -531,6 +532,7 @@ mod tests {
             draining: false,
             failover_time: None,
             streams: Some(streams.iter().map(|s| (*s).to_owned()).collect()),
+            written_at: None,
         };
         let mut finished = owned("done", Some("b"));
         finished.checkpoint = Esn::ShardEnd;

@@ -535,6 +535,18 @@ pub async fn a_deleted_lease_cannot_be_written(a: impl LeaseStore, b: impl Lease
     assert_lost(a.take_lease(&held, "worker-a").await);
 }
 
+/// `heartbeats` without the times they were written, to compare with what
+/// was written.
+fn without_times(heartbeats: Vec<WorkerHeartbeat>) -> Vec<WorkerHeartbeat> {
+    heartbeats
+        .into_iter()
+        .map(|heartbeat| WorkerHeartbeat {
+            written_at: None,
+            ..heartbeat
+        })
+        .collect()
+}
+
 /// One heartbeat per worker, overwritten by the next, removed on request;
 /// the draining flag, the failover time and the streams announced are kept
 /// with it.
@@ -545,12 +557,19 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
         draining: false,
         failover_time: Some(std::time::Duration::from_millis(7_500)),
         streams: None,
+        written_at: None,
     };
+    let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     a.heartbeat(&beat("worker-a", 1)).await.unwrap();
     b.heartbeat(&beat("worker-b", 1)).await.unwrap();
     a.heartbeat(&beat("worker-a", 2)).await.unwrap();
     let mut seen = b.list_heartbeats().await.unwrap();
     seen.sort_by(|x, y| x.worker.cmp(&y.worker));
+    for heartbeat in &seen {
+        let written_at = heartbeat.written_at.expect("the store records when");
+        assert!(written_at >= before, "written now: {heartbeat:?}");
+    }
+    let seen = without_times(seen);
     assert_eq!(seen, [beat("worker-a", 2), beat("worker-b", 1)]);
     let draining = WorkerHeartbeat {
         draining: true,
@@ -559,12 +578,15 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
         ..beat("worker-a", 3)
     };
     a.heartbeat(&draining).await.unwrap();
-    let mut seen = b.list_heartbeats().await.unwrap();
+    let mut seen = without_times(b.list_heartbeats().await.unwrap());
     seen.sort_by(|x, y| x.worker.cmp(&y.worker));
     assert_eq!(seen, [draining, beat("worker-b", 1)]);
     assert!(a.remove_heartbeat("worker-a", None).await.unwrap());
     assert!(!a.remove_heartbeat("worker-a", None).await.unwrap());
-    assert_eq!(b.list_heartbeats().await.unwrap(), [beat("worker-b", 1)]);
+    assert_eq!(
+        without_times(b.list_heartbeats().await.unwrap()),
+        [beat("worker-b", 1)]
+    );
 }
 
 /// A stored heartbeat only moves forward: a write of a value that is not
@@ -578,6 +600,7 @@ pub async fn heartbeats_only_move_forward(a: impl LeaseStore, b: impl LeaseStore
         draining: false,
         failover_time: None,
         streams: None,
+        written_at: None,
     };
     a.heartbeat(&beat(10)).await.unwrap();
     for stale in [10, 4] {
@@ -588,10 +611,16 @@ pub async fn heartbeats_only_move_forward(a: impl LeaseStore, b: impl LeaseStore
             other => panic!("a write of {stale} over 10 must be refused: {other:?}"),
         }
     }
-    assert_eq!(b.list_heartbeats().await.unwrap(), [beat(10)]);
+    assert_eq!(
+        without_times(b.list_heartbeats().await.unwrap()),
+        [beat(10)]
+    );
     b.heartbeat(&beat(11)).await.unwrap();
     assert!(!a.remove_heartbeat("worker-a", Some(10)).await.unwrap());
-    assert_eq!(a.list_heartbeats().await.unwrap(), [beat(11)]);
+    assert_eq!(
+        without_times(a.list_heartbeats().await.unwrap()),
+        [beat(11)]
+    );
     assert!(a.remove_heartbeat("worker-a", Some(11)).await.unwrap());
     assert!(b.list_heartbeats().await.unwrap().is_empty());
     // Gone, a worker starts over with any value.

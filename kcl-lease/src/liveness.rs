@@ -322,6 +322,7 @@ mod tests {
             draining: false,
             failover_time: Some(FAILOVER),
             streams: None,
+            written_at: None,
         }
     }
 

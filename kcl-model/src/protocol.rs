@@ -759,6 +759,7 @@ impl LeaseModel {
                     draining: beat.draining,
                     failover_time: None,
                     streams: None,
+                    written_at: None,
                 })
             })
             .collect();

@@ -34,14 +34,22 @@ pub fn start_recorder(
         .args(extra)
         // The stream name through the environment, as in a Deployment.
         .env("KCL_STREAM_NAME", stream)
-        .env("AWS_ENDPOINT_URL_KINESIS", &aws.kinesis_endpoint)
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &aws.dynamodb_endpoint)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ACCESS_KEY_ID", "kcllocalaccesskey")
-        .env("AWS_SECRET_ACCESS_KEY", "kcllocalsecretkey")
+        .envs(local_aws_env(aws))
         .stderr(log)
         .spawn()
         .expect("start recorder")
+}
+
+/// The environment that points a process at the local stack, with dummy
+/// credentials.
+pub fn local_aws_env(aws: &LocalAws) -> [(&'static str, String); 5] {
+    [
+        ("AWS_ENDPOINT_URL_KINESIS", aws.kinesis_endpoint.clone()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", aws.dynamodb_endpoint.clone()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "kcllocalaccesskey".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "kcllocalsecretkey".to_owned()),
+    ]
 }
 
 /// Sends SIGTERM to `child` by its PID.

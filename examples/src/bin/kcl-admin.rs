@@ -1,46 +1,78 @@
-//! Operator commands for a fleet (used by the demo):
-//! - `leases`: the lease table and the workers' heartbeats, one line each;
-//! - `split-shard`: split an open shard of a stream in half;
+//! `kcl-admin`: operating a consumer group on a live fleet.
+//!
+//! - `status`: the workers (heartbeat age, draining, leases held) and the
+//!   leases (shard, owner, checkpoint, parents and children, state);
+//! - `lag`: per shard, how far the group's checkpoint is behind the newest
+//!   record (no worker needs to run);
+//! - `lineage`: the shard tree with each shard's lease state;
+//! - `split-shard`: split an open shard of a stream in half (for the demo
+//!   and tests);
 //! - `verify`: read `recorder` output files and report what was processed,
 //!   lost, duplicated, and any per-key order violation (exit 1 if records
 //!   were lost or processed out of order).
 //!
-//! AWS access comes from the standard chain (`aws-config`), with
-//! `AWS_ENDPOINT_URL_*` for the local stack.
+//! Exit codes: 0 done; 1 refused or failed, with the reason on standard
+//! error (a usage error included). `--output json` prints the report as
+//! JSON instead of a table. AWS access comes from the standard chain
+//! (`aws-config`), with `AWS_ENDPOINT_URL_*` for the local stack.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use aws_config::BehaviorVersion;
-use clap::{Parser, Subcommand};
-use kcl_core::checkpoint::ExtendedSequenceNumber;
+use clap::{Parser, Subcommand, ValueEnum};
 use kcl_core::kinesis::{Kinesis, SdkKinesis};
 use kcl_examples::payload::Payload;
 use kcl_examples::recorder::read_lines;
-use kcl_lease::{DynamoDbLeaseStore, LeaseStore};
+use kcl_lease::DynamoDbLeaseStore;
+use serde::Serialize;
 
 /// Command-line settings.
 #[derive(Parser, Debug)]
-#[command(about = "Look at and act on a Kinesis consumer fleet")]
+#[command(
+    name = "kcl-admin",
+    about = "Look at and act on a Kinesis consumer group while its workers run",
+    after_help = "Exit codes: 0 done; 1 refused or failed (the reason on standard error)."
+)]
 struct Args {
+    /// The application's name: its lease table's name.
+    #[arg(long, global = true, env = "KCL_APPLICATION_NAME")]
+    application_name: Option<String>,
+    /// The stream (for `lag` and `lineage` of an application of one
+    /// stream; a filter by name in a multi-stream table).
+    #[arg(long, global = true, env = "KCL_STREAM_NAME")]
+    stream_name: Option<String>,
+    /// How to print the report.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
+/// How a report is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// A readable table.
+    Table,
+    /// One JSON document.
+    Json,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the lease table and the workers' heartbeats.
-    Leases {
-        /// The application name (the lease table's name).
-        #[arg(long, env = "KCL_APPLICATION_NAME")]
-        application_name: String,
-    },
+    /// The application's workers (heartbeat age, draining, leases held) and
+    /// its leases (shard, state, owner, checkpoint, parents and children).
+    Status,
+    /// Per shard, how far the group's checkpoint is behind the newest
+    /// record, in milliseconds, and the largest and total. Reads Kinesis
+    /// (one GetRecords after each checkpoint); no worker needs to run.
+    Lag,
+    /// The shard tree, parents before children, with each shard's lease
+    /// state (and, given --stream-name, whether Kinesis lists it open).
+    Lineage,
     /// Split an open shard in the middle of its hash key range.
     SplitShard {
-        /// The stream.
-        #[arg(long, env = "KCL_STREAM_NAME")]
-        stream_name: String,
         /// The shard to split (default: the first open shard).
         #[arg(long)]
         shard_id: Option<String>,
@@ -58,16 +90,20 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
-    let result = match args.command {
-        Command::Leases { application_name } => leases(&application_name).await,
-        Command::SplitShard {
-            stream_name,
-            shard_id,
-        } => split_shard(&stream_name, shard_id).await,
-        Command::Verify { produced, files } => verify(produced, &files),
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => {
+            // Help and version are answers, not failures.
+            let code = if error.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+            let _ = error.print();
+            return code;
+        }
     };
-    match result {
+    match run(args).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
@@ -79,62 +115,69 @@ async fn main() -> ExitCode {
 
 type Outcome = Result<bool, Box<dyn std::error::Error>>;
 
-async fn leases(application_name: &str) -> Outcome {
+async fn run(args: Args) -> Outcome {
+    let application = || {
+        args.application_name.clone().ok_or(
+            "this command needs the application: give --application-name (or KCL_APPLICATION_NAME)",
+        )
+    };
+    let stream = || {
+        args.stream_name
+            .clone()
+            .ok_or("this command needs the stream: give --stream-name (or KCL_STREAM_NAME)")
+    };
+    match &args.command {
+        Command::Status => {
+            let application = application()?;
+            let (store, _) = clients(&application).await;
+            let status = kcl_admin::status::read(&store, &application).await?;
+            print(args.output, &status, || status.to_table())
+        }
+        Command::Lag => {
+            let application = application()?;
+            let (store, kinesis) = clients(&application).await;
+            let lag = kcl_admin::lag::measure(
+                &store,
+                &kinesis,
+                &application,
+                args.stream_name.as_deref(),
+            )
+            .await?;
+            print(args.output, &lag, || lag.to_table())
+        }
+        Command::Lineage => {
+            let application = application()?;
+            let (store, kinesis) = clients(&application).await;
+            let stream = args.stream_name.as_deref();
+            let lineage = kcl_admin::lineage::read(
+                &store,
+                &application,
+                stream.map(|stream| (&kinesis as &dyn Kinesis, stream)),
+            )
+            .await?;
+            print(args.output, &lineage, || lineage.to_table())
+        }
+        Command::SplitShard { shard_id } => split_shard(&stream()?, shard_id.clone()).await,
+        Command::Verify { produced, files } => verify(*produced, files),
+    }
+}
+
+/// The lease store and Kinesis client of `application`, from the standard
+/// AWS configuration chain.
+async fn clients(application: &str) -> (DynamoDbLeaseStore, SdkKinesis) {
     let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
-    let store = DynamoDbLeaseStore::new(&aws_sdk_dynamodb::Client::new(&aws), application_name);
-    let mut leases = store.list_leases().await?;
-    leases.sort_by(|a, b| a.key.cmp(&b.key));
-    // A multi-stream application's leases name their stream.
-    let streams = leases.iter().any(|lease| lease.stream.is_some());
-    if streams {
-        print!("{:<32} ", "stream");
+    (
+        DynamoDbLeaseStore::new(&aws_sdk_dynamodb::Client::new(&aws), application),
+        SdkKinesis::new(&aws_sdk_kinesis::Client::new(&aws)),
+    )
+}
+
+/// Prints `report` as JSON or as its table.
+fn print(output: Output, report: &impl Serialize, table: impl FnOnce() -> String) -> Outcome {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(report)?),
+        Output::Table => print!("{}", table()),
     }
-    println!("{:<22} {:<16} {:<14} notes", "shard", "owner", "checkpoint");
-    for lease in &leases {
-        let checkpoint = match &lease.checkpoint {
-            ExtendedSequenceNumber::Record { sequence, .. } => {
-                let digits = sequence.as_str();
-                format!("…{}", &digits[digits.len().saturating_sub(8)..])
-            }
-            other => other.to_string(),
-        };
-        let mut notes = Vec::new();
-        if let Some(from) = &lease.checkpoint_owner {
-            notes.push(format!("handing over from {from}"));
-        }
-        if !lease.parent_shard_ids.is_empty() {
-            let parents: Vec<&str> = lease.parent_shard_ids.iter().map(String::as_str).collect();
-            notes.push(format!("parents {}", parents.join(",")));
-        }
-        if !lease.child_shard_ids.is_empty() {
-            let children: Vec<&str> = lease.child_shard_ids.iter().map(String::as_str).collect();
-            notes.push(format!("children {}", children.join(",")));
-        }
-        if streams {
-            let stream = lease.stream.as_ref().map(ToString::to_string);
-            print!("{:<32} ", stream.as_deref().unwrap_or("-"));
-        }
-        println!(
-            "{:<22} {:<16} {:<14} {}",
-            lease.shard_id(),
-            lease.owner.as_deref().unwrap_or("-"),
-            checkpoint,
-            notes.join("; ")
-        );
-    }
-    let mut workers = store.list_heartbeats().await?;
-    workers.sort_by(|a, b| a.worker.cmp(&b.worker));
-    let names: Vec<String> = workers
-        .iter()
-        .map(|w| {
-            if w.draining {
-                format!("{} (draining)", w.worker)
-            } else {
-                w.worker.clone()
-            }
-        })
-        .collect();
-    println!("workers with a heartbeat: {}", names.join(", "));
     Ok(true)
 }
 

@@ -5,6 +5,7 @@
 //! All of them live in this one test binary, as modules, so the AWS SDK is
 //! linked once.
 
+mod admin;
 mod bad_input;
 mod chaos;
 mod java_table;
@@ -13,3 +14,6 @@ mod safety;
 
 /// The recorder binary built for these tests.
 const RECORDER: &str = env!("CARGO_BIN_EXE_recorder");
+
+/// The operator tool built for these tests.
+const ADMIN: &str = env!("CARGO_BIN_EXE_kcl-admin");

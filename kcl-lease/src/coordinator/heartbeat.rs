@@ -180,6 +180,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone(),
+            written_at: None,
         };
         let sent = clock();
         let result = store.heartbeat(&heartbeat).await;

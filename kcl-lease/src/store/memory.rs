@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -270,9 +271,11 @@ impl LeaseStore for InMemoryLeaseStore {
                 })
             }
             _ => {
-                tables
-                    .heartbeats
-                    .insert(heartbeat.worker.clone(), heartbeat.clone());
+                let written = WorkerHeartbeat {
+                    written_at: Some(SystemTime::now()),
+                    ..heartbeat.clone()
+                };
+                tables.heartbeats.insert(heartbeat.worker.clone(), written);
                 Ok(())
             }
         }

@@ -40,6 +40,12 @@ pub struct WorkerHeartbeat {
     /// the same streams, and a stream some live worker announces is never
     /// cleaned up as a former stream.
     pub streams: Option<BTreeSet<String>>,
+    /// When the heartbeat was written, by the writing worker's wall clock:
+    /// for operators (the age `kcl-admin status` shows), never compared by
+    /// workers. Set by the store when it writes (ignored in the heartbeat
+    /// given to [`LeaseStore::heartbeat`]); `None` when the item does not
+    /// say.
+    pub written_at: Option<SystemTime>,
 }
 
 /// The lease table and the workers table, with the semantics every

@@ -198,6 +198,13 @@ pub(crate) fn heartbeat_from_item(item: &Item) -> Option<WorkerHeartbeat> {
             Some(AttributeValue::Ss(streams)) => Some(streams.iter().cloned().collect()),
             _ => None,
         },
+        written_at: match item.get(HEARTBEAT_EPOCH_MILLIS) {
+            Some(AttributeValue::N(millis)) => millis
+                .parse()
+                .ok()
+                .map(|millis| UNIX_EPOCH + Duration::from_millis(millis)),
+            _ => None,
+        },
     })
 }
 
