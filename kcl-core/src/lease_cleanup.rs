@@ -45,7 +45,7 @@ impl CleanupReason {
 /// The leases of one stream that may be deleted, given that stream's leases
 /// and its shards. With an empty shard list nothing is judged gone (a
 /// stream always has an open shard, so an empty list is a bad answer).
-pub fn cleanable(leases: &[Lease], shards: &[ShardDescription]) -> Vec<(String, CleanupReason)> {
+pub fn cleanable(leases: &[Lease], shards: &[ShardDescription]) -> Vec<(Lease, CleanupReason)> {
     let in_stream: BTreeSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
     let by_shard: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.shard_id(), l)).collect();
     let mut children: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
@@ -60,7 +60,7 @@ pub fn cleanable(leases: &[Lease], shards: &[ShardDescription]) -> Vec<(String, 
     let mut result = Vec::new();
     for lease in leases {
         if !in_stream.is_empty() && !in_stream.contains(lease.shard_id()) {
-            result.push((lease.key.clone(), CleanupReason::ShardGone));
+            result.push((lease.clone(), CleanupReason::ShardGone));
             continue;
         }
         if !lease.is_finished() {
@@ -75,7 +75,7 @@ pub fn cleanable(leases: &[Lease], shards: &[ShardDescription]) -> Vec<(String, 
             None => !in_stream.is_empty() && !in_stream.contains(kid),
         });
         if all_started {
-            result.push((lease.key.clone(), CleanupReason::ChildrenStarted));
+            result.push((lease.clone(), CleanupReason::ChildrenStarted));
         }
     }
     result
@@ -89,7 +89,7 @@ pub fn of_former_streams(
     leases: &[Lease],
     consumed: &BTreeSet<StreamIdentifier>,
     deleted: &BTreeSet<StreamIdentifier>,
-) -> Vec<(String, CleanupReason)> {
+) -> Vec<(Lease, CleanupReason)> {
     leases
         .iter()
         .filter_map(|lease| {
@@ -101,7 +101,7 @@ pub fn of_former_streams(
             } else {
                 return None;
             };
-            Some((lease.key.clone(), reason))
+            Some((lease.clone(), reason))
         })
         .collect()
 }
@@ -130,19 +130,21 @@ impl LeaseCleaner {
         }
     }
 
-    /// Deletes the `candidates` (every cleanable lease, as of now) that
-    /// have been cleanable for their delay at `now`. Returns the keys
-    /// deleted.
+    /// Deletes the `candidates` (every cleanable lease, as of now, as the
+    /// table was read) that have been cleanable for their delay at `now`,
+    /// each only if it is still as read: a lease taken or reset since
+    /// stays. Returns the keys deleted.
     pub async fn run(
         &mut self,
         store: &dyn LeaseStore,
-        candidates: Vec<(String, CleanupReason)>,
+        candidates: Vec<(Lease, CleanupReason)>,
         now: Instant,
     ) -> Result<Vec<String>, LeaseStoreError> {
-        let keys: BTreeSet<&str> = candidates.iter().map(|(k, _)| k.as_str()).collect();
+        let keys: BTreeSet<&str> = candidates.iter().map(|(l, _)| l.key.as_str()).collect();
         self.first_seen.retain(|key, _| keys.contains(key.as_str()));
         let mut deleted = Vec::new();
-        for (key, reason) in candidates {
+        for (lease, reason) in candidates {
+            let key = lease.key.clone();
             let delay = if reason.stream_gone() {
                 match self.former_stream_delay {
                     Some(delay) => delay,
@@ -153,10 +155,19 @@ impl LeaseCleaner {
             };
             let since = *self.first_seen.entry(key.clone()).or_insert(now);
             if now.saturating_duration_since(since) >= delay {
-                store.delete_lease(&key).await?;
-                info!(lease = %key, ?reason, "deleted lease");
+                match store.delete_lease(&lease).await {
+                    Ok(()) => {
+                        info!(lease = %key, ?reason, "deleted lease");
+                        deleted.push(key.clone());
+                    }
+                    // Taken or reset since the table was read: it is judged
+                    // again from the next read.
+                    Err(LeaseStoreError::LeaseLost { .. }) => {
+                        info!(lease = %key, "lease changed since it was judged cleanable; kept");
+                    }
+                    Err(error) => return Err(error),
+                }
                 self.first_seen.remove(&key);
-                deleted.push(key);
             }
         }
         Ok(deleted)
@@ -165,6 +176,14 @@ impl LeaseCleaner {
 
 #[cfg(test)]
 mod tests {
+    /// The keys of cleanup candidates, with their reasons.
+    fn keyed(candidates: Vec<(Lease, CleanupReason)>) -> Vec<(String, CleanupReason)> {
+        candidates
+            .into_iter()
+            .map(|(lease, reason)| (lease.key, reason))
+            .collect()
+    }
+
     use kcl_checkpoint::ExtendedSequenceNumber;
     use kcl_lease::{HashKeyRange, InMemoryLeaseStore};
 
@@ -200,7 +219,7 @@ mod tests {
 
         let b_started = lease("b", at("7"), &["p"]);
         assert_eq!(
-            cleanable(&[parent, a, b_started], &shards),
+            keyed(cleanable(&[parent, a, b_started], &shards)),
             [("p".to_owned(), CleanupReason::ChildrenStarted)]
         );
     }
@@ -220,7 +239,7 @@ mod tests {
     fn leases_of_shards_gone_from_the_stream_go_unless_the_listing_is_empty() {
         let leases = [lease("old", at("1"), &[]), lease("s", at("1"), &[])];
         assert_eq!(
-            cleanable(&leases, &[shard("s")]),
+            keyed(cleanable(&leases, &[shard("s")])),
             [("old".to_owned(), CleanupReason::ShardGone)]
         );
         assert!(cleanable(&leases, &[]).is_empty());
@@ -264,6 +283,31 @@ mod tests {
         assert_eq!(store.get_lease("old").await.unwrap(), None);
     }
 
+    /// An operator reset the lease between the read that judged it
+    /// cleanable and the delete: it is kept, and cleanup goes on.
+    #[tokio::test]
+    async fn a_lease_reset_after_it_was_judged_cleanable_is_kept() {
+        let store = InMemoryLeaseStore::new();
+        let leases = [lease("old", at("1"), &[]), lease("gone", at("1"), &[])];
+        for lease in &leases {
+            store.create_lease_if_absent(lease).await.unwrap();
+        }
+        let candidates = cleanable(&leases, &[shard("s")]);
+        assert_eq!(candidates.len(), 2);
+        store
+            .reset_checkpoint(&leases[0], &ExtendedSequenceNumber::TrimHorizon, None)
+            .await
+            .unwrap();
+        let mut cleaner = LeaseCleaner::new(Duration::ZERO, None);
+        let deleted = cleaner
+            .run(&store, candidates, Instant::now())
+            .await
+            .unwrap();
+        assert_eq!(deleted, ["gone"]);
+        let kept = store.get_lease("old").await.unwrap().expect("kept");
+        assert_eq!(kept.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+    }
+
     #[test]
     fn multi_stream_leases_are_judged_by_their_shard_ids() {
         let orders = StreamIdentifier::parse("1:orders:10").unwrap();
@@ -277,7 +321,10 @@ mod tests {
         let open = of("o", at("3"), &[]);
         let shards = [shard("p"), shard("c"), shard("o")];
         assert_eq!(
-            cleanable(&[parent.clone(), child.clone(), open.clone()], &shards),
+            keyed(cleanable(
+                &[parent.clone(), child.clone(), open.clone()],
+                &shards
+            )),
             [(orders.lease_key("p"), CleanupReason::ChildrenStarted)]
         );
         let waiting = of("c", ExtendedSequenceNumber::TrimHorizon, &["p"]);
@@ -303,14 +350,18 @@ mod tests {
         ];
         let consumed: BTreeSet<_> = [orders.clone(), refunds.clone()].into();
         assert_eq!(
-            of_former_streams(&leases, &consumed, &BTreeSet::new()),
+            keyed(of_former_streams(&leases, &consumed, &BTreeSet::new())),
             [
                 (old.lease_key("s"), CleanupReason::FormerStream),
                 (recreated.lease_key("s"), CleanupReason::FormerStream),
             ]
         );
         assert_eq!(
-            of_former_streams(&leases, &consumed, &[refunds.clone()].into()),
+            keyed(of_former_streams(
+                &leases,
+                &consumed,
+                &[refunds.clone()].into()
+            )),
             [
                 (refunds.lease_key("s"), CleanupReason::StreamDeleted),
                 (old.lease_key("s"), CleanupReason::FormerStream),

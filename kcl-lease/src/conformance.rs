@@ -39,7 +39,8 @@ macro_rules! lease_store_conformance {
             heartbeats_only_move_forward,
             ensuring_tables_twice_is_harmless,
             child_shards_are_recorded_by_the_owner_only,
-            the_start_timestamp_is_recorded_once_and_fenced
+            the_start_timestamp_is_recorded_once_and_fenced,
+            a_reset_moves_the_position_and_fences_the_holder
         );
     };
     ($tables:path; $($case:ident),+) => {
@@ -516,12 +517,23 @@ pub async fn pending_checkpoints_and_state_round_trip(a: impl LeaseStore, b: imp
     assert_eq!(stored.pending_checkpoint_state, None);
 }
 
-/// Writes to a deleted lease fail as lost; deleting twice is harmless.
+/// Writes to a deleted lease fail as lost; deleting twice is harmless; a
+/// lease changed since it was read (taken, reset) is not deleted.
 pub async fn a_deleted_lease_cannot_be_written(a: impl LeaseStore, b: impl LeaseStore) {
     let key = shard(1);
-    let held = create_and_take(&a, &key, "worker-a").await;
-    b.delete_lease(&key).await.unwrap();
-    b.delete_lease(&key).await.unwrap();
+    let seen = {
+        assert!(
+            a.create_lease_if_absent(&Lease::new(&key, ExtendedSequenceNumber::TrimHorizon))
+                .await
+                .unwrap()
+        );
+        must_get(&a, &key).await
+    };
+    let held = a.take_lease(&seen, "worker-a").await.expect("take");
+    assert_lost(b.delete_lease(&seen).await);
+    assert_eq!(must_get(&b, &key).await.counter, held.counter, "kept");
+    b.delete_lease(&held).await.unwrap();
+    b.delete_lease(&held).await.unwrap();
     assert_eq!(a.get_lease(&key).await.unwrap(), None);
     assert_lost(
         a.checkpoint(
@@ -703,6 +715,88 @@ pub async fn child_shards_are_recorded_by_the_owner_only(a: impl LeaseStore, b: 
         must_get(&a, &shard(1)).await.child_shard_ids,
         children(&[2, 3, 4])
     );
+}
+
+/// An operator's reset: the checkpoint moves (back or forward), the
+/// pending checkpoint goes, the start timestamp is set or removed, and the
+/// counter grows, so the holder's token writes nothing more; the owner and
+/// a handoff under way stay. A reset on a lease changed since it was read
+/// changes nothing.
+pub async fn a_reset_moves_the_position_and_fences_the_holder(
+    a: impl LeaseStore,
+    b: impl LeaseStore,
+) {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let key = shard(1);
+    let held = create_and_take(&a, &key, "worker-a").await;
+    let token = held.token().unwrap();
+    let pending = CheckpointUpdate {
+        checkpoint: position("200"),
+        pending_checkpoint: Some(position("300")),
+        pending_checkpoint_state: Some(b"state".to_vec()),
+    };
+    a.checkpoint(
+        &token,
+        &CheckpointUpdate::at(held.checkpoint.clone()),
+        &pending,
+    )
+    .await
+    .unwrap();
+    let seen = must_get(&b, &key).await;
+    let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+    let reset = b
+        .reset_checkpoint(&seen, &ExtendedSequenceNumber::AtTimestamp, Some(at))
+        .await
+        .unwrap();
+    let stored = must_get(&a, &key).await;
+    assert_eq!(reset, stored);
+    assert_eq!(stored.checkpoint, ExtendedSequenceNumber::AtTimestamp);
+    assert_eq!(stored.pending_checkpoint, None);
+    assert_eq!(stored.pending_checkpoint_state, None);
+    assert_eq!(stored.start_timestamp, Some(at));
+    assert_eq!(stored.counter, seen.counter + 1);
+    assert_eq!(stored.owner.as_deref(), Some("worker-a"), "the owner stays");
+    // The holder's token is fenced: it neither checkpoints nor releases.
+    assert_lost(
+        a.checkpoint(&token, &pending, &CheckpointUpdate::at(position("400")))
+            .await,
+    );
+    assert_lost(a.release_lease(&token).await);
+    assert_eq!(must_get(&b, &key).await, stored, "nothing written");
+    // The owner goes on with the new token from the new position.
+    let token = stored.token().unwrap();
+    a.checkpoint(
+        &token,
+        &CheckpointUpdate::at(stored.checkpoint.clone()),
+        &CheckpointUpdate::at(position("150")),
+    )
+    .await
+    .unwrap();
+    // A reset on a stale read changes nothing.
+    assert_lost(
+        b.reset_checkpoint(&seen, &ExtendedSequenceNumber::TrimHorizon, None)
+            .await,
+    );
+    assert_eq!(must_get(&b, &key).await.checkpoint, position("150"));
+    // During a handoff, the marker stays; the start timestamp is removed.
+    let mut seen = must_get(&b, &key).await;
+    let handing = b.request_handoff(&seen, "worker-b").await.unwrap();
+    seen = handing.clone();
+    let reset = b
+        .reset_checkpoint(&seen, &ExtendedSequenceNumber::TrimHorizon, None)
+        .await
+        .unwrap();
+    assert_eq!(reset.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+    assert_eq!(reset.start_timestamp, None);
+    assert_eq!(reset.owner.as_deref(), Some("worker-b"));
+    assert_eq!(reset.checkpoint_owner.as_deref(), Some("worker-a"));
+    assert_eq!(reset.counter, handing.counter + 1);
+    // The worker handing over completes the handoff with the new token.
+    a.release_lease(&reset.token().unwrap()).await.unwrap();
+    let received = must_get(&b, &key).await;
+    assert_eq!(received.processing_owner(), Some("worker-b"));
+    assert_eq!(received.checkpoint, ExtendedSequenceNumber::TrimHorizon);
 }
 
 /// The suite against the in-memory store.

@@ -14,8 +14,10 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
+use kcl_checkpoint::ExtendedSequenceNumber;
 use tokio::sync::watch;
 
 use crate::store::{CheckpointUpdate, LeaseStore, RequestCounts, WorkerHeartbeat};
@@ -47,6 +49,8 @@ pub enum Call {
     ReleaseLease,
     /// [`LeaseStore::delete_lease`].
     DeleteLease,
+    /// [`LeaseStore::reset_checkpoint`].
+    ResetCheckpoint,
     /// [`LeaseStore::heartbeat`].
     Heartbeat,
     /// [`LeaseStore::list_heartbeats`].
@@ -281,9 +285,22 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
         self.call(Call::ReleaseLease, self.inner.release_lease(token))
             .await
     }
-    async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
-        self.call(Call::DeleteLease, self.inner.delete_lease(key))
+    async fn delete_lease(&self, seen: &Lease) -> Result<(), LeaseStoreError> {
+        self.call(Call::DeleteLease, self.inner.delete_lease(seen))
             .await
+    }
+    async fn reset_checkpoint(
+        &self,
+        seen: &Lease,
+        checkpoint: &ExtendedSequenceNumber,
+        start_timestamp: Option<SystemTime>,
+    ) -> Result<Lease, LeaseStoreError> {
+        self.call(
+            Call::ResetCheckpoint,
+            self.inner
+                .reset_checkpoint(seen, checkpoint, start_timestamp),
+        )
+        .await
     }
     async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
         self.call(Call::Heartbeat, self.inner.heartbeat(heartbeat))

@@ -603,7 +603,13 @@ async fn a_child_at_latest_does_not_wait_for_parents_that_were_never_leased() {
     // A new application at LATEST leased only the open halves.
     let mut child = Lease::new(halves[0].clone(), ExtendedSequenceNumber::Latest);
     child.parent_shard_ids = [fixture.shard.clone()].into();
-    fixture.store.delete_lease(&fixture.shard).await.unwrap();
+    let stored = fixture
+        .store
+        .get_lease(&fixture.shard)
+        .await
+        .unwrap()
+        .unwrap();
+    fixture.store.delete_lease(&stored).await.unwrap();
     fixture.store.create_lease_if_absent(&child).await.unwrap();
     let child = fixture.store.take_lease(&child, "worker-a").await.unwrap();
     let (consumer, signal, _) = fixture.consumer_for(&child);
@@ -720,7 +726,13 @@ async fn a_failed_subscription_is_retried_from_the_last_record() {
 /// A fixture whose empty shard's lease starts at LATEST.
 async fn latest_fixture() -> Fixture {
     let fixture = Fixture::new(0).await;
-    fixture.store.delete_lease(&fixture.shard).await.unwrap();
+    let stored = fixture
+        .store
+        .get_lease(&fixture.shard)
+        .await
+        .unwrap()
+        .unwrap();
+    fixture.store.delete_lease(&stored).await.unwrap();
     let lease = Lease::new(fixture.shard.clone(), ExtendedSequenceNumber::Latest);
     fixture.store.create_lease_if_absent(&lease).await.unwrap();
     fixture.store.take_lease(&lease, "worker-a").await.unwrap();

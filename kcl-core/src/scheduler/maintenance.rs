@@ -58,7 +58,7 @@ pub(super) async fn discover(
     context: &ConsumerContext,
     streams: &ConsumedStreams,
     at_start: bool,
-) -> Result<Vec<(String, CleanupReason)>, SchedulerError> {
+) -> Result<Vec<(kcl_lease::Lease, CleanupReason)>, SchedulerError> {
     let mut listed = Vec::new();
     let mut deleted = BTreeSet::new();
     for stream in streams.iter() {

@@ -249,7 +249,8 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(())
     }
 
-    async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+    async fn delete_lease(&self, seen: &Lease) -> Result<(), LeaseStoreError> {
+        let key = &seen.key;
         let mut tables = self.tables("DeleteItem");
         if let Some(kind) = tables.skipped.get(key) {
             return Err(LeaseStoreError::InvalidItem {
@@ -257,8 +258,37 @@ impl LeaseStore for InMemoryLeaseStore {
                 reason: format!("{kind}; left alone"),
             });
         }
-        tables.leases.remove(key);
-        Ok(())
+        match tables.leases.get(key) {
+            Some(stored) if stored.counter != seen.counter => Err(LeaseStoreError::lost(key)),
+            _ => {
+                tables.leases.remove(key);
+                Ok(())
+            }
+        }
+    }
+
+    async fn reset_checkpoint(
+        &self,
+        seen: &Lease,
+        checkpoint: &kcl_checkpoint::ExtendedSequenceNumber,
+        start_timestamp: Option<SystemTime>,
+    ) -> Result<Lease, LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        let lease = tables
+            .leases
+            .get_mut(&seen.key)
+            .filter(|lease| lease.counter == seen.counter)
+            .ok_or_else(|| LeaseStoreError::lost(&seen.key))?;
+        lease.checkpoint = checkpoint.clone();
+        lease.pending_checkpoint = None;
+        lease.pending_checkpoint_state = None;
+        // Stored as DynamoDB stores it: whole milliseconds.
+        lease.start_timestamp = start_timestamp.map(|at| {
+            std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(crate::dynamodb::item::epoch_millis(at))
+        });
+        lease.counter += 1;
+        Ok(lease.clone())
     }
 
     async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {

@@ -144,8 +144,28 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// lease becomes unowned. Adds one to the counter either way.
     async fn release_lease(&self, token: &LeaseToken) -> Result<(), LeaseStoreError>;
 
-    /// Deletes a lease (a finished shard's, during cleanup).
-    async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError>;
+    /// Deletes a lease (a finished shard's, or a former stream's, during
+    /// cleanup), if it is still as `seen` (same counter): a lease that was
+    /// taken or [reset](Self::reset_checkpoint) since it was judged
+    /// cleanable stays, and the call fails with
+    /// [`LeaseStoreError::LeaseLost`]. A lease already gone is not an error.
+    async fn delete_lease(&self, seen: &Lease) -> Result<(), LeaseStoreError>;
+
+    /// Moves the lease's position (an operator's reset), if it is still as
+    /// `seen` (same counter): the checkpoint becomes `checkpoint` and the
+    /// start timestamp `start_timestamp` (removed when `None`); the pending
+    /// checkpoint and its state are removed; and the counter grows by one,
+    /// so the worker that processes the lease can no longer checkpoint or
+    /// release it with its token, and starts over from the new position
+    /// once its coordinator publishes the new token. The owner and any
+    /// handoff marker stay: no other worker starts processing the lease
+    /// because of a reset. Returns the lease as written.
+    async fn reset_checkpoint(
+        &self,
+        seen: &Lease,
+        checkpoint: &kcl_checkpoint::ExtendedSequenceNumber,
+        start_timestamp: Option<SystemTime>,
+    ) -> Result<Lease, LeaseStoreError>;
 
     /// Records a heartbeat, if its value is larger than the one stored (or
     /// none is). Values never move back, so no two writes that take effect

@@ -78,7 +78,12 @@ async fn writes_nothing_to_leases_not_ours(store: &impl LeaseStore) {
         );
         let outcome = store.release_lease(&token).await;
         assert!(outcome.is_err(), "{key} released: {outcome:?}");
-        let outcome = store.delete_lease(key).await;
+        let outcome = store
+            .delete_lease(&kcl_lease::Lease::new(
+                key,
+                ExtendedSequenceNumber::TrimHorizon,
+            ))
+            .await;
         assert!(
             matches!(outcome, Err(LeaseStoreError::InvalidItem { .. })),
             "{key} deleted: {outcome:?}"
@@ -164,14 +169,24 @@ async fn lists_the_leases_and_leaves_the_rest(store: &impl LeaseStore) {
         )
         .await
         .expect("checkpoint the Java lease");
+    let finished = store
+        .get_lease("shardId-000000000001")
+        .await
+        .expect("read the finished lease")
+        .expect("the finished lease");
     store
-        .delete_lease("shardId-000000000001")
+        .delete_lease(&finished)
         .await
         .expect("delete the finished lease");
     for key in ["Leader", "java-worker-1", "Migration3.0"] {
         assert!(
             matches!(
-                store.delete_lease(key).await,
+                store
+                    .delete_lease(&kcl_lease::Lease::new(
+                        key,
+                        ExtendedSequenceNumber::TrimHorizon
+                    ))
+                    .await,
                 Err(LeaseStoreError::InvalidItem { .. })
             ),
             "{key} deleted"

@@ -196,8 +196,9 @@ pub(super) fn stored_position_is(
 }
 
 /// The item is a lease that can be deleted: absent already, or read as a
-/// lease (the types the reader relies on, and [`is_lease`]).
-pub(super) fn deletable() -> Condition {
+/// lease (the types the reader relies on, and [`is_lease`]) with the
+/// counter `counter`.
+pub(super) fn deletable(counter: u64) -> Condition {
     let number_type = || [(":number_type".to_owned(), s("N"))];
     let readable = Condition::new(
         format!("attribute_type({CHECKPOINT}, :string_type)"),
@@ -211,7 +212,8 @@ pub(super) fn deletable() -> Condition {
         format!("attribute_type({OWNER_SWITCHES}, :number_type)"),
         number_type(),
     ))
-    .and(is_lease());
+    .and(is_lease())
+    .and(counter_is(counter));
     Condition::new(format!("attribute_not_exists({LEASE_KEY})"), []).or(Condition::new(
         format!("({})", readable.expression),
         readable.values,
@@ -317,7 +319,7 @@ mod tests {
         assert_binds_what_it_uses(is_lease());
         assert_binds_what_it_uses(absent(CHECKPOINT_OWNER));
         assert!(or_at_top("a = :a OR b = :b"), "the check itself");
-        assert_binds_what_it_uses(deletable());
+        assert_binds_what_it_uses(deletable(7));
         assert_binds_what_it_uses(heartbeat_below(3));
         assert_binds_what_it_uses(heartbeat_is(3));
     }

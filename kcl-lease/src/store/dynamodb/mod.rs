@@ -32,6 +32,7 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableStatus,
 };
+use kcl_checkpoint::ExtendedSequenceNumber;
 use tracing::info;
 
 use crate::backoff::{Backoff, BackoffConfig, retry_with_backoff};
@@ -665,20 +666,26 @@ impl LeaseStore for DynamoDbLeaseStore {
             .map(drop)
     }
 
-    async fn delete_lease(&self, key: &str) -> Result<(), LeaseStoreError> {
+    async fn delete_lease(&self, seen: &Lease) -> Result<(), LeaseStoreError> {
         // Only ever a lease, as a scan sorts items: never
         // another application's item or an unreadable lease, even if a
         // caller named one. The item is read and sorted first; the delete is
         // conditional on the types that sorting relied on, so an item
-        // replaced in between is not deleted either.
+        // replaced in between is not deleted either, and on the counter.
+        let key = seen.key.as_str();
         let not_ours = |reason: String| LeaseStoreError::InvalidItem {
             lease_key: key.to_owned(),
             reason: format!("{reason}; left alone"),
         };
-        if let Err(LeaseStoreError::InvalidItem { reason, .. }) = self.get_lease(key).await {
-            return Err(not_ours(reason));
+        match self.get_lease(key).await {
+            Err(LeaseStoreError::InvalidItem { reason, .. }) => return Err(not_ours(reason)),
+            Ok(None) => return Ok(()),
+            Ok(Some(stored)) if stored.counter != seen.counter => {
+                return Err(LeaseStoreError::lost(key));
+            }
+            _ => {}
         }
-        let (condition, values) = condition::deletable().into_parts();
+        let (condition, values) = condition::deletable(seen.counter).into_parts();
         let delete = self
             .client
             .delete_item()
@@ -686,10 +693,57 @@ impl LeaseStore for DynamoDbLeaseStore {
             .key(LEASE_KEY, s(key))
             .condition_expression(condition)
             .set_expression_attribute_values(Some(values));
-        self.send("DeleteItem", &self.lease_table, || delete.clone().send())
+        match self
+            .send("DeleteItem", &self.lease_table, || delete.clone().send())
             .await?
-            .map_err(|ConditionFailed| not_ours("changed into an item that is not a lease".into()))
-            .map(drop)
+        {
+            Ok(_) => Ok(()),
+            // Changed in between: into something that is not a lease, or
+            // a lease taken or reset since.
+            Err(ConditionFailed) => match self.get_lease(key).await {
+                Err(LeaseStoreError::InvalidItem { .. }) => {
+                    Err(not_ours("changed into an item that is not a lease".into()))
+                }
+                _ => Err(LeaseStoreError::lost(key)),
+            },
+        }
+    }
+
+    async fn reset_checkpoint(
+        &self,
+        seen: &Lease,
+        checkpoint: &ExtendedSequenceNumber,
+        start_timestamp: Option<SystemTime>,
+    ) -> Result<Lease, LeaseStoreError> {
+        let condition = condition::counter_is(seen.counter).and(condition::is_lease());
+        let mut set = vec![
+            format!("{CHECKPOINT} = :reset_checkpoint"),
+            format!("{CHECKPOINT_SUB_SEQUENCE} = :reset_sub"),
+            format!("{LEASE_COUNTER} = {LEASE_COUNTER} + :one"),
+        ];
+        let mut remove = vec![
+            PENDING_CHECKPOINT,
+            PENDING_CHECKPOINT_SUB_SEQUENCE,
+            PENDING_CHECKPOINT_STATE,
+        ];
+        let mut request = self
+            .conditional_update(condition)
+            .expression_attribute_values(":reset_checkpoint", s(checkpoint.checkpoint_str()))
+            .expression_attribute_values(":reset_sub", n(checkpoint.sub_sequence_number()))
+            .expression_attribute_values(":one", n(1));
+        match start_timestamp {
+            Some(at) => {
+                set.push(format!("{STARTING_TIMESTAMP_MILLIS} = :reset_start"));
+                request = request.expression_attribute_values(":reset_start", n(epoch_millis(at)));
+            }
+            None => remove.push(STARTING_TIMESTAMP_MILLIS),
+        }
+        let request = request.update_expression(format!(
+            "SET {} REMOVE {}",
+            set.join(", "),
+            remove.join(", ")
+        ));
+        self.update_lease(&seen.key, request).await
     }
 
     async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
