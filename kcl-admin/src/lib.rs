@@ -8,6 +8,8 @@
 //!   shard's lease state.
 //! - [`lag`]: per shard, how far the group's checkpoint is behind the
 //!   newest record, read from Kinesis (no worker needs to run).
+//! - [`reset`]: move the group's position (oldest records, now, or a
+//!   time) while its workers run, fenced, parents before children.
 //!
 //! Every command reads the lease table through a [`LeaseStore`] and the
 //! stream through a [`Kinesis`](kcl_core::kinesis::Kinesis), so the same
@@ -21,6 +23,7 @@
 mod error;
 pub mod lag;
 pub mod lineage;
+pub mod reset;
 pub mod status;
 
 pub use error::AdminError;

@@ -5,6 +5,9 @@
 //! - `lag`: per shard, how far the group's checkpoint is behind the newest
 //!   record (no worker needs to run);
 //! - `lineage`: the shard tree with each shard's lease state;
+//! - `reset`: move the group's position (`--trim-horizon`, `--latest`,
+//!   `--at-timestamp TIME`) while its workers run, `--dry-run` to see the
+//!   plan;
 //! - `split-shard`: split an open shard of a stream in half (for the demo
 //!   and tests);
 //! - `verify`: read `recorder` output files and report what was processed,
@@ -71,6 +74,40 @@ enum Command {
     /// The shard tree, parents before children, with each shard's lease
     /// state (and, given --stream-name, whether Kinesis lists it open).
     Lineage,
+    /// Move the group's position while its workers run: every affected
+    /// shard is processed again from the new position within about two
+    /// assignment rounds, parents before children. The workers holding the
+    /// shards are fenced (their checkpoints fail) and go on from the new
+    /// position without a restart.
+    #[command(group(
+        clap::ArgGroup::new("target")
+            .required(true)
+            .args(["trim_horizon", "latest", "at_timestamp"])
+    ))]
+    Reset {
+        /// From the oldest record of every shard.
+        #[arg(long)]
+        trim_horizon: bool,
+        /// From now: the backlog is skipped, nothing written from now on is.
+        #[arg(long)]
+        latest: bool,
+        /// From the first record at or after TIME: RFC 3339
+        /// (2026-12-06T10:00:00Z, offsets allowed) or milliseconds since
+        /// the Unix epoch.
+        #[arg(long, value_name = "TIME")]
+        at_timestamp: Option<String>,
+        /// Only this shard and its descendants (repeatable); default: every
+        /// shard of the stream.
+        #[arg(long = "shard", value_name = "ID")]
+        shards: Vec<String>,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Reset even though no worker runs (they start from the new
+        /// position).
+        #[arg(long)]
+        while_stopped: bool,
+    },
     /// Split an open shard in the middle of its hash key range.
     SplitShard {
         /// The shard to split (default: the first open shard).
@@ -156,6 +193,33 @@ async fn run(args: Args) -> Outcome {
             )
             .await?;
             print(args.output, &lineage, || lineage.to_table())
+        }
+        Command::Reset {
+            trim_horizon: _,
+            latest,
+            at_timestamp,
+            shards,
+            dry_run,
+            while_stopped,
+        } => {
+            let target = match (latest, at_timestamp) {
+                (true, _) => kcl_admin::reset::Target::Latest,
+                (false, Some(time)) => {
+                    kcl_admin::reset::Target::AtTimestamp(kcl_admin::reset::parse_time(time)?)
+                }
+                (false, None) => kcl_admin::reset::Target::TrimHorizon,
+            };
+            let request = kcl_admin::reset::ResetRequest {
+                application: application()?,
+                stream: stream()?,
+                target,
+                only: shards.iter().cloned().collect(),
+                dry_run: *dry_run,
+                while_stopped: *while_stopped,
+            };
+            let (store, kinesis) = clients(&request.application).await;
+            let plan = kcl_admin::reset::reset(&store, &kinesis, &request).await?;
+            print(args.output, &plan, || plan.to_table())
         }
         Command::SplitShard { shard_id } => split_shard(&stream()?, shard_id.clone()).await,
         Command::Verify { produced, files } => verify(*produced, files),

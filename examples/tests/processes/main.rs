@@ -10,6 +10,7 @@ mod bad_input;
 mod chaos;
 mod java_table;
 mod recorder;
+mod reset;
 mod safety;
 
 /// The recorder binary built for these tests.
