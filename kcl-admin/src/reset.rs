@@ -32,6 +32,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kcl_checkpoint::ExtendedSequenceNumber;
+use kcl_core::consumer::LATEST_START_MARGIN;
 use kcl_core::kinesis::{Kinesis, ShardDescription};
 use kcl_core::shard_sync::new_shard_lease;
 use kcl_lease::{Lease, LeaseStore, LeaseStoreError, StreamIdentifier};
@@ -89,12 +90,20 @@ pub struct ResetPlan {
     writes: Vec<Write>,
 }
 
+/// One write of a plan. (A plan holds one per shard: the variants' sizes
+/// do not matter.)
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)]
 enum Write {
     Reset {
         seen: Lease,
         checkpoint: ExtendedSequenceNumber,
         start: Option<SystemTime>,
+        /// The owner has no heartbeat: free the lease.
+        clear_owner: bool,
+        /// The lease to make if this one is gone by the time it is written
+        /// (cleaned up meanwhile), when the stream still lists its shard.
+        recreate: Option<Lease>,
     },
     Create(Lease),
 }
@@ -132,13 +141,23 @@ fn millis(at: SystemTime) -> u64 {
 
 /// The plan for moving `stream`'s shards (as `ListShards` lists them) to
 /// `target`, given the stream's `leases` (keyed for `identifier` in a
-/// multi-stream table), at `now`. `only` names the shards to move (with
-/// their descendants); empty, every shard.
+/// multi-stream table) and the workers with a heartbeat (`live`), at `now`.
+/// `only` names the shards to move (with their descendants); empty, every
+/// shard.
+///
+/// Besides the affected shards, a closed ancestor of one that the stream
+/// still lists but that has no lease gets a finished lease: otherwise
+/// shard discovery would see unstarted descendants and make its lease
+/// again at `TRIM_HORIZON`, reading records the reset meant to leave. A
+/// lease whose processing owner has no heartbeat is freed, so a live
+/// worker takes it at its next round.
+#[allow(clippy::too_many_arguments)]
 pub fn plan(
     stream: &str,
     identifier: Option<&StreamIdentifier>,
     leases: &[Lease],
     shards: &[ShardDescription],
+    live: &BTreeSet<String>,
     target: Target,
     only: &BTreeSet<String>,
     now: SystemTime,
@@ -222,7 +241,11 @@ pub fn plan(
             (_, None) => (ExtendedSequenceNumber::ShardEnd, None),
             (Target::TrimHorizon, _) => (ExtendedSequenceNumber::TrimHorizon, None),
             (Target::AtTimestamp(at), _) => (ExtendedSequenceNumber::AtTimestamp, Some(at)),
-            (Target::Latest, _) if open => (ExtendedSequenceNumber::Latest, Some(now)),
+            // As the workers do: a margin for clocks a little apart.
+            (Target::Latest, _) if open => (
+                ExtendedSequenceNumber::Latest,
+                Some(now - LATEST_START_MARGIN),
+            ),
             (Target::Latest, _) => (ExtendedSequenceNumber::ShardEnd, None),
         };
         let step = |action, from: Option<&Lease>| ResetStep {
@@ -232,33 +255,75 @@ pub fn plan(
             to: checkpoint.to_string(),
             start_timestamp_millis: start.map(millis),
         };
+        let made = |description: &ShardDescription| {
+            let mut lease = new_shard_lease(
+                identifier,
+                shard,
+                description.parents().map(str::to_owned),
+                description.hash_key_range,
+                checkpoint.clone(),
+            );
+            lease.start_timestamp = start;
+            lease
+        };
         match (by_shard.get(shard), description) {
             (Some(lease), _) => {
                 steps.push(step("reset", Some(lease)));
                 writes.push(Write::Reset {
                     seen: (*lease).clone(),
-                    checkpoint,
+                    checkpoint: checkpoint.clone(),
                     start,
+                    clear_owner: lease
+                        .processing_owner()
+                        .is_some_and(|owner| !live.contains(owner)),
+                    recreate: description.map(|d| made(d)),
                 });
             }
-            // A finished shard without a lease needs none: children do not
-            // wait for it.
-            (None, Some(_)) if checkpoint == ExtendedSequenceNumber::ShardEnd => {}
             (None, Some(description)) => {
                 steps.push(step("create", None));
-                let mut lease = new_shard_lease(
-                    identifier,
-                    shard,
-                    description.parents().map(str::to_owned),
-                    description.hash_key_range,
-                    checkpoint,
-                );
-                lease.start_timestamp = start;
-                writes.push(Write::Create(lease));
+                writes.push(Write::Create(made(description)));
             }
             (None, None) => {}
         }
     }
+    // Closed ancestors without a lease, outside the reset: finished.
+    let mut ancestors: BTreeSet<&str> = BTreeSet::new();
+    let mut frontier: Vec<&str> = affected.iter().copied().collect();
+    while let Some(shard) = frontier.pop() {
+        for parent in parents.get(shard).into_iter().flatten() {
+            if !affected.contains(parent) && ancestors.insert(parent) {
+                frontier.push(parent);
+            }
+        }
+    }
+    let mut finished_ancestors = Vec::new();
+    for shard in parents_first(&ancestors, &parents) {
+        let Some(description) = listed.get(shard).filter(|d| !d.is_open()) else {
+            continue;
+        };
+        if by_shard.contains_key(shard) {
+            continue;
+        }
+        steps.insert(
+            finished_ancestors.len(),
+            ResetStep {
+                shard: shard.to_owned(),
+                action: "create",
+                from: None,
+                to: ExtendedSequenceNumber::ShardEnd.to_string(),
+                start_timestamp_millis: None,
+            },
+        );
+        finished_ancestors.push(Write::Create(new_shard_lease(
+            identifier,
+            shard,
+            description.parents().map(str::to_owned),
+            description.hash_key_range,
+            ExtendedSequenceNumber::ShardEnd,
+        )));
+    }
+    finished_ancestors.extend(writes);
+    let writes = finished_ancestors;
     Ok(ResetPlan {
         stream: stream.to_owned(),
         steps,
@@ -300,7 +365,10 @@ fn parents_first<'a>(
 
 /// Carries out `plan` on `store`, parents first. A lease that changed
 /// since it was read (taken, or a handoff completed) is read again and
-/// reset; a lease created meanwhile (by shard discovery) is reset.
+/// reset; one created meanwhile (by shard discovery) is reset; one deleted
+/// meanwhile (by cleanup) is made again. Then the leases of children that
+/// appeared meanwhile (a split during the reset) are moved like their
+/// parents.
 pub async fn apply(store: &dyn LeaseStore, mut plan: ResetPlan) -> Result<ResetPlan, AdminError> {
     for write in &plan.writes {
         match write {
@@ -310,18 +378,29 @@ pub async fn apply(store: &dyn LeaseStore, mut plan: ResetPlan) -> Result<ResetP
                     .await
                     .map_err(AdminError::LeaseTable)?;
                 if !created {
-                    reset_fresh(store, &lease.key, &lease.checkpoint, lease.start_timestamp)
-                        .await?;
+                    reset_fresh(
+                        store,
+                        &lease.key,
+                        &lease.checkpoint,
+                        lease.start_timestamp,
+                        None,
+                    )
+                    .await?;
                 }
             }
             Write::Reset {
                 seen,
                 checkpoint,
                 start,
-            } => match store.reset_checkpoint(seen, checkpoint, *start).await {
+                clear_owner,
+                recreate,
+            } => match store
+                .reset_checkpoint(seen, checkpoint, *start, *clear_owner)
+                .await
+            {
                 Ok(_) => {}
                 Err(LeaseStoreError::LeaseLost { .. }) => {
-                    reset_fresh(store, &seen.key, checkpoint, *start).await?;
+                    reset_fresh(store, &seen.key, checkpoint, *start, recreate.as_ref()).await?;
                 }
                 Err(error) => return Err(AdminError::LeaseTable(error)),
             },
@@ -332,20 +411,35 @@ pub async fn apply(store: &dyn LeaseStore, mut plan: ResetPlan) -> Result<ResetP
 }
 
 /// Reads the lease `key` again and resets it, a few times if it keeps
-/// changing under the write.
+/// changing under the write; makes `recreate` if it is gone.
 async fn reset_fresh(
     store: &dyn LeaseStore,
     key: &str,
     checkpoint: &ExtendedSequenceNumber,
     start: Option<SystemTime>,
+    recreate: Option<&Lease>,
 ) -> Result<(), AdminError> {
     for _ in 0..RACES {
         let Some(seen) = store.get_lease(key).await.map_err(AdminError::LeaseTable)? else {
-            return Err(AdminError::LeaseTable(LeaseStoreError::NotFound {
-                lease_key: key.to_owned(),
-            }));
+            let Some(lease) = recreate else {
+                // Gone with its shard: nothing to read.
+                return Ok(());
+            };
+            if store
+                .create_lease_if_absent(lease)
+                .await
+                .map_err(AdminError::LeaseTable)?
+            {
+                return Ok(());
+            }
+            continue;
         };
-        match store.reset_checkpoint(&seen, checkpoint, start).await {
+        // The owner is kept: a lease that moved since the read has a live
+        // owner now.
+        match store
+            .reset_checkpoint(&seen, checkpoint, start, false)
+            .await
+        {
             Ok(_) => return Ok(()),
             Err(LeaseStoreError::LeaseLost { .. }) => continue,
             Err(error) => return Err(AdminError::LeaseTable(error)),
@@ -394,13 +488,23 @@ pub async fn reset(
         });
     }
     let multi_stream = listing.leases.iter().any(|l| l.stream.is_some());
+    // In a multi-stream table, the stream as Kinesis has it now: leases of
+    // an earlier stream of the same name (deleted and created again) are
+    // not this one's.
+    let identifier = if multi_stream {
+        Some(
+            crate::lag::with_retries(&request.stream, || {
+                kcl_core::streams::describe(kinesis, &request.stream)
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
     let leases: Vec<Lease> = listing
         .leases
         .into_iter()
-        .filter(|l| match &l.stream {
-            Some(identifier) => identifier.stream_name == request.stream,
-            None => !multi_stream,
-        })
+        .filter(|l| l.stream == identifier)
         .collect();
     if leases.is_empty() {
         return Err(AdminError::NoLeases {
@@ -408,15 +512,16 @@ pub async fn reset(
             stream: request.stream.clone(),
         });
     }
-    let identifier = leases.iter().find_map(|l| l.stream.clone());
     let shards =
         crate::lag::with_retries(&request.stream, || kinesis.list_shards(&request.stream)).await?;
+    let live: BTreeSet<String> = heartbeats.into_iter().map(|h| h.worker).collect();
     let now = SystemTime::now();
     let plan = plan(
         &request.stream,
         identifier.as_ref(),
         &leases,
         &shards,
+        &live,
         request.target,
         &request.only,
         now,
@@ -424,7 +529,45 @@ pub async fn reset(
     if request.dry_run {
         return Ok(plan);
     }
-    apply(store, plan).await
+    let mut moved: BTreeSet<String> = plan.steps.iter().map(|s| s.shard.clone()).collect();
+    let mut plan = apply(store, plan).await?;
+    // Children that appeared while the reset was written (a split): they
+    // follow their parents, so none runs ahead of a parent read again.
+    for _ in 0..RACES {
+        let listing = store
+            .list_table()
+            .await
+            .map_err(|e| AdminError::from_store(application, e))?;
+        let newcomers: Vec<Lease> = listing
+            .leases
+            .into_iter()
+            .filter(|l| l.stream == identifier && !moved.contains(l.shard_id()))
+            .filter(|l| l.parent_shard_ids.iter().any(|p| moved.contains(p)))
+            .collect();
+        if newcomers.is_empty() {
+            break;
+        }
+        for lease in newcomers {
+            let (checkpoint, start) = match request.target {
+                Target::TrimHorizon => (ExtendedSequenceNumber::TrimHorizon, None),
+                Target::AtTimestamp(at) => (ExtendedSequenceNumber::AtTimestamp, Some(at)),
+                Target::Latest => (
+                    ExtendedSequenceNumber::Latest,
+                    Some(now - LATEST_START_MARGIN),
+                ),
+            };
+            reset_fresh(store, &lease.key, &checkpoint, start, None).await?;
+            plan.steps.push(ResetStep {
+                shard: lease.shard_id().to_owned(),
+                action: "reset",
+                from: Some(checkpoint_text(&lease.checkpoint)),
+                to: checkpoint.to_string(),
+                start_timestamp_millis: start.map(millis),
+            });
+            moved.insert(lease.shard_id().to_owned());
+        }
+    }
+    Ok(plan)
 }
 
 impl ResetPlan {
@@ -518,6 +661,11 @@ mod tests {
 
     const NOW: Duration = Duration::from_secs(1_800_000_000);
 
+    /// The workers with a heartbeat: the owner of every lease of [`family`].
+    fn live() -> BTreeSet<String> {
+        ["worker-a".to_owned()].into()
+    }
+
     #[test]
     fn at_a_timestamp_every_shard_is_read_parents_first_and_missing_parents_get_a_lease() {
         let (leases, shards) = family();
@@ -528,6 +676,7 @@ mod tests {
             None,
             &leases,
             &shards,
+            &live(),
             Target::AtTimestamp(t),
             &BTreeSet::new(),
             now,
@@ -563,6 +712,7 @@ mod tests {
             None,
             &leases,
             &shards,
+            &live(),
             Target::Latest,
             &BTreeSet::new(),
             now,
@@ -571,13 +721,125 @@ mod tests {
         assert_eq!(
             summary(&plan),
             [
+                ("s-0", "create", "SHARD_END"),
                 ("s-1", "reset", "SHARD_END"),
                 ("s-2", "reset", "SHARD_END"),
                 ("s-3", "reset", "LATEST"),
             ],
-            "no lease made for a closed shard"
+            "a closed shard without a lease gets a finished one"
         );
-        assert_eq!(plan.steps[2].start_timestamp_millis, Some(millis(now)));
+        assert_eq!(
+            plan.steps[3].start_timestamp_millis,
+            Some(millis(now - LATEST_START_MARGIN)),
+            "the workers' margin for clocks a little apart"
+        );
+    }
+
+    /// P split into A (closed, lease cleaned up after A's children
+    /// started) and B (open); A split into A1 and A2. After a reset to
+    /// LATEST nothing is left for shard discovery to make at
+    /// `TRIM_HORIZON`: A gets a finished lease.
+    #[test]
+    fn a_closed_shard_without_a_lease_is_finished_so_discovery_leaves_it() {
+        let leases = vec![
+            lease("s-0", &[], ExtendedSequenceNumber::ShardEnd),
+            lease("s-2", &["s-0"], ExtendedSequenceNumber::TrimHorizon),
+            lease("s-3", &["s-1"], at("500")),
+            lease("s-4", &["s-1"], at("600")),
+        ];
+        let shards = vec![
+            shard("s-0", &[], false),
+            shard("s-1", &["s-0"], false),
+            shard("s-2", &["s-0"], true),
+            shard("s-3", &["s-1"], true),
+            shard("s-4", &["s-1"], true),
+        ];
+        let now = UNIX_EPOCH + NOW;
+        for only in [BTreeSet::new(), ["s-3".to_owned(), "s-4".to_owned()].into()] {
+            let plan = plan(
+                "s",
+                None,
+                &leases,
+                &shards,
+                &live(),
+                Target::Latest,
+                &only,
+                now,
+            )
+            .unwrap();
+            let mut after: BTreeMap<String, Lease> =
+                leases.iter().map(|l| (l.key.clone(), l.clone())).collect();
+            for write in &plan.writes {
+                match write {
+                    Write::Create(lease) => {
+                        after.insert(lease.key.clone(), lease.clone());
+                    }
+                    Write::Reset {
+                        seen, checkpoint, ..
+                    } => {
+                        after.get_mut(&seen.key).unwrap().checkpoint = checkpoint.clone();
+                    }
+                }
+            }
+            assert_eq!(
+                after["s-1"].checkpoint,
+                ExtendedSequenceNumber::ShardEnd,
+                "{only:?}"
+            );
+            let after: Vec<Lease> = after.into_values().collect();
+            for initial in [
+                ExtendedSequenceNumber::TrimHorizon,
+                ExtendedSequenceNumber::Latest,
+            ] {
+                let made = kcl_core::shard_sync::leases_to_create(&shards, &after, &initial);
+                assert!(made.is_empty(), "{only:?}: discovery would make {made:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_lease_whose_owner_has_no_heartbeat_is_freed() {
+        let (leases, shards) = family();
+        let now = UNIX_EPOCH + NOW;
+        let nobody = BTreeSet::new();
+        let freeing = plan(
+            "s",
+            None,
+            &leases,
+            &shards,
+            &nobody,
+            Target::TrimHorizon,
+            &BTreeSet::new(),
+            now,
+        )
+        .unwrap();
+        let freed: Vec<bool> = freeing
+            .writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Reset { clear_owner, .. } => Some(*clear_owner),
+                Write::Create(_) => None,
+            })
+            .collect();
+        assert_eq!(freed, [true, true, true]);
+        let kept = plan(
+            "s",
+            None,
+            &leases,
+            &shards,
+            &live(),
+            Target::TrimHorizon,
+            &BTreeSet::new(),
+            now,
+        )
+        .unwrap();
+        assert!(kept.writes.iter().all(|w| !matches!(
+            w,
+            Write::Reset {
+                clear_owner: true,
+                ..
+            }
+        )));
     }
 
     #[test]
@@ -585,13 +847,25 @@ mod tests {
         let (leases, shards) = family();
         let now = UNIX_EPOCH + NOW;
         let only: BTreeSet<String> = ["s-2".to_owned()].into();
-        let plan = plan("s", None, &leases, &shards, Target::TrimHorizon, &only, now).unwrap();
+        let plan = plan(
+            "s",
+            None,
+            &leases,
+            &shards,
+            &live(),
+            Target::TrimHorizon,
+            &only,
+            now,
+        )
+        .unwrap();
         assert_eq!(
             summary(&plan),
             [
+                ("s-0", "create", "SHARD_END"),
                 ("s-2", "reset", "TRIM_HORIZON"),
                 ("s-3", "reset", "TRIM_HORIZON")
-            ]
+            ],
+            "the closed ancestor without a lease is finished, the other parent left"
         );
     }
 
@@ -602,16 +876,34 @@ mod tests {
         let none = BTreeSet::new();
         let future = Target::AtTimestamp(now + Duration::from_secs(60));
         assert!(matches!(
-            plan("s", None, &leases, &shards, future, &none, now),
+            plan("s", None, &leases, &shards, &live(), future, &none, now),
             Err(AdminError::TimestampInFuture { .. })
         ));
         let only: BTreeSet<String> = ["s-9".to_owned(), "s-1".to_owned()].into();
-        match plan("s", None, &leases, &shards, Target::TrimHorizon, &only, now) {
+        match plan(
+            "s",
+            None,
+            &leases,
+            &shards,
+            &live(),
+            Target::TrimHorizon,
+            &only,
+            now,
+        ) {
             Err(AdminError::UnknownShards { shards, .. }) => assert_eq!(shards, ["s-9"]),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            plan("s", None, &leases, &[], Target::TrimHorizon, &none, now),
+            plan(
+                "s",
+                None,
+                &leases,
+                &[],
+                &live(),
+                Target::TrimHorizon,
+                &none,
+                now
+            ),
             Err(AdminError::NoShards { .. })
         ));
     }
@@ -654,6 +946,7 @@ mod tests {
             None,
             &leases,
             &shards,
+            &live(),
             Target::TrimHorizon,
             &BTreeSet::new(),
             now,
@@ -676,5 +969,101 @@ mod tests {
         let s3 = after.iter().find(|l| l.key == "s-3").unwrap();
         assert_eq!(s3.owner.as_deref(), Some("worker-b"), "owner kept");
         assert_eq!(s3.counter, taken.counter + 1, "fenced");
+    }
+
+    /// Cleanup deletes a finished parent between the read and the write:
+    /// the reset makes its lease again, and goes on to the children.
+    #[tokio::test]
+    async fn a_lease_cleaned_up_meanwhile_is_made_again() {
+        use kcl_lease::InMemoryLeaseStore;
+        let store = InMemoryLeaseStore::new();
+        let (leases, shards) = family();
+        for lease in &leases {
+            store.create_lease_if_absent(lease).await.unwrap();
+        }
+        let now = UNIX_EPOCH + NOW;
+        let t = now - Duration::from_secs(60);
+        let plan = plan(
+            "s",
+            None,
+            &leases,
+            &shards,
+            &live(),
+            Target::AtTimestamp(t),
+            &BTreeSet::new(),
+            now,
+        )
+        .unwrap();
+        let s1 = store.get_lease("s-1").await.unwrap().unwrap();
+        store.delete_lease(&s1).await.unwrap();
+        apply(&store, plan).await.unwrap();
+        let after = store.list_leases().await.unwrap();
+        assert_eq!(after.len(), 4);
+        for lease in &after {
+            assert_eq!(
+                lease.checkpoint,
+                ExtendedSequenceNumber::AtTimestamp,
+                "{lease:?}"
+            );
+            assert_eq!(lease.start_timestamp, Some(t), "{lease:?}");
+        }
+        let s1 = after.iter().find(|l| l.key == "s-1").unwrap();
+        assert_eq!(s1.parent_shard_ids, ["s-0".to_owned()].into());
+    }
+
+    /// A multi-stream table still holds the leases of a stream deleted and
+    /// created again under the same name: only the current stream's move.
+    #[tokio::test]
+    async fn only_the_current_stream_of_a_name_moves() {
+        use kcl_core::kinesis::InMemoryKinesis;
+        use kcl_lease::InMemoryLeaseStore;
+        let kinesis = InMemoryKinesis::new();
+        let shard_ids = kinesis.create_stream("orders", 1);
+        let current = kcl_core::streams::describe(&kinesis, "orders")
+            .await
+            .unwrap();
+        let old = StreamIdentifier {
+            creation_epoch: current.creation_epoch - 100,
+            ..current.clone()
+        };
+        let store = InMemoryLeaseStore::new();
+        for stream in [&current, &old] {
+            let mut lease = Lease::for_shard(Some(stream), &shard_ids[0], at("100"));
+            lease.owner = Some("worker-a".into());
+            store.create_lease_if_absent(&lease).await.unwrap();
+        }
+        store
+            .heartbeat(&kcl_lease::WorkerHeartbeat {
+                worker: "worker-a".into(),
+                beat: 1,
+                draining: false,
+                failover_time: None,
+                streams: None,
+                written_at: None,
+            })
+            .await
+            .unwrap();
+        let request = ResetRequest {
+            application: "app".into(),
+            stream: "orders".into(),
+            target: Target::TrimHorizon,
+            only: BTreeSet::new(),
+            dry_run: false,
+            while_stopped: false,
+        };
+        let plan = reset(&store, &kinesis, &request).await.unwrap();
+        assert_eq!(plan.steps.len(), 1);
+        let moved = store
+            .get_lease(&current.lease_key(&shard_ids[0]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+        let left = store
+            .get_lease(&old.lease_key(&shard_ids[0]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(left.checkpoint, at("100"), "the old stream's lease is left");
     }
 }

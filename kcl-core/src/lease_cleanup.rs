@@ -295,7 +295,12 @@ mod tests {
         let candidates = cleanable(&leases, &[shard("s")]);
         assert_eq!(candidates.len(), 2);
         store
-            .reset_checkpoint(&leases[0], &ExtendedSequenceNumber::TrimHorizon, None)
+            .reset_checkpoint(
+                &leases[0],
+                &ExtendedSequenceNumber::TrimHorizon,
+                None,
+                false,
+            )
             .await
             .unwrap();
         let mut cleaner = LeaseCleaner::new(Duration::ZERO, None);

@@ -144,7 +144,7 @@ impl StreamConfig {
 
 /// `stream` as Kinesis describes it now: its account (from the ARN) and
 /// creation time in seconds.
-pub(crate) async fn describe(
+pub async fn describe(
     kinesis: &dyn Kinesis,
     stream: &str,
 ) -> Result<StreamIdentifier, KinesisError> {

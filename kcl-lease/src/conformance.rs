@@ -746,7 +746,7 @@ pub async fn a_reset_moves_the_position_and_fences_the_holder(
     let seen = must_get(&b, &key).await;
     let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
     let reset = b
-        .reset_checkpoint(&seen, &ExtendedSequenceNumber::AtTimestamp, Some(at))
+        .reset_checkpoint(&seen, &ExtendedSequenceNumber::AtTimestamp, Some(at), false)
         .await
         .unwrap();
     let stored = must_get(&a, &key).await;
@@ -775,7 +775,7 @@ pub async fn a_reset_moves_the_position_and_fences_the_holder(
     .unwrap();
     // A reset on a stale read changes nothing.
     assert_lost(
-        b.reset_checkpoint(&seen, &ExtendedSequenceNumber::TrimHorizon, None)
+        b.reset_checkpoint(&seen, &ExtendedSequenceNumber::TrimHorizon, None, false)
             .await,
     );
     assert_eq!(must_get(&b, &key).await.checkpoint, position("150"));
@@ -784,7 +784,7 @@ pub async fn a_reset_moves_the_position_and_fences_the_holder(
     let handing = b.request_handoff(&seen, "worker-b").await.unwrap();
     seen = handing.clone();
     let reset = b
-        .reset_checkpoint(&seen, &ExtendedSequenceNumber::TrimHorizon, None)
+        .reset_checkpoint(&seen, &ExtendedSequenceNumber::TrimHorizon, None, false)
         .await
         .unwrap();
     assert_eq!(reset.checkpoint, ExtendedSequenceNumber::TrimHorizon);
@@ -797,6 +797,19 @@ pub async fn a_reset_moves_the_position_and_fences_the_holder(
     let received = must_get(&b, &key).await;
     assert_eq!(received.processing_owner(), Some("worker-b"));
     assert_eq!(received.checkpoint, ExtendedSequenceNumber::TrimHorizon);
+    // The lease of a worker gone (no heartbeat) is freed by the reset.
+    let handing = b.request_handoff(&received, "worker-c").await.unwrap();
+    let freed = b
+        .reset_checkpoint(&handing, &position("5"), None, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (freed.owner.as_deref(), freed.checkpoint_owner.as_deref()),
+        (None, None)
+    );
+    assert_eq!(freed.checkpoint, position("5"));
+    assert_eq!(must_get(&a, &key).await, freed);
+    assert_lost(b.release_lease(&handing.token().unwrap()).await);
 }
 
 /// The suite against the in-memory store.

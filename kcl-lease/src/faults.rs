@@ -294,11 +294,12 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
         seen: &Lease,
         checkpoint: &ExtendedSequenceNumber,
         start_timestamp: Option<SystemTime>,
+        clear_owner: bool,
     ) -> Result<Lease, LeaseStoreError> {
         self.call(
             Call::ResetCheckpoint,
             self.inner
-                .reset_checkpoint(seen, checkpoint, start_timestamp),
+                .reset_checkpoint(seen, checkpoint, start_timestamp, clear_owner),
         )
         .await
     }

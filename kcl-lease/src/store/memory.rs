@@ -272,6 +272,7 @@ impl LeaseStore for InMemoryLeaseStore {
         seen: &Lease,
         checkpoint: &kcl_checkpoint::ExtendedSequenceNumber,
         start_timestamp: Option<SystemTime>,
+        clear_owner: bool,
     ) -> Result<Lease, LeaseStoreError> {
         let mut tables = self.tables("UpdateItem");
         let lease = tables
@@ -288,6 +289,10 @@ impl LeaseStore for InMemoryLeaseStore {
                 + std::time::Duration::from_millis(crate::dynamodb::item::epoch_millis(at))
         });
         lease.counter += 1;
+        if clear_owner {
+            lease.owner = None;
+            lease.checkpoint_owner = None;
+        }
         Ok(lease.clone())
     }
 

@@ -158,13 +158,17 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// so the worker that processes the lease can no longer checkpoint or
     /// release it with its token, and starts over from the new position
     /// once its coordinator publishes the new token. The owner and any
-    /// handoff marker stay: no other worker starts processing the lease
-    /// because of a reset. Returns the lease as written.
+    /// handoff marker stay, so no other worker starts processing the lease
+    /// because of a reset, unless `clear_owner` (for a lease whose owner has
+    /// no heartbeat: stopped or crashed): then both are removed and the next
+    /// assignment round gives the lease to a live worker. Returns the lease
+    /// as written.
     async fn reset_checkpoint(
         &self,
         seen: &Lease,
         checkpoint: &kcl_checkpoint::ExtendedSequenceNumber,
         start_timestamp: Option<SystemTime>,
+        clear_owner: bool,
     ) -> Result<Lease, LeaseStoreError>;
 
     /// Records a heartbeat, if its value is larger than the one stored (or

@@ -714,6 +714,7 @@ impl LeaseStore for DynamoDbLeaseStore {
         seen: &Lease,
         checkpoint: &ExtendedSequenceNumber,
         start_timestamp: Option<SystemTime>,
+        clear_owner: bool,
     ) -> Result<Lease, LeaseStoreError> {
         let condition = condition::counter_is(seen.counter).and(condition::is_lease());
         let mut set = vec![
@@ -737,6 +738,9 @@ impl LeaseStore for DynamoDbLeaseStore {
                 request = request.expression_attribute_values(":reset_start", n(epoch_millis(at)));
             }
             None => remove.push(STARTING_TIMESTAMP_MILLIS),
+        }
+        if clear_owner {
+            remove.extend([LEASE_OWNER, CHECKPOINT_OWNER]);
         }
         let request = request.update_expression(format!(
             "SET {} REMOVE {}",
