@@ -80,6 +80,16 @@ pub enum AdminError {
         /// The lease.
         lease: String,
     },
+    /// The worker named has no heartbeat in the application.
+    #[error("{application} has no worker {worker:?} with a heartbeat (workers now: {})", if known.is_empty() { "none".to_owned() } else { known.join(", ") })]
+    UnknownWorker {
+        /// The application.
+        application: String,
+        /// The worker named.
+        worker: String,
+        /// The workers with a heartbeat.
+        known: Vec<String>,
+    },
     /// The lease table could not be read or written.
     #[error("lease table: {0}")]
     LeaseTable(#[source] LeaseStoreError),

@@ -8,6 +8,8 @@
 //!   shard's lease state.
 //! - [`lag`]: per shard, how far the group's checkpoint is behind the
 //!   newest record, read from Kinesis (no worker needs to run).
+//! - [`evict`]: ask a live worker to hand all its leases over without
+//!   stopping (to drain a node), or to take leases again.
 //! - [`reset`]: move the group's position (oldest records, now, or a
 //!   time) while its workers run, fenced, parents before children.
 //!
@@ -21,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod evict;
 pub mod lag;
 pub mod lineage;
 pub mod reset;

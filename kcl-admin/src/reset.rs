@@ -1040,6 +1040,7 @@ mod tests {
                 failover_time: None,
                 streams: None,
                 written_at: None,
+                evicted: false,
             })
             .await
             .unwrap();

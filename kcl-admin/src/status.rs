@@ -302,6 +302,7 @@ mod tests {
             failover_time: None,
             streams: None,
             written_at: Some(written_at),
+            evicted: false,
         }
     }
 

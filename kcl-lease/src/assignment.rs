@@ -351,6 +351,7 @@ mod tests {
             failover_time: None,
             streams: streams.map(|s| s.iter().map(|s| (*s).to_owned()).collect()),
             written_at: None,
+            evicted: false,
         }
     }
 
@@ -533,6 +534,7 @@ mod tests {
             failover_time: None,
             streams: Some(streams.iter().map(|s| (*s).to_owned()).collect()),
             written_at: None,
+            evicted: false,
         };
         let mut finished = owned("done", Some("b"));
         finished.checkpoint = Esn::ShardEnd;

@@ -40,7 +40,8 @@ macro_rules! lease_store_conformance {
             ensuring_tables_twice_is_harmless,
             child_shards_are_recorded_by_the_owner_only,
             the_start_timestamp_is_recorded_once_and_fenced,
-            a_reset_moves_the_position_and_fences_the_holder
+            a_reset_moves_the_position_and_fences_the_holder,
+            an_eviction_mark_outlives_heartbeats_until_cleared
         );
     };
     ($tables:path; $($case:ident),+) => {
@@ -570,6 +571,7 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
         failover_time: Some(std::time::Duration::from_millis(7_500)),
         streams: None,
         written_at: None,
+        evicted: false,
     };
     let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     a.heartbeat(&beat("worker-a", 1)).await.unwrap();
@@ -613,6 +615,7 @@ pub async fn heartbeats_only_move_forward(a: impl LeaseStore, b: impl LeaseStore
         failover_time: None,
         streams: None,
         written_at: None,
+        evicted: false,
     };
     a.heartbeat(&beat(10)).await.unwrap();
     for stale in [10, 4] {
@@ -810,6 +813,52 @@ pub async fn a_reset_moves_the_position_and_fences_the_holder(
     assert_eq!(freed.checkpoint, position("5"));
     assert_eq!(must_get(&a, &key).await, freed);
     assert_lost(b.release_lease(&handing.token().unwrap()).await);
+}
+
+/// An operator's eviction mark is kept by the worker's later heartbeats
+/// until cleared; a worker with no heartbeat cannot be marked, and no item
+/// is made for it.
+pub async fn an_eviction_mark_outlives_heartbeats_until_cleared(
+    a: impl LeaseStore,
+    b: impl LeaseStore,
+) {
+    let beat = |beat| WorkerHeartbeat {
+        worker: "worker-a".into(),
+        beat,
+        draining: false,
+        failover_time: Some(std::time::Duration::from_secs(10)),
+        streams: None,
+        written_at: None,
+        evicted: false,
+    };
+    let evicted = |store_list: Vec<WorkerHeartbeat>| store_list.iter().any(|h| h.evicted);
+    a.heartbeat(&beat(1)).await.unwrap();
+    assert!(!evicted(b.list_heartbeats().await.unwrap()));
+    assert!(b.request_eviction("worker-a", true).await.unwrap());
+    assert!(evicted(a.list_heartbeats().await.unwrap()));
+    a.heartbeat(&beat(2)).await.unwrap();
+    let after = without_times(a.list_heartbeats().await.unwrap());
+    assert_eq!(
+        after,
+        [WorkerHeartbeat {
+            evicted: true,
+            ..beat(2)
+        }],
+        "kept, the rest written"
+    );
+    assert!(b.request_eviction("worker-a", false).await.unwrap());
+    a.heartbeat(&beat(3)).await.unwrap();
+    assert!(!evicted(a.list_heartbeats().await.unwrap()));
+    assert!(!b.request_eviction("nobody", true).await.unwrap());
+    assert_eq!(a.list_heartbeats().await.unwrap().len(), 1, "no item made");
+    // A heartbeat that loses its failover time drops it.
+    a.heartbeat(&WorkerHeartbeat {
+        failover_time: None,
+        ..beat(4)
+    })
+    .await
+    .unwrap();
+    assert_eq!(a.list_heartbeats().await.unwrap()[0].failover_time, None);
 }
 
 /// The suite against the in-memory store.

@@ -51,6 +51,8 @@ pub enum Call {
     DeleteLease,
     /// [`LeaseStore::reset_checkpoint`].
     ResetCheckpoint,
+    /// [`LeaseStore::request_eviction`].
+    RequestEviction,
     /// [`LeaseStore::heartbeat`].
     Heartbeat,
     /// [`LeaseStore::list_heartbeats`].
@@ -300,6 +302,13 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
             Call::ResetCheckpoint,
             self.inner
                 .reset_checkpoint(seen, checkpoint, start_timestamp, clear_owner),
+        )
+        .await
+    }
+    async fn request_eviction(&self, worker: &str, evict: bool) -> Result<bool, LeaseStoreError> {
+        self.call(
+            Call::RequestEviction,
+            self.inner.request_eviction(worker, evict),
         )
         .await
     }

@@ -323,6 +323,7 @@ mod tests {
             failover_time: Some(FAILOVER),
             streams: None,
             written_at: None,
+            evicted: false,
         }
     }
 

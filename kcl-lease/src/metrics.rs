@@ -33,6 +33,17 @@ pub const LEASE_TABLE_SKIPPED_ITEMS: &str = "kcl_lease_table_skipped_items";
 /// latest assignment round.
 pub const FOREIGN_LEASE_OWNERS: &str = "kcl_foreign_lease_owners";
 
+/// The group's unfinished leases, as of this worker's latest assignment
+/// round (every worker reports the same; aggregate with `max`): label
+/// `state` (`processing`: owned, `waiting`: a child shard whose parents
+/// are not finished, `unassigned`: no owner). With the lag, the signal to
+/// scale a group on: more workers than leases processing or unassigned
+/// get nothing to do.
+pub const GROUP_LEASES: &str = "kcl_group_leases";
+/// The group's live workers that share this worker's plan (stopping ones
+/// included), as of its latest assignment round.
+pub const GROUP_WORKERS: &str = "kcl_group_workers";
+
 /// Describes the lease layer's metrics to the installed recorder.
 pub fn describe() {
     metrics::describe_counter!(
@@ -43,6 +54,14 @@ pub fn describe() {
     metrics::describe_counter!(LEASE_HANDOFFS, "Graceful handoffs requested and received");
     metrics::describe_counter!(LEASE_LOSSES, "Leases lost to another worker");
     metrics::describe_gauge!(LEASES_HELD, "Leases this worker processes");
+    metrics::describe_gauge!(
+        GROUP_LEASES,
+        "The group's unfinished leases by state, as of this worker's latest round"
+    );
+    metrics::describe_gauge!(
+        GROUP_WORKERS,
+        "The group's live workers, as of this worker's latest round"
+    );
     metrics::describe_counter!(
         LIVENESS_LOSSES,
         "Times the processing deadline passed without a confirmed heartbeat"

@@ -760,6 +760,7 @@ impl LeaseModel {
                     failover_time: None,
                     streams: None,
                     written_at: None,
+                    evicted: false,
                 })
             })
             .collect();

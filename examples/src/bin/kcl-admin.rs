@@ -5,6 +5,8 @@
 //! - `lag`: per shard, how far the group's checkpoint is behind the newest
 //!   record (no worker needs to run);
 //! - `lineage`: the shard tree with each shard's lease state;
+//! - `evict`: ask a live worker to hand all its leases over without
+//!   stopping (`--cancel` to undo);
 //! - `reset`: move the group's position (`--trim-horizon`, `--latest`,
 //!   `--at-timestamp TIME`) while its workers run, `--dry-run` to see the
 //!   plan;
@@ -107,6 +109,21 @@ enum Command {
         /// position).
         #[arg(long)]
         while_stopped: bool,
+    },
+    /// Ask a live worker to hand all its leases over and take none, without
+    /// stopping it (to drain a node); it does so from its next assignment
+    /// round. Lasts until cancelled or until the worker's process stops.
+    Evict {
+        /// The worker.
+        #[arg(long)]
+        worker_id: String,
+        /// Let the worker take leases again.
+        #[arg(long)]
+        cancel: bool,
+        /// Wait up to this many seconds for the worker to hold no lease
+        /// (exit 1 if it still holds some).
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
     },
     /// Split an open shard in the middle of its hash key range.
     SplitShard {
@@ -220,6 +237,24 @@ async fn run(args: Args) -> Outcome {
             let (store, kinesis) = clients(&request.application).await;
             let plan = kcl_admin::reset::reset(&store, &kinesis, &request).await?;
             print(args.output, &plan, || plan.to_table())
+        }
+        Command::Evict {
+            worker_id,
+            cancel,
+            wait,
+        } => {
+            let application = application()?;
+            let (store, _) = clients(&application).await;
+            let eviction = kcl_admin::evict::evict(
+                &store,
+                &application,
+                worker_id,
+                *cancel,
+                wait.map(std::time::Duration::from_secs),
+            )
+            .await?;
+            print(args.output, &eviction, || eviction.to_table())?;
+            Ok(eviction.drained != Some(false))
         }
         Command::SplitShard { shard_id } => split_shard(&stream()?, shard_id.clone()).await,
         Command::Verify { produced, files } => verify(*produced, files),

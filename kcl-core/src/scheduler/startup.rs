@@ -46,6 +46,15 @@ pub(super) async fn start_up(
         .ensure_tables()
         .await
         .map_err(SchedulerError::LeaseTable)?;
+    // An eviction lasts as long as the process it was asked of: a worker
+    // started again under the same id takes leases.
+    if let Err(error) = context
+        .store
+        .request_eviction(&config.lease.worker_id, false)
+        .await
+    {
+        warn!(%error, "could not clear an earlier eviction of this worker id");
+    }
     if config.streams.is_multi_stream() {
         let identifiers: BTreeSet<StreamIdentifier> = streams
             .iter()

@@ -31,7 +31,8 @@ pub const KPL_OUTSIDE_SHARD: &str = "kcl_kpl_records_outside_shard_total";
 pub const LEASES_RELEASED: &str = "kcl_leases_released_total";
 
 pub use kcl_lease::metrics::{
-    AWS_REQUESTS, CHECKPOINT_WRITES, LEASE_HANDOFFS, LEASE_LOSSES, LEASE_TAKES, LEASES_HELD,
+    AWS_REQUESTS, CHECKPOINT_WRITES, GROUP_LEASES, GROUP_WORKERS, LEASE_HANDOFFS, LEASE_LOSSES,
+    LEASE_TAKES, LEASES_HELD,
 };
 
 /// The buckets of [`BATCH_PROCESSING_SECONDS`], from 1 ms to 1 min.

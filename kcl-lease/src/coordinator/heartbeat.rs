@@ -181,6 +181,7 @@ impl Shared {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone(),
             written_at: None,
+            evicted: false,
         };
         let sent = clock();
         let result = store.heartbeat(&heartbeat).await;

@@ -106,9 +106,15 @@ struct Shared {
     heart: Heart,
     /// The leases this worker processes.
     held: watch::Sender<HeldLeases>,
-    /// Set when the worker is stopping: it takes no more leases, announces
-    /// it in its heartbeat, and others ask for its leases.
+    /// Set while the worker hands its leases over (it is stopping, or an
+    /// operator evicted it): it takes no more leases, announces it in its
+    /// heartbeat, and others ask for its leases.
     draining: watch::Sender<bool>,
+    /// The worker is stopping ([`CoordinatorHandle::stop_taking`]).
+    stopping: std::sync::atomic::AtomicBool,
+    /// An operator asked the worker to hand its leases over without
+    /// stopping (its heartbeat item's eviction mark, as of the last round).
+    evicted: std::sync::atomic::AtomicBool,
     /// Live workers other than this one that are not draining, as of the
     /// last round: who could receive this worker's leases.
     receivers: AtomicUsize,
@@ -121,6 +127,16 @@ struct Shared {
 }
 
 impl Shared {
+    /// Drains while stopping or evicted.
+    fn update_draining(&self) {
+        let draining = self.stopping.load(Ordering::SeqCst) || self.evicted.load(Ordering::SeqCst);
+        self.draining.send_if_modified(|current| {
+            let changed = *current != draining;
+            *current = draining;
+            changed
+        });
+    }
+
     /// Stops publishing every lease if the deadline has passed at `now`.
     /// Returns whether it had.
     fn lapse_if_due(&self, now: Instant) -> bool {
@@ -150,6 +166,30 @@ async fn read_own_lease<S: LeaseStore + ?Sized>(
         }
         read => read,
     }
+}
+
+/// Records the group's gauges from one round's read: its unfinished
+/// leases by state and its live workers.
+fn record_group(leases: &[Lease], live_workers: usize) {
+    let table: BTreeMap<&str, &Lease> = leases.iter().map(|l| (l.key.as_str(), l)).collect();
+    let (mut processing, mut waiting, mut unassigned) = (0u32, 0u32, 0u32);
+    for lease in leases.iter().filter(|l| !l.is_finished()) {
+        if assignment::waiting_on_parents(lease, &table) {
+            waiting += 1;
+        } else if lease.owner.is_some() {
+            processing += 1;
+        } else {
+            unassigned += 1;
+        }
+    }
+    for (state, count) in [
+        ("processing", processing),
+        ("waiting", waiting),
+        ("unassigned", unassigned),
+    ] {
+        metrics::gauge!(crate::metrics::GROUP_LEASES, "state" => state).set(f64::from(count));
+    }
+    metrics::gauge!(crate::metrics::GROUP_WORKERS).set(live_workers as f64);
 }
 
 /// Logs and counts a lease this worker held and another worker now holds.
@@ -182,12 +222,22 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     /// its own leases every `handoff_poll_interval` to see their requests
     /// quickly. The leases already held stay published until released.
     pub fn stop_taking(&self) {
-        self.shared.draining.send_replace(true);
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.shared.update_draining();
     }
 
-    /// Whether [`stop_taking`](Self::stop_taking) was called.
+    /// Whether the worker hands its leases over: it is stopping
+    /// ([`stop_taking`](Self::stop_taking)), or evicted by an operator.
     pub fn is_draining(&self) -> bool {
         *self.shared.draining.borrow()
+    }
+
+    /// Whether an operator evicted the worker (see
+    /// [`LeaseStore::request_eviction`](crate::LeaseStore::request_eviction)),
+    /// as of the last assignment round: it hands its leases over and takes
+    /// none, and goes on running.
+    pub fn is_evicted(&self) -> bool {
+        self.shared.evicted.load(Ordering::SeqCst)
     }
 
     /// When the last heartbeat that was confirmed had been sent (the lease
@@ -284,6 +334,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             heart: Heart::new(&config),
             held: watch::channel(HeldLeases::new()).0,
             draining: watch::channel(false).0,
+            stopping: Default::default(),
+            evicted: Default::default(),
             receivers: AtomicUsize::new(0),
             foreign_owners: Default::default(),
             streams: std::sync::Mutex::new(config.scope.announced()),
@@ -387,6 +439,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         leases.retain(|lease| self.config.scope.includes(lease));
         let heartbeats = self.store.list_heartbeats().await?;
         let ended = clock();
+        self.note_eviction(&heartbeats);
         self.tracker
             .observe(ReadWindow { began, ended }, &heartbeats, &leases);
         self.note_foreign_owners();
@@ -418,6 +471,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             draining,
         );
         report.live_workers = workers.len() + stopping.len();
+        record_group(&leases, report.live_workers);
         self.shared
             .receivers
             .store(self.receivers(&heartbeats), Ordering::SeqCst);
@@ -547,6 +601,23 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             *published = held;
             changed
         });
+    }
+
+    /// Follows the eviction mark on this worker's own heartbeat item: an
+    /// evicted worker drains (hands its leases over, takes none) without
+    /// stopping, until the mark is cleared.
+    fn note_eviction(&self, heartbeats: &[crate::WorkerHeartbeat]) {
+        let evicted = heartbeats
+            .iter()
+            .any(|h| h.worker == self.config.worker_id && h.evicted);
+        if self.shared.evicted.swap(evicted, Ordering::SeqCst) != evicted {
+            if evicted {
+                info!("evicted by an operator: handing every lease over, taking none");
+            } else {
+                info!("eviction cleared: taking leases again");
+            }
+            self.shared.update_draining();
+        }
     }
 
     /// How many other live workers could receive leases (not draining), by
@@ -788,12 +859,15 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         let mut next_poll = now();
         let mut next_drain_poll = now();
         loop {
-            let draining = *draining_changes.borrow_and_update();
+            // Polls while stopping only: the shutdown timeout bounds them.
+            // An evicted worker, which runs on, sees requests at its rounds.
+            let draining = *draining_changes.borrow_and_update()
+                && self.shared.stopping.load(Ordering::SeqCst);
             tokio::select! {
                 changed = draining_changes.changed() => {
                     if changed.is_ok() && *draining_changes.borrow() {
                         // One full round at once (receivers, requests), then
-                        // cheap polls of the leases held.
+                        // (when stopping) cheap polls of the leases held.
                         info!("draining: handing leases over on request");
                         next_round = now();
                         next_drain_poll = now() + self.config.handoff_poll_interval;

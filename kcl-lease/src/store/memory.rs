@@ -297,7 +297,7 @@ impl LeaseStore for InMemoryLeaseStore {
     }
 
     async fn heartbeat(&self, heartbeat: &WorkerHeartbeat) -> Result<(), LeaseStoreError> {
-        let mut tables = self.tables("PutItem");
+        let mut tables = self.tables("UpdateItem");
         match tables.heartbeats.get(&heartbeat.worker) {
             Some(stored) if stored.beat >= heartbeat.beat => {
                 Err(LeaseStoreError::HeartbeatSuperseded {
@@ -306,8 +306,13 @@ impl LeaseStore for InMemoryLeaseStore {
                 })
             }
             _ => {
+                let evicted = tables
+                    .heartbeats
+                    .get(&heartbeat.worker)
+                    .is_some_and(|stored| stored.evicted);
                 let written = WorkerHeartbeat {
                     written_at: Some(SystemTime::now()),
+                    evicted,
                     ..heartbeat.clone()
                 };
                 tables.heartbeats.insert(heartbeat.worker.clone(), written);
@@ -318,6 +323,17 @@ impl LeaseStore for InMemoryLeaseStore {
 
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
         Ok(self.tables("Scan").heartbeats.values().cloned().collect())
+    }
+
+    async fn request_eviction(&self, worker: &str, evict: bool) -> Result<bool, LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        Ok(match tables.heartbeats.get_mut(worker) {
+            Some(stored) => {
+                stored.evicted = evict;
+                true
+            }
+            None => false,
+        })
     }
 
     async fn remove_heartbeat(

@@ -46,6 +46,11 @@ pub struct WorkerHeartbeat {
     /// given to [`LeaseStore::heartbeat`]); `None` when the item does not
     /// say.
     pub written_at: Option<SystemTime>,
+    /// An operator asked the worker to hand all its leases over without
+    /// stopping ([`LeaseStore::request_eviction`]); kept by the store across
+    /// the worker's heartbeats (ignored in the heartbeat given to
+    /// [`LeaseStore::heartbeat`]).
+    pub evicted: bool,
 }
 
 /// The lease table and the workers table, with the semantics every
@@ -184,6 +189,13 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Every worker's last heartbeat.
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError>;
+
+    /// Asks `worker` to hand all its leases over and take none, without
+    /// stopping (`evict`), or to take leases again (`!evict`), by marking
+    /// its heartbeat item; later heartbeats keep the mark. Returns whether
+    /// the worker has a heartbeat (nothing is written for one that has
+    /// none).
+    async fn request_eviction(&self, worker: &str, evict: bool) -> Result<bool, LeaseStoreError>;
 
     /// Removes a worker's heartbeat, so the others stop counting it at once:
     /// when `beat` is given, only if the stored value is still that one (an

@@ -229,6 +229,11 @@ pub(super) fn heartbeat_below(beat: u64) -> Condition {
     )
 }
 
+/// The worker has a heartbeat item.
+pub(super) fn heartbeat_exists() -> Condition {
+    Condition::new(format!("attribute_exists({HEARTBEAT})"), [])
+}
+
 /// The stored heartbeat is still `beat`.
 pub(super) fn heartbeat_is(beat: u64) -> Condition {
     Condition::equals(HEARTBEAT, ":beat", n(beat))
@@ -322,6 +327,7 @@ mod tests {
         assert_binds_what_it_uses(deletable(7));
         assert_binds_what_it_uses(heartbeat_below(3));
         assert_binds_what_it_uses(heartbeat_is(3));
+        assert_binds_what_it_uses(heartbeat_exists());
     }
 
     /// The expressions as DynamoDB reads them: AND binds tighter than OR,

@@ -35,6 +35,7 @@
 //! | `draining` | BOOL | [`WorkerHeartbeat::draining`] |
 //! | `failoverMillis` | N | [`WorkerHeartbeat::failover_time`] |
 //! | `streams` | SS | [`WorkerHeartbeat::streams`] |
+//! | `evictRequested` | BOOL | [`WorkerHeartbeat::evicted`] (set by an operator; heartbeats keep it) |
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -84,6 +85,9 @@ pub(crate) const DRAINING: &str = "draining";
 pub(crate) const FAILOVER_MILLIS: &str = "failoverMillis";
 /// The streams of a multi-stream worker (a string set of identifiers).
 pub(crate) const STREAMS: &str = "streams";
+/// Set by an operator: the worker hands all its leases over without
+/// stopping. Written by `request_eviction` only; heartbeats keep it.
+pub(crate) const EVICTED: &str = "evictRequested";
 
 /// A DynamoDB item.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -158,7 +162,8 @@ pub(crate) fn lease_to_item(lease: &Lease) -> Item {
 }
 
 /// The workers-table item of `heartbeat`, written at `now_ms` (the
-/// writer's wall clock, milliseconds since the epoch).
+/// writer's wall clock, milliseconds since the epoch), without the
+/// operator's [`EVICTED`] mark (a heartbeat keeps the stored one).
 pub(crate) fn heartbeat_to_item(heartbeat: &WorkerHeartbeat, now_ms: u64) -> Item {
     let mut item = Item::new();
     item.insert(WORKER_ID.into(), s(&heartbeat.worker));
@@ -205,6 +210,7 @@ pub(crate) fn heartbeat_from_item(item: &Item) -> Option<WorkerHeartbeat> {
                 .map(|millis| UNIX_EPOCH + Duration::from_millis(millis)),
             _ => None,
         },
+        evicted: matches!(item.get(EVICTED), Some(AttributeValue::Bool(true))),
     })
 }
 

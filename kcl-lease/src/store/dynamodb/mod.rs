@@ -754,16 +754,42 @@ impl LeaseStore for DynamoDbLeaseStore {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
+        // An update, not a put: the operator's eviction mark on the item
+        // stays. Every attribute of the heartbeat is set, those it lacks
+        // removed.
+        let item = heartbeat_to_item(heartbeat, now_ms);
         let (condition, values) = condition::heartbeat_below(heartbeat.beat).into_parts();
-        let put = self
+        let mut put = self
             .client
-            .put_item()
+            .update_item()
             .table_name(&self.workers_table)
-            .set_item(Some(heartbeat_to_item(heartbeat, now_ms)))
+            .key(WORKER_ID, s(&heartbeat.worker))
             .condition_expression(condition)
             .set_expression_attribute_values(Some(values));
+        let mut set = Vec::new();
+        for (n, (name, value)) in item.into_iter().filter(|(k, _)| k != WORKER_ID).enumerate() {
+            set.push(format!("#a{n} = :a{n}"));
+            put = put
+                .expression_attribute_names(format!("#a{n}"), name)
+                .expression_attribute_values(format!(":a{n}"), value);
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        let absent: Vec<&str> = [
+            (FAILOVER_MILLIS, heartbeat.failover_time.is_none()),
+            (
+                STREAMS,
+                heartbeat.streams.as_ref().is_none_or(|s| s.is_empty()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(name, absent)| absent.then_some(name))
+        .collect();
+        if !absent.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", absent.join(", ")));
+        }
+        let put = put.update_expression(expression);
         let written = self
-            .send("PutItem", &self.workers_table, || put.clone().send())
+            .send("UpdateItem", &self.workers_table, || put.clone().send())
             .await?;
         if written.is_ok() {
             return Ok(());
@@ -791,7 +817,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 stored,
             }),
             None => Err(LeaseStoreError::Unavailable {
-                operation: "PutItem",
+                operation: "UpdateItem",
                 table: self.workers_table.clone(),
                 attempts: 1,
                 message: "the heartbeat's condition failed, then the item was gone".into(),
@@ -804,6 +830,23 @@ impl LeaseStore for DynamoDbLeaseStore {
         // An item that is not a heartbeat is skipped, not fatal: the workers
         // table is ours, but a stray item must not stop a fleet.
         Ok(items.iter().filter_map(heartbeat_from_item).collect())
+    }
+
+    async fn request_eviction(&self, worker: &str, evict: bool) -> Result<bool, LeaseStoreError> {
+        let (condition, values) = condition::heartbeat_exists().into_parts();
+        let update = self
+            .client
+            .update_item()
+            .table_name(&self.workers_table)
+            .key(WORKER_ID, s(worker))
+            .condition_expression(condition)
+            .set_expression_attribute_values((!values.is_empty()).then_some(values))
+            .update_expression(format!("SET {EVICTED} = :evict"))
+            .expression_attribute_values(":evict", AttributeValue::Bool(evict));
+        Ok(self
+            .send("UpdateItem", &self.workers_table, || update.clone().send())
+            .await?
+            .is_ok())
     }
 
     async fn remove_heartbeat(
