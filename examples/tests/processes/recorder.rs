@@ -246,6 +246,23 @@ async fn metrics_and_probes_are_served_over_http() {
     };
     let metric = |name: &str| value(&metrics, name);
     assert_eq!(metric("kcl_leases_held"), 2.0);
+    // The group's gauges, for autoscaling.
+    assert_eq!(
+        metric("kcl_group_leases{state=\"processing\"}"),
+        2.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric("kcl_group_leases{state=\"waiting\"}"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric("kcl_group_leases{state=\"unassigned\"}"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(metric("kcl_group_workers"), 1.0, "{metrics}");
     assert!(metric("kcl_checkpoint_writes_total{outcome=\"ok\"}") >= 2.0);
     assert!(metrics.contains(
         "kcl_aws_requests_total{service=\"kinesis\",operation=\"GetRecords\",outcome=\"ok\"}"

@@ -471,7 +471,6 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             draining,
         );
         report.live_workers = workers.len() + stopping.len();
-        record_group(&leases, report.live_workers);
         self.shared
             .receivers
             .store(self.receivers(&heartbeats), Ordering::SeqCst);
@@ -489,6 +488,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             self.carry_out(&plan, &mut leases, (ended, epoch), &mut report)
                 .await?;
         }
+        // As this round leaves the table: after its own takes.
+        record_group(&leases, report.live_workers);
         self.publish(leases, epoch, clock, &mut report);
         debug!(?report, "assignment round");
         Ok(report)
