@@ -116,6 +116,10 @@ pub struct WorkerArgs {
     /// Wait between GetRecords calls once a shard is caught up.
     #[arg(long, env = "KCL_IDLE_TIME_BETWEEN_CALLS_MS", default_value_t = 250)]
     pub idle_time_between_calls_ms: u64,
+    /// Cancel a processor call that runs longer than this and retry it as a
+    /// failure (0: no timeout, the default).
+    #[arg(long, env = "KCL_PROCESSOR_TIMEOUT_MS", default_value_t = 0)]
+    pub processor_timeout_ms: u64,
     /// How long a stop may take before the remaining shards are forced out.
     #[arg(long, env = "KCL_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000)]
     pub shutdown_timeout_ms: u64,
@@ -169,6 +173,11 @@ impl WorkerArgs {
                     Err(_) => StreamConfig::new(name),
                 })
             }),
+        };
+        let builder = if self.processor_timeout_ms > 0 {
+            builder.processor_timeout(ms(self.processor_timeout_ms))
+        } else {
+            builder
         };
         let mut builder = builder
             .initial_position(match self.initial_position {

@@ -44,6 +44,8 @@ pub struct Journal {
     pub fail: HashMap<String, u32>,
     /// Data of records to panic on, with how many more times to panic.
     pub panic: HashMap<String, u32>,
+    /// Data of records to hang on (never return), with how many more times.
+    pub hang: HashMap<String, u32>,
     /// How many more shard ends to return from without checkpointing.
     pub skip_shard_end_checkpoints: u32,
     /// Checkpoint after each batch.
@@ -91,6 +93,22 @@ impl RecordProcessor for Scripted {
     }
 
     async fn process_records(&mut self, input: ProcessRecordsInput) -> Result<(), ProcessorError> {
+        let hang = {
+            let mut journal = self.journal();
+            input.records.iter().any(|record| {
+                let data = String::from_utf8_lossy(&record.data).into_owned();
+                match journal.hang.get_mut(&data).filter(|n| **n > 0) {
+                    Some(left) => {
+                        *left -= 1;
+                        true
+                    }
+                    None => false,
+                }
+            })
+        };
+        if hang {
+            std::future::pending::<()>().await;
+        }
         let (checkpoint, prepare, panic_on_error) = {
             let mut journal = self.journal();
             let first = &input.records[0].sequence_number;

@@ -36,6 +36,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use crate::ProcessorError;
 use crate::backoff::{Backoff, BackoffConfig};
 use futures::FutureExt;
 use kcl_checkpoint::{CheckpointTracker, ExtendedSequenceNumber};
@@ -86,6 +87,10 @@ pub struct ConsumerContext {
     /// How often a child shard's consumer checks whether its parents are
     /// finished.
     pub parent_poll_interval: Duration,
+    /// How long one processor call (`initialize`, `process_records`,
+    /// `shard_ended`) may run before it is cancelled and handled as a
+    /// failure; `None`: as long as it takes.
+    pub processor_timeout: Option<Duration>,
     /// Counters.
     pub stats: Arc<WorkerStats>,
     /// Counts the shards this worker's consumers read to their end and
@@ -321,7 +326,12 @@ impl ShardConsumer {
             let processor = self.processor.get_or_insert_with(|| {
                 factory.create_for_stream(&input.stream_name, &input.shard_id)
             });
-            match guarded(processor.initialize(input)).await {
+            let (stream, shard) = (&self.start.stream.name, &self.start.shard_id);
+            match self
+                .context
+                .call_processor(stream, shard, processor.initialize(input))
+                .await
+            {
                 Ok(Ok(())) => {
                     self.start_fetcher(progress.checkpoint);
                     return ConsumerEvent::Initialized;
@@ -510,7 +520,11 @@ impl ShardConsumer {
             let outcome = tokio::select! {
                 biased;
                 () = must_stop(&mut self.signals, &self.start.deadline) => return ConsumerEvent::LeaseLost,
-                outcome = guarded(processor.process_records(input)) => outcome,
+                outcome = self.context.call_processor(
+                    &self.start.stream.name,
+                    &self.start.shard_id,
+                    processor.process_records(input),
+                ) => outcome,
             };
             self.context.stats.record_batch_time(
                 &self.start.stream.name,
@@ -710,6 +724,43 @@ async fn stop_signal(signals: &mut watch::Receiver<ConsumerSignal>) -> ConsumerE
             ConsumerEvent::ShutdownRequested
         }
         _ => ConsumerEvent::LeaseLost,
+    }
+}
+
+/// A processor call ran past `processor_timeout` and was cancelled.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the processor call ran past processor_timeout ({limit:?}) and was cancelled; it is handled \
+     as a failure"
+)]
+pub struct ProcessorTimedOut {
+    /// The timeout.
+    pub limit: Duration,
+}
+
+impl ConsumerContext {
+    /// Runs a processor call on `shard` of `stream`: a panic is caught as
+    /// its message, and past [`processor_timeout`](Self::processor_timeout)
+    /// the call is cancelled (dropped), counted, and returned as a
+    /// [`ProcessorTimedOut`] error, which the caller handles like any
+    /// processor error.
+    async fn call_processor(
+        &self,
+        stream: &str,
+        shard: &str,
+        call: impl Future<Output = Result<(), ProcessorError>>,
+    ) -> Result<Result<(), ProcessorError>, String> {
+        let caught = guarded(call);
+        let Some(limit) = self.processor_timeout else {
+            return caught.await;
+        };
+        match tokio::time::timeout(limit, caught).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                self.stats.count_processor_timeout(stream, shard);
+                Ok(Err(Box::new(ProcessorTimedOut { limit })))
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use kcl_checkpoint::ExtendedSequenceNumber;
 use tracing::{error, info, warn};
 
-use super::{ConsumerEvent, ConsumerSignal, ShardConsumer, guarded, must_stop};
+use super::{ConsumerEvent, ConsumerSignal, ShardConsumer, must_stop};
 use crate::kinesis::ChildShard;
 use crate::shard_sync::new_shard_lease;
 
@@ -113,7 +113,11 @@ impl ShardConsumer {
             let outcome = tokio::select! {
                 biased;
                 () = must_stop(&mut self.signals, &self.start.deadline) => return ConsumerEvent::LeaseLost,
-                outcome = guarded(processor.shard_ended(checkpointer)) => outcome,
+                outcome = self.context.call_processor(
+                    &self.start.stream.name,
+                    &self.start.shard_id,
+                    processor.shard_ended(checkpointer),
+                ) => outcome,
             };
             let progress = self.tracker.progress();
             if progress.checkpoint == ExtendedSequenceNumber::ShardEnd {

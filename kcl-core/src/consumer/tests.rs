@@ -37,6 +37,8 @@ struct Fixture {
     /// The lease store consumers use, when not `store` itself (a faulty
     /// client of it).
     consumer_store: Option<Arc<dyn LeaseStore>>,
+    /// The consumers' processor timeout.
+    processor_timeout: Option<Duration>,
 }
 
 impl Fixture {
@@ -69,6 +71,7 @@ impl Fixture {
             fanout: false,
             deadline: kcl_lease::ProcessingDeadline::unlimited(),
             consumer_store: None,
+            processor_timeout: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl Fixture {
             retry_policy: self.policy.clone(),
             kinesis_backoff: BackoffConfig::default().without_limit(),
             parent_poll_interval: Duration::from_secs(1),
+            processor_timeout: self.processor_timeout,
             stats: Arc::default(),
             shard_ends: tokio::sync::watch::channel(0).0,
         });
@@ -253,6 +257,22 @@ async fn a_failing_batch_is_delivered_again_until_it_succeeds() {
     );
     let stats = context.stats.snapshot();
     assert_eq!(stats.processor_retries, 3);
+    assert_eq!(stats.batches_skipped, 0);
+}
+
+/// A call stuck past the processor timeout is cancelled and the batch is
+/// delivered again, like a failure: nothing is lost, the shard goes on.
+#[tokio::test(start_paused = true)]
+async fn a_call_past_the_processor_timeout_is_cancelled_and_retried() {
+    let mut fixture = Fixture::new(9).await;
+    fixture.processor_timeout = Some(Duration::from_secs(30));
+    fixture.journal.lock().unwrap().hang.insert("r4".into(), 1);
+    let (_, context) = fixture.run_until_processed(9).await;
+
+    assert_eq!(fixture.processed(), names(9));
+    let stats = context.stats.snapshot();
+    assert_eq!(stats.processor_timeouts, 1);
+    assert_eq!(stats.processor_retries, 1);
     assert_eq!(stats.batches_skipped, 0);
 }
 

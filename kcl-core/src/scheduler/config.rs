@@ -63,6 +63,10 @@ pub struct SchedulerConfig {
     pub retrieval_mode: RetrievalMode,
     /// How a failing batch is retried.
     pub retry_policy: ProcessorRetryPolicy,
+    /// How long one processor call may run before it is cancelled and
+    /// handled as a failure (retried with backoff as `retry_policy` says,
+    /// counted, logged). Default `None`: as long as it takes.
+    pub processor_timeout: Option<Duration>,
     /// Backoff between failed Kinesis calls: 100 ms doubling to 10 s.
     pub kinesis_backoff: BackoffConfig,
     /// How long a stopping worker waits for its shards to checkpoint and be
@@ -111,6 +115,7 @@ pub struct SchedulerBuilder {
     retrieval: Option<RetrievalConfig>,
     retrieval_mode: RetrievalMode,
     retry_policy: Option<ProcessorRetryPolicy>,
+    processor_timeout: Option<Duration>,
     shutdown_timeout: Option<Duration>,
     clients: Option<(aws_sdk_kinesis::Client, aws_sdk_dynamodb::Client)>,
     backends: Option<(Arc<dyn Kinesis>, Arc<dyn LeaseStore>)>,
@@ -242,6 +247,17 @@ impl SchedulerBuilder {
         self
     }
 
+    /// Cancels a processor call (`initialize`, `process_records`,
+    /// `shard_ended`) that runs longer than `timeout` and handles it as a
+    /// failure: retried with backoff as the retry policy says, counted in
+    /// `kcl_processor_timeouts_total`, logged with the shard. A processor
+    /// stuck on a call then no longer holds its shard forever. Default: no
+    /// timeout. Choose it well above the slowest batch you expect.
+    pub fn processor_timeout(mut self, timeout: Duration) -> Self {
+        self.processor_timeout = Some(timeout);
+        self
+    }
+
     /// How long a stop waits for shards to be handed over. Default 20 s.
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.shutdown_timeout = Some(timeout);
@@ -313,6 +329,12 @@ impl SchedulerBuilder {
                 });
             }
         }
+        if self.processor_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::Invalid {
+                setting: "processor_timeout",
+                reason: "must be greater than zero (leave it unset for no timeout)".into(),
+            });
+        }
         if let Some(ProcessorRetryPolicy::SkipBatchAfter { attempts: 0, .. }) = self.retry_policy {
             return Err(ConfigError::Invalid {
                 setting: "retry_policy",
@@ -346,6 +368,7 @@ impl SchedulerBuilder {
             retrieval,
             retrieval_mode: self.retrieval_mode,
             retry_policy: self.retry_policy.unwrap_or_default(),
+            processor_timeout: self.processor_timeout,
             kinesis_backoff: BackoffConfig {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(10),

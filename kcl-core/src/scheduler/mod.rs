@@ -202,6 +202,7 @@ impl Scheduler {
             retry_policy: config.retry_policy.clone(),
             kinesis_backoff: config.kinesis_backoff.clone(),
             parent_poll_interval: config.parent_poll_interval,
+            processor_timeout: config.processor_timeout,
             stats: Arc::default(),
             shard_ends: tokio::sync::watch::channel(0).0,
         });

@@ -519,6 +519,7 @@ async fn holding_worker(
         retry_policy: Default::default(),
         kinesis_backoff: Default::default(),
         parent_poll_interval: Duration::from_secs(1),
+        processor_timeout: None,
         stats: Arc::default(),
         shard_ends: tokio::sync::watch::channel(0).0,
     });

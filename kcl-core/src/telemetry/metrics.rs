@@ -13,6 +13,9 @@ pub const BATCH_PROCESSING_SECONDS: &str = "kcl_batch_processing_seconds";
 /// Processor calls given again after an error or a panic: labels `stream` and
 /// `shard`.
 pub const PROCESSOR_RETRIES: &str = "kcl_processor_retries_total";
+/// Processor calls cancelled for running past `processor_timeout`: labels
+/// `stream` and `shard`.
+pub const PROCESSOR_TIMEOUTS: &str = "kcl_processor_timeouts_total";
 /// Panics caught in processor calls.
 pub const PROCESSOR_PANICS: &str = "kcl_processor_panics_total";
 /// Batches skipped by a retry policy that gives up (records lost by the
@@ -66,6 +69,10 @@ pub fn describe() {
         "Processor calls retried after an error or panic, by stream and shard"
     );
     describe_counter!(PROCESSOR_PANICS, "Panics caught in processor calls");
+    describe_counter!(
+        PROCESSOR_TIMEOUTS,
+        "Processor calls cancelled past processor_timeout, by stream and shard"
+    );
     describe_counter!(
         BATCHES_SKIPPED,
         "Batches skipped by a retry policy that gives up"

@@ -17,6 +17,7 @@ pub struct WorkerStats {
     records_processed: AtomicU64,
     batches_processed: AtomicU64,
     processor_retries: AtomicU64,
+    processor_timeouts: AtomicU64,
     processor_panics: AtomicU64,
     batches_skipped: AtomicU64,
     shard_end_retries: AtomicU64,
@@ -36,6 +37,8 @@ pub struct StatsSnapshot {
     pub batches_processed: u64,
     /// Batches (and initializations) given again after an error or panic.
     pub processor_retries: u64,
+    /// Processor calls cancelled past `processor_timeout`.
+    pub processor_timeouts: u64,
     /// Panics caught in processor calls.
     pub processor_panics: u64,
     /// Batches given up on by a retry policy that skips (records lost by the
@@ -91,6 +94,18 @@ impl WorkerStats {
             )
             .set(millis as f64);
         }
+    }
+
+    /// A processor call on `shard` of `stream` cancelled past
+    /// `processor_timeout`.
+    pub fn count_processor_timeout(&self, stream: &str, shard: &str) {
+        add(&self.processor_timeouts, 1);
+        metrics::counter!(
+            names::PROCESSOR_TIMEOUTS,
+            "stream" => stream.to_owned(),
+            "shard" => shard.to_owned()
+        )
+        .increment(1);
     }
 
     /// A processor call on `shard` of `stream` that will be retried.
@@ -168,6 +183,7 @@ impl WorkerStats {
             records_processed: get(&self.records_processed),
             batches_processed: get(&self.batches_processed),
             processor_retries: get(&self.processor_retries),
+            processor_timeouts: get(&self.processor_timeouts),
             processor_panics: get(&self.processor_panics),
             batches_skipped: get(&self.batches_skipped),
             shard_end_retries: get(&self.shard_end_retries),
