@@ -120,6 +120,10 @@ pub struct WorkerArgs {
     /// failure (0: no timeout, the default).
     #[arg(long, env = "KCL_PROCESSOR_TIMEOUT_MS", default_value_t = 0)]
     pub processor_timeout_ms: u64,
+    /// Report a shard stalled (metric, log, `kcl-admin status`) when a
+    /// processor call or its reads have not returned for this long.
+    #[arg(long, env = "KCL_STALL_REPORT_AFTER_MS", default_value_t = 300_000)]
+    pub stall_report_after_ms: u64,
     /// How long a stop may take before the remaining shards are forced out.
     #[arg(long, env = "KCL_SHUTDOWN_TIMEOUT_MS", default_value_t = 20_000)]
     pub shutdown_timeout_ms: u64,
@@ -191,6 +195,7 @@ impl WorkerArgs {
             .parent_poll_interval(ms(self.parent_poll_interval_ms))
             .lease_cleanup_delay(ms(self.lease_cleanup_delay_ms))
             .shutdown_timeout(ms(self.shutdown_timeout_ms))
+            .stall_report_after(ms(self.stall_report_after_ms))
             .retrieval(RetrievalConfig {
                 max_records_per_call: self.max_records_per_call,
                 idle_time_between_calls: ms(self.idle_time_between_calls_ms),

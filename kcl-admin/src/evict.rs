@@ -131,6 +131,7 @@ mod tests {
                 streams: None,
                 written_at: None,
                 evicted: false,
+                stalled_shards: Default::default(),
             })
             .await
             .unwrap();

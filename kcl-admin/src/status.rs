@@ -64,6 +64,10 @@ pub struct WorkerStatus {
     pub leases_held: usize,
     /// The streams it consumes (a multi-stream application's workers).
     pub streams: Option<Vec<String>>,
+    /// The shards it reports stalled: a processor call or reads that have
+    /// not returned for its stall time (`stream/shard` in a multi-stream
+    /// application).
+    pub stalled_shards: Vec<String>,
 }
 
 /// A lease.
@@ -86,6 +90,8 @@ pub struct LeaseStatus {
     pub children: Vec<String>,
     /// What is happening to it.
     pub state: LeaseState,
+    /// Its worker reports it stalled (see [`WorkerStatus::stalled_shards`]).
+    pub stalled: bool,
 }
 
 /// The group, as one read of its tables found it.
@@ -120,6 +126,19 @@ pub fn lease_state(
             Some(_) => LeaseState::OwnerGone,
         }
     }
+}
+
+/// Whether the worker processing `lease` reports it stalled.
+fn is_stalled(lease: &Lease, heartbeats: &[WorkerHeartbeat]) -> bool {
+    let name = match &lease.stream {
+        Some(stream) => format!("{}/{}", stream.stream_name, lease.shard_id()),
+        None => lease.shard_id().to_owned(),
+    };
+    lease.processing_owner().is_some_and(|owner| {
+        heartbeats
+            .iter()
+            .any(|h| h.worker == owner && h.stalled_shards.contains(&name))
+    })
 }
 
 /// How a checkpoint reads in a report: a sequence number (with its
@@ -162,6 +181,7 @@ pub fn status(
                 .streams
                 .as_ref()
                 .map(|streams| streams.iter().cloned().collect()),
+            stalled_shards: heartbeat.stalled_shards.iter().cloned().collect(),
         })
         .collect();
     workers.sort_by(|a, b| a.worker.cmp(&b.worker));
@@ -176,6 +196,7 @@ pub fn status(
             parents: lease.parent_shard_ids.iter().cloned().collect(),
             children: lease.child_shard_ids.iter().cloned().collect(),
             state: lease_state(lease, &table, heartbeats),
+            stalled: is_stalled(lease, heartbeats),
         })
         .collect();
     Status {
@@ -256,11 +277,16 @@ impl Status {
             if !lease.children.is_empty() {
                 family.push(format!("children {}", lease.children.join(",")));
             }
+            let state = if lease.stalled {
+                format!("{} (STALLED)", lease.state.as_str())
+            } else {
+                lease.state.as_str().to_owned()
+            };
             let _ = writeln!(
                 out,
                 "{:<24} {:<20} {:<26} {:<20} {}",
                 lease.shard,
-                lease.state.as_str(),
+                state,
                 owner,
                 short(&lease.checkpoint),
                 family.join("; ")
@@ -303,6 +329,7 @@ mod tests {
             streams: None,
             written_at: Some(written_at),
             evicted: false,
+            stalled_shards: Default::default(),
         }
     }
 
@@ -321,10 +348,11 @@ mod tests {
         let orphan = lease("shardId-5", Some("gone"), record);
         let leases = [parent, waiting, started, handing, free, orphan];
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
-        let heartbeats = [
+        let mut heartbeats = [
             heartbeat("a", now - Duration::from_millis(1500)),
             heartbeat("b", now),
         ];
+        heartbeats[0].stalled_shards.insert("shardId-2".into());
         let status = status("app", &leases, &heartbeats, now);
         let states: Vec<(&str, LeaseState)> = status
             .leases
@@ -347,6 +375,13 @@ mod tests {
         assert_eq!(status.workers[0].leases_held, 2);
         assert_eq!(status.workers[0].heartbeat_age_millis, Some(1500));
         assert_eq!(status.workers[1].leases_held, 0);
+        let stalled: Vec<&str> = status
+            .leases
+            .iter()
+            .filter(|l| l.stalled)
+            .map(|l| l.shard.as_str())
+            .collect();
+        assert_eq!(stalled, ["shardId-2"]);
         let table = status.to_table();
         assert!(table.contains("a->b"), "{table}");
         assert!(table.contains("waiting for parents"), "{table}");

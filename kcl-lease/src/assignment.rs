@@ -352,6 +352,7 @@ mod tests {
             streams: streams.map(|s| s.iter().map(|s| (*s).to_owned()).collect()),
             written_at: None,
             evicted: false,
+            stalled_shards: Default::default(),
         }
     }
 
@@ -535,6 +536,7 @@ mod tests {
             streams: Some(streams.iter().map(|s| (*s).to_owned()).collect()),
             written_at: None,
             evicted: false,
+            stalled_shards: Default::default(),
         };
         let mut finished = owned("done", Some("b"));
         finished.checkpoint = Esn::ShardEnd;

@@ -572,6 +572,7 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
         streams: None,
         written_at: None,
         evicted: false,
+        stalled_shards: Default::default(),
     };
     let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     a.heartbeat(&beat("worker-a", 1)).await.unwrap();
@@ -589,6 +590,7 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
         draining: true,
         failover_time: None,
         streams: Some(["1:orders:10".to_owned(), "1:refunds:10".to_owned()].into()),
+        stalled_shards: ["orders/shardId-1".to_owned()].into(),
         ..beat("worker-a", 3)
     };
     a.heartbeat(&draining).await.unwrap();
@@ -616,6 +618,7 @@ pub async fn heartbeats_only_move_forward(a: impl LeaseStore, b: impl LeaseStore
         streams: None,
         written_at: None,
         evicted: false,
+        stalled_shards: Default::default(),
     };
     a.heartbeat(&beat(10)).await.unwrap();
     for stale in [10, 4] {
@@ -830,6 +833,7 @@ pub async fn an_eviction_mark_outlives_heartbeats_until_cleared(
         streams: None,
         written_at: None,
         evicted: false,
+        stalled_shards: Default::default(),
     };
     let evicted = |store_list: Vec<WorkerHeartbeat>| store_list.iter().any(|h| h.evicted);
     a.heartbeat(&beat(1)).await.unwrap();

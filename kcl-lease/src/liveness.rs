@@ -324,6 +324,7 @@ mod tests {
             streams: None,
             written_at: None,
             evicted: false,
+            stalled_shards: Default::default(),
         }
     }
 

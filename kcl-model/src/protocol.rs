@@ -761,6 +761,7 @@ impl LeaseModel {
                     streams: None,
                     written_at: None,
                     evicted: false,
+                    stalled_shards: Default::default(),
                 })
             })
             .collect();

@@ -233,7 +233,15 @@ impl ShardConsumer {
             shard_id = %self.start.shard_id,
             worker_id = %self.context.worker_id
         );
-        self.lifecycle().instrument(span).await
+        let (stats, stream, shard) = (
+            Arc::clone(&self.context.stats),
+            self.start.stream.name.clone(),
+            self.start.shard_id.clone(),
+        );
+        stats.activity().started(&stream, &shard);
+        let outcome = self.lifecycle().instrument(span).await;
+        stats.activity().stopped(&stream, &shard);
+        outcome
     }
 
     async fn lifecycle(mut self) -> ConsumerOutcome {
@@ -750,17 +758,22 @@ impl ConsumerContext {
         shard: &str,
         call: impl Future<Output = Result<(), ProcessorError>>,
     ) -> Result<Result<(), ProcessorError>, String> {
+        let activity = self.stats.activity();
+        activity.call_began(stream, shard);
         let caught = guarded(call);
-        let Some(limit) = self.processor_timeout else {
-            return caught.await;
+        let outcome = match self.processor_timeout {
+            None => caught.await,
+            Some(limit) => match tokio::time::timeout(limit, caught).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    self.stats.count_processor_timeout(stream, shard);
+                    let timed_out: ProcessorError = Box::new(ProcessorTimedOut { limit });
+                    Ok(Err(timed_out))
+                }
+            },
         };
-        match tokio::time::timeout(limit, caught).await {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                self.stats.count_processor_timeout(stream, shard);
-                Ok(Err(Box::new(ProcessorTimedOut { limit })))
-            }
-        }
+        activity.call_ended(stream, shard);
+        outcome
     }
 }
 

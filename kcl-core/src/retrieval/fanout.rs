@@ -146,6 +146,7 @@ impl FanoutFetcher {
                     }
                 };
                 retry.succeeded();
+                self.stats.activity().read(&self.stream, &self.shard_id);
                 if let Some(continuation) = &event.continuation_sequence_number {
                     resume_after = Some(continuation.clone());
                 } else if let Some(last) = event.records.last() {

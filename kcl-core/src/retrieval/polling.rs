@@ -111,6 +111,7 @@ impl PollingFetcher {
                 }
             };
             retry.succeeded();
+            self.stats.activity().read(&self.stream, &self.shard_id);
             if let Some(last) = page.records.last() {
                 last_read = Some(last.sequence_number.clone());
             }

@@ -63,6 +63,11 @@ pub struct SchedulerConfig {
     pub retrieval_mode: RetrievalMode,
     /// How a failing batch is retried.
     pub retry_policy: ProcessorRetryPolicy,
+    /// How long a shard may go without progress (a processor call that
+    /// does not return, or reads that do not succeed) before the worker
+    /// reports it stalled: `kcl_stalled_shards`, a warning in the log, and
+    /// its heartbeat (`kcl-admin status`). Default 5 min.
+    pub stall_report_after: Duration,
     /// How long one processor call may run before it is cancelled and
     /// handled as a failure (retried with backoff as `retry_policy` says,
     /// counted, logged). Default `None`: as long as it takes.
@@ -116,6 +121,7 @@ pub struct SchedulerBuilder {
     retrieval_mode: RetrievalMode,
     retry_policy: Option<ProcessorRetryPolicy>,
     processor_timeout: Option<Duration>,
+    stall_report_after: Option<Duration>,
     shutdown_timeout: Option<Duration>,
     clients: Option<(aws_sdk_kinesis::Client, aws_sdk_dynamodb::Client)>,
     backends: Option<(Arc<dyn Kinesis>, Arc<dyn LeaseStore>)>,
@@ -247,6 +253,13 @@ impl SchedulerBuilder {
         self
     }
 
+    /// How long a shard may go without progress before it is reported
+    /// stalled (see [`SchedulerConfig::stall_report_after`]). Default 5 min.
+    pub fn stall_report_after(mut self, after: Duration) -> Self {
+        self.stall_report_after = Some(after);
+        self
+    }
+
     /// Cancels a processor call (`initialize`, `process_records`,
     /// `shard_ended`) that runs longer than `timeout` and handles it as a
     /// failure: retried with backoff as the retry policy says, counted in
@@ -329,6 +342,13 @@ impl SchedulerBuilder {
                 });
             }
         }
+        let stall_report_after = self.stall_report_after.unwrap_or(Duration::from_secs(300));
+        if stall_report_after.is_zero() {
+            return Err(ConfigError::Invalid {
+                setting: "stall_report_after",
+                reason: "must be greater than zero".into(),
+            });
+        }
         if self.processor_timeout.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::Invalid {
                 setting: "processor_timeout",
@@ -369,6 +389,7 @@ impl SchedulerBuilder {
             retrieval_mode: self.retrieval_mode,
             retry_policy: self.retry_policy.unwrap_or_default(),
             processor_timeout: self.processor_timeout,
+            stall_report_after,
             kinesis_backoff: BackoffConfig {
                 initial: Duration::from_millis(100),
                 max: Duration::from_secs(10),

@@ -303,6 +303,7 @@ impl Scheduler {
         ));
         health.started(std::time::Instant::now());
         let mut ticks = tokio::time::interval(HEALTH_TICK);
+        let mut stalls = Stalls::default();
         let mut held = handle.held();
         let result = loop {
             let snapshot = held.borrow_and_update().clone();
@@ -311,6 +312,7 @@ impl Scheduler {
                 () = shutdown.cancelled() => break Ok(()),
                 _ = ticks.tick() => {
                     health.tick(std::time::Instant::now());
+                    stalls.check(&context, &streams, &handle, config.stall_report_after);
                     if let Some(at) = handle.last_heartbeat() {
                         health.table_ok(at);
                     }
@@ -359,6 +361,51 @@ impl Scheduler {
         }
         info!(stats = ?context.stats.snapshot(), "worker stopped");
         result
+    }
+}
+
+/// The shards reported stalled, as of the last check.
+#[derive(Default)]
+struct Stalls(std::collections::BTreeSet<(String, String)>);
+
+impl Stalls {
+    /// Reports the shards with no progress for `after`: in the log (once
+    /// each, and again when it recovers), as a metric, and to the
+    /// coordinator for the heartbeat.
+    fn check(
+        &mut self,
+        context: &ConsumerContext,
+        streams: &crate::streams::ConsumedStreams,
+        handle: &CoordinatorHandle<dyn LeaseStore>,
+        after: Duration,
+    ) {
+        let stalled = context
+            .stats
+            .activity()
+            .stalled(tokio::time::Instant::now(), after);
+        for (stream, shard) in stalled.difference(&self.0) {
+            warn!(%stream, shard_id = %shard, ?after, "shard stalled: a processor call, or reads from Kinesis, have not returned for the stall time");
+        }
+        for (stream, shard) in self.0.difference(&stalled) {
+            info!(%stream, shard_id = %shard, "shard no longer stalled");
+        }
+        if stalled != self.0 {
+            let multi_stream = streams.iter().any(|s| s.identifier.is_some());
+            handle.report_stalled(
+                stalled
+                    .iter()
+                    .map(|(stream, shard)| {
+                        if multi_stream {
+                            format!("{stream}/{shard}")
+                        } else {
+                            shard.clone()
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        metrics::gauge!(crate::telemetry::metrics::STALLED_SHARDS).set(stalled.len() as f64);
+        self.0 = stalled;
     }
 }
 

@@ -1331,3 +1331,63 @@ async fn a_named_stream_created_again_stops_its_shards_without_checkpointing_the
         assert_eq!(lease.owner.as_deref(), owner, "{lease:?}");
     }
 }
+
+/// A processor call that never returns is reported: after the stall time
+/// the worker's heartbeat names the shard, and the other shard is not.
+#[tokio::test(start_paused = true)]
+async fn a_shard_whose_processor_hangs_is_reported_stalled_in_the_heartbeat() {
+    let fleet = Fleet::new(2, 20);
+    fleet.journal.lock().unwrap().hang.insert("r3".into(), 1);
+    let journal = Arc::clone(&fleet.journal);
+    let worker = Scheduler::builder()
+        .application_name("orders-app")
+        .stream_name(STREAM)
+        .worker_id("worker-a")
+        .failover_time(Duration::from_secs(2))
+        .assignment_interval(fleet.assignment_interval)
+        .stall_report_after(Duration::from_secs(10))
+        .backends(
+            Arc::new(fleet.kinesis.clone()),
+            Arc::new(fleet.store.client()),
+        )
+        .build(move |_: &str| Scripted(Arc::clone(&journal)))
+        .unwrap();
+    let task = tokio::spawn(worker.run());
+    let stalled = || async {
+        fleet
+            .store
+            .list_heartbeats()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|h| h.worker == "worker-a")
+            .map(|h| h.stalled_shards)
+            .unwrap_or_default()
+    };
+    let mut waited = Duration::ZERO;
+    while stalled().await.is_empty() {
+        assert!(waited < Duration::from_secs(60), "never reported stalled");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        waited += Duration::from_millis(500);
+    }
+    assert!(
+        waited >= Duration::from_secs(9),
+        "reported after the stall time only, not after {waited:?}"
+    );
+    let shards = stalled().await;
+    assert_eq!(shards.len(), 1, "{shards:?}");
+    let hung = fleet
+        .kinesis
+        .list_shards(STREAM)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.shard_id)
+        .find(|s| shards.contains(s))
+        .expect("a shard of the stream");
+    assert!(
+        !fleet.processed().contains(&"r3".to_owned()),
+        "{hung} hangs on r3"
+    );
+    task.abort();
+}

@@ -13,6 +13,9 @@ pub const BATCH_PROCESSING_SECONDS: &str = "kcl_batch_processing_seconds";
 /// Processor calls given again after an error or a panic: labels `stream` and
 /// `shard`.
 pub const PROCESSOR_RETRIES: &str = "kcl_processor_retries_total";
+/// Shards of this worker with no progress for the stall time (a processor
+/// call or reads that do not return), as of its last check (every second).
+pub const STALLED_SHARDS: &str = "kcl_stalled_shards";
 /// Processor calls cancelled for running past `processor_timeout`: labels
 /// `stream` and `shard`.
 pub const PROCESSOR_TIMEOUTS: &str = "kcl_processor_timeouts_total";
@@ -69,6 +72,10 @@ pub fn describe() {
         "Processor calls retried after an error or panic, by stream and shard"
     );
     describe_counter!(PROCESSOR_PANICS, "Panics caught in processor calls");
+    describe_gauge!(
+        STALLED_SHARDS,
+        "Shards with no progress (a processor call or reads not returning) for the stall time"
+    );
     describe_counter!(
         PROCESSOR_TIMEOUTS,
         "Processor calls cancelled past processor_timeout, by stream and shard"

@@ -26,6 +26,8 @@ pub struct WorkerStats {
     malformed_aggregates: AtomicU64,
     records_outside_shard_dropped: AtomicU64,
     records_outside_shard_delivered: AtomicU64,
+    /// The running shards' last signs of progress.
+    activity: super::ShardActivity,
 }
 
 /// A snapshot of [`WorkerStats`].
@@ -66,6 +68,11 @@ fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl WorkerStats {
+    /// The running shards' last signs of progress (see [`super::ShardActivity`]).
+    pub fn activity(&self) -> &super::ShardActivity {
+        &self.activity
+    }
+
     /// A batch of `records` records (`bytes` of data and keys) of `shard`
     /// of `stream` processed.
     pub fn count_batch(&self, stream: &str, shard: &str, records: usize, bytes: usize) {

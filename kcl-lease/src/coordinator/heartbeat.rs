@@ -182,6 +182,11 @@ impl Shared {
                 .clone(),
             written_at: None,
             evicted: false,
+            stalled_shards: self
+                .stalled
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
         };
         let sent = clock();
         let result = store.heartbeat(&heartbeat).await;

@@ -124,6 +124,9 @@ struct Shared {
     /// The streams this worker announces in its heartbeat (see
     /// [`WorkerHeartbeat::streams`](crate::WorkerHeartbeat::streams)).
     streams: std::sync::Mutex<Option<std::collections::BTreeSet<String>>>,
+    /// The shards the scheduler reports stalled, announced in the
+    /// heartbeat (see [`WorkerHeartbeat::stalled_shards`](crate::WorkerHeartbeat::stalled_shards)).
+    stalled: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl Shared {
@@ -230,6 +233,16 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     /// ([`stop_taking`](Self::stop_taking)), or evicted by an operator.
     pub fn is_draining(&self) -> bool {
         *self.shared.draining.borrow()
+    }
+
+    /// The shards to report stalled in the next heartbeats (see
+    /// [`WorkerHeartbeat::stalled_shards`](crate::WorkerHeartbeat::stalled_shards)).
+    pub fn report_stalled(&self, shards: BTreeSet<String>) {
+        *self
+            .shared
+            .stalled
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = shards;
     }
 
     /// Whether an operator evicted the worker (see
@@ -339,6 +352,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             receivers: AtomicUsize::new(0),
             foreign_owners: Default::default(),
             streams: std::sync::Mutex::new(config.scope.announced()),
+            stalled: Default::default(),
         });
         let handle = CoordinatorHandle {
             store: Arc::clone(&store),

@@ -51,6 +51,10 @@ pub struct WorkerHeartbeat {
     /// the worker's heartbeats (ignored in the heartbeat given to
     /// [`LeaseStore::heartbeat`]).
     pub evicted: bool,
+    /// The shards the worker reports stalled (a processor call or reads
+    /// that have not returned for its stall time): shard ids, as
+    /// `stream/shard` in a multi-stream application. For operators.
+    pub stalled_shards: BTreeSet<String>,
 }
 
 /// The lease table and the workers table, with the semantics every

@@ -35,6 +35,7 @@
 //! | `draining` | BOOL | [`WorkerHeartbeat::draining`] |
 //! | `failoverMillis` | N | [`WorkerHeartbeat::failover_time`] |
 //! | `streams` | SS | [`WorkerHeartbeat::streams`] |
+//! | `stalledShards` | SS | [`WorkerHeartbeat::stalled_shards`] |
 //! | `evictRequested` | BOOL | [`WorkerHeartbeat::evicted`] (set by an operator; heartbeats keep it) |
 
 use std::collections::HashMap;
@@ -88,6 +89,8 @@ pub(crate) const STREAMS: &str = "streams";
 /// Set by an operator: the worker hands all its leases over without
 /// stopping. Written by `request_eviction` only; heartbeats keep it.
 pub(crate) const EVICTED: &str = "evictRequested";
+/// The shards the worker reports stalled (a string set).
+pub(crate) const STALLED_SHARDS: &str = "stalledShards";
 
 /// A DynamoDB item.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -180,6 +183,12 @@ pub(crate) fn heartbeat_to_item(heartbeat: &WorkerHeartbeat, now_ms: u64) -> Ite
             AttributeValue::Ss(streams.iter().cloned().collect()),
         );
     }
+    if !heartbeat.stalled_shards.is_empty() {
+        item.insert(
+            STALLED_SHARDS.into(),
+            AttributeValue::Ss(heartbeat.stalled_shards.iter().cloned().collect()),
+        );
+    }
     item
 }
 
@@ -209,6 +218,10 @@ pub(crate) fn heartbeat_from_item(item: &Item) -> Option<WorkerHeartbeat> {
                 .ok()
                 .map(|millis| UNIX_EPOCH + Duration::from_millis(millis)),
             _ => None,
+        },
+        stalled_shards: match item.get(STALLED_SHARDS) {
+            Some(AttributeValue::Ss(shards)) => shards.iter().cloned().collect(),
+            _ => Default::default(),
         },
         evicted: matches!(item.get(EVICTED), Some(AttributeValue::Bool(true))),
     })

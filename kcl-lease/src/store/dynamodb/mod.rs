@@ -780,6 +780,7 @@ impl LeaseStore for DynamoDbLeaseStore {
                 STREAMS,
                 heartbeat.streams.as_ref().is_none_or(|s| s.is_empty()),
             ),
+            (STALLED_SHARDS, heartbeat.stalled_shards.is_empty()),
         ]
         .into_iter()
         .filter_map(|(name, absent)| absent.then_some(name))
