@@ -115,7 +115,7 @@ impl Eviction {
 #[cfg(test)]
 mod tests {
     use kcl_checkpoint::ExtendedSequenceNumber;
-    use kcl_lease::{InMemoryLeaseStore, Lease, WorkerHeartbeat};
+    use kcl_lease::{InMemoryLeaseStore, Lease};
 
     use super::*;
 
@@ -123,16 +123,7 @@ mod tests {
     async fn an_unknown_worker_is_refused_with_the_known_ones() {
         let store = InMemoryLeaseStore::new();
         store
-            .heartbeat(&WorkerHeartbeat {
-                worker: "worker-a".into(),
-                beat: 1,
-                draining: false,
-                failover_time: None,
-                streams: None,
-                written_at: None,
-                evicted: false,
-                stalled_shards: Default::default(),
-            })
+            .heartbeat(&crate::test_support::heartbeat("worker-a", None))
             .await
             .unwrap();
         let mut lease = Lease::new("shard-1", ExtendedSequenceNumber::TrimHorizon);

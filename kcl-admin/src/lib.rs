@@ -28,6 +28,8 @@ pub mod lag;
 pub mod lineage;
 pub mod reset;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 
 pub use error::AdminError;
 pub use lag::Lag;

@@ -226,19 +226,9 @@ fn write_node(
 #[cfg(test)]
 mod tests {
     use kcl_checkpoint::ExtendedSequenceNumber;
-    use kcl_lease::HashKeyRange;
 
     use super::*;
-
-    fn shard(id: &str, parents: &[&str], open: bool) -> ShardDescription {
-        ShardDescription {
-            shard_id: id.into(),
-            parent_shard_id: parents.first().map(|p| (*p).to_owned()),
-            adjacent_parent_shard_id: parents.get(1).map(|p| (*p).to_owned()),
-            hash_key_range: HashKeyRange { start: 0, end: 1 },
-            ending_sequence_number: (!open).then(|| "9".to_owned()),
-        }
-    }
+    use crate::test_support::shard;
 
     #[test]
     fn parents_come_before_children_and_a_merge_sits_under_both() {

@@ -611,19 +611,8 @@ impl ResetPlan {
 
 #[cfg(test)]
 mod tests {
-    use kcl_lease::HashKeyRange;
-
     use super::*;
-
-    fn shard(id: &str, parents: &[&str], open: bool) -> ShardDescription {
-        ShardDescription {
-            shard_id: id.into(),
-            parent_shard_id: parents.first().map(|p| (*p).to_owned()),
-            adjacent_parent_shard_id: parents.get(1).map(|p| (*p).to_owned()),
-            hash_key_range: HashKeyRange { start: 0, end: 9 },
-            ending_sequence_number: (!open).then(|| "9".to_owned()),
-        }
-    }
+    use crate::test_support::{heartbeat, shard};
 
     fn lease(id: &str, parents: &[&str], checkpoint: ExtendedSequenceNumber) -> Lease {
         let mut lease = Lease::new(id, checkpoint);
@@ -652,6 +641,12 @@ mod tests {
         (leases, shards)
     }
 
+    /// The plan for `family` moving to `target`, `worker-a` live.
+    fn family_plan(target: Target, only: &BTreeSet<String>, now: SystemTime) -> ResetPlan {
+        let (leases, shards) = family();
+        plan("s", None, &leases, &shards, &live(), target, only, now).unwrap()
+    }
+
     fn summary(plan: &ResetPlan) -> Vec<(&str, &str, &str)> {
         plan.steps
             .iter()
@@ -668,20 +663,9 @@ mod tests {
 
     #[test]
     fn at_a_timestamp_every_shard_is_read_parents_first_and_missing_parents_get_a_lease() {
-        let (leases, shards) = family();
         let now = UNIX_EPOCH + NOW;
         let t = now - Duration::from_secs(3600);
-        let plan = plan(
-            "s",
-            None,
-            &leases,
-            &shards,
-            &live(),
-            Target::AtTimestamp(t),
-            &BTreeSet::new(),
-            now,
-        )
-        .unwrap();
+        let plan = family_plan(Target::AtTimestamp(t), &BTreeSet::new(), now);
         assert_eq!(
             summary(&plan),
             [
@@ -705,19 +689,8 @@ mod tests {
 
     #[test]
     fn at_latest_open_shards_start_now_and_closed_ones_are_finished() {
-        let (leases, shards) = family();
         let now = UNIX_EPOCH + NOW;
-        let plan = plan(
-            "s",
-            None,
-            &leases,
-            &shards,
-            &live(),
-            Target::Latest,
-            &BTreeSet::new(),
-            now,
-        )
-        .unwrap();
+        let plan = family_plan(Target::Latest, &BTreeSet::new(), now);
         assert_eq!(
             summary(&plan),
             [
@@ -822,17 +795,7 @@ mod tests {
             })
             .collect();
         assert_eq!(freed, [true, true, true]);
-        let kept = plan(
-            "s",
-            None,
-            &leases,
-            &shards,
-            &live(),
-            Target::TrimHorizon,
-            &BTreeSet::new(),
-            now,
-        )
-        .unwrap();
+        let kept = family_plan(Target::TrimHorizon, &BTreeSet::new(), now);
         assert!(kept.writes.iter().all(|w| !matches!(
             w,
             Write::Reset {
@@ -844,20 +807,9 @@ mod tests {
 
     #[test]
     fn named_shards_move_with_their_descendants_only() {
-        let (leases, shards) = family();
         let now = UNIX_EPOCH + NOW;
         let only: BTreeSet<String> = ["s-2".to_owned()].into();
-        let plan = plan(
-            "s",
-            None,
-            &leases,
-            &shards,
-            &live(),
-            Target::TrimHorizon,
-            &only,
-            now,
-        )
-        .unwrap();
+        let plan = family_plan(Target::TrimHorizon, &only, now);
         assert_eq!(
             summary(&plan),
             [
@@ -936,22 +888,12 @@ mod tests {
     async fn applying_fences_the_holders_and_survives_a_lease_that_moved() {
         use kcl_lease::InMemoryLeaseStore;
         let store = InMemoryLeaseStore::new();
-        let (leases, shards) = family();
+        let (leases, _) = family();
         for lease in &leases {
             store.create_lease_if_absent(lease).await.unwrap();
         }
         let now = UNIX_EPOCH + NOW;
-        let plan = plan(
-            "s",
-            None,
-            &leases,
-            &shards,
-            &live(),
-            Target::TrimHorizon,
-            &BTreeSet::new(),
-            now,
-        )
-        .unwrap();
+        let plan = family_plan(Target::TrimHorizon, &BTreeSet::new(), now);
         // A worker takes s-3 between the read and the reset.
         let seen = store.get_lease("s-3").await.unwrap().unwrap();
         let taken = store.take_lease(&seen, "worker-b").await.unwrap();
@@ -977,23 +919,13 @@ mod tests {
     async fn a_lease_cleaned_up_meanwhile_is_made_again() {
         use kcl_lease::InMemoryLeaseStore;
         let store = InMemoryLeaseStore::new();
-        let (leases, shards) = family();
+        let (leases, _) = family();
         for lease in &leases {
             store.create_lease_if_absent(lease).await.unwrap();
         }
         let now = UNIX_EPOCH + NOW;
         let t = now - Duration::from_secs(60);
-        let plan = plan(
-            "s",
-            None,
-            &leases,
-            &shards,
-            &live(),
-            Target::AtTimestamp(t),
-            &BTreeSet::new(),
-            now,
-        )
-        .unwrap();
+        let plan = family_plan(Target::AtTimestamp(t), &BTreeSet::new(), now);
         let s1 = store.get_lease("s-1").await.unwrap().unwrap();
         store.delete_lease(&s1).await.unwrap();
         apply(&store, plan).await.unwrap();
@@ -1032,19 +964,7 @@ mod tests {
             lease.owner = Some("worker-a".into());
             store.create_lease_if_absent(&lease).await.unwrap();
         }
-        store
-            .heartbeat(&kcl_lease::WorkerHeartbeat {
-                worker: "worker-a".into(),
-                beat: 1,
-                draining: false,
-                failover_time: None,
-                streams: None,
-                written_at: None,
-                evicted: false,
-                stalled_shards: Default::default(),
-            })
-            .await
-            .unwrap();
+        store.heartbeat(&heartbeat("worker-a", None)).await.unwrap();
         let request = ResetRequest {
             application: "app".into(),
             stream: "orders".into(),

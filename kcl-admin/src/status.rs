@@ -60,6 +60,9 @@ pub struct WorkerStatus {
     /// Whether it is stopping (or evicted): it takes no leases and hands
     /// its own over.
     pub draining: bool,
+    /// Whether an operator evicted it (`kcl-admin evict`): it drains
+    /// without stopping.
+    pub evicted: bool,
     /// How many leases it processes.
     pub leases_held: usize,
     /// The streams it consumes (a multi-stream application's workers).
@@ -172,6 +175,7 @@ pub fn status(
                     .map_or(0, |age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX))
             }),
             draining: heartbeat.draining,
+            evicted: heartbeat.evicted,
             leases_held: leases
                 .iter()
                 .filter(|l| !l.is_finished())
@@ -244,7 +248,11 @@ impl Status {
                 "{:<28} {:>10} {:>8} {:>6}",
                 worker.worker,
                 age,
-                if worker.draining { "yes" } else { "no" },
+                match (worker.evicted, worker.draining) {
+                    (true, _) => "evicted",
+                    (false, true) => "yes",
+                    (false, false) => "no",
+                },
                 worker.leases_held
             );
         }
@@ -321,16 +329,7 @@ mod tests {
     }
 
     fn heartbeat(worker: &str, written_at: SystemTime) -> WorkerHeartbeat {
-        WorkerHeartbeat {
-            worker: worker.into(),
-            beat: 1,
-            draining: false,
-            failover_time: None,
-            streams: None,
-            written_at: Some(written_at),
-            evicted: false,
-            stalled_shards: Default::default(),
-        }
+        crate::test_support::heartbeat(worker, Some(written_at))
     }
 
     #[test]

@@ -332,6 +332,7 @@ async fn evict_drains_a_live_worker_and_cancel_brings_it_back() {
         .and_then(|w| w.iter().find(|w| w["worker"] == "worker-a").cloned())
         .expect("worker-a still has a heartbeat");
     assert_eq!(a["draining"], true);
+    assert_eq!(a["evicted"], true);
     assert!(
         fleet.0[0].try_wait().expect("status").is_none(),
         "worker-a runs on"
