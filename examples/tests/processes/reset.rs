@@ -399,3 +399,35 @@ async fn bad_resets_are_refused_and_change_nothing() {
     );
     assert_once(&group, &first, "records");
 }
+
+/// A shard that closed before the time is not read again: its records
+/// stay processed once, and its children go on from the time.
+#[tokio::test]
+async fn a_shard_closed_before_the_time_is_not_read_again() {
+    let mut group = Group::new(1).await;
+    group.start("worker-a");
+    group.start("worker-b");
+    let in_parent = group.put(0, 40).await;
+    group.wait_processed(&in_parent, 1).await;
+    let parent = open_shards(&group.aws.kinesis(), &group.stream).await[0]
+        .0
+        .clone();
+    split_in_half(&group.aws.kinesis(), &group.stream, &parent).await;
+    let before = group.put(40, 40).await;
+    group.wait_processed(&before, 1).await;
+    let at = moment_between(Duration::from_millis(1200)).await;
+    let after = group.put(80, 40).await;
+    group.wait_processed(&after, 1).await;
+
+    let plan = group.reset(&["--at-timestamp", &epoch_millis(at)]);
+    assert_eq!(plan["steps"].as_array().map(Vec::len), Some(3), "{plan:#}");
+    let later = group.put(120, 40).await;
+    group.wait_processed(&after, 2).await;
+    group.wait_processed(&later, 1).await;
+    assert_once(
+        &group,
+        &in_parent,
+        "records of the parent, closed before the time",
+    );
+    assert_once(&group, &before, "records of the children before the time");
+}
