@@ -140,21 +140,14 @@ pub async fn read(
     application: &str,
     kinesis: Option<(&dyn Kinesis, &str)>,
 ) -> Result<Lineage, AdminError> {
-    let listing = store
-        .list_table()
-        .await
-        .map_err(|e| AdminError::from_store(application, e))?;
-    let heartbeats = store
-        .list_heartbeats()
-        .await
-        .map_err(|e| AdminError::from_store(application, e))?;
+    let (leases, heartbeats) = crate::status::read_tables(store, application).await?;
     let described = match kinesis {
         Some((kinesis, stream)) => {
             Some(crate::lag::with_retries(stream, || kinesis.list_shards(stream)).await?)
         }
         None => None,
     };
-    Ok(lineage(&listing.leases, &heartbeats, described.as_deref()))
+    Ok(lineage(&leases, &heartbeats, described.as_deref()))
 }
 
 impl Lineage {

@@ -474,20 +474,13 @@ pub async fn reset(
     request: &ResetRequest,
 ) -> Result<ResetPlan, AdminError> {
     let application = request.application.as_str();
-    let listing = store
-        .list_table()
-        .await
-        .map_err(|e| AdminError::from_store(application, e))?;
-    let heartbeats = store
-        .list_heartbeats()
-        .await
-        .map_err(|e| AdminError::from_store(application, e))?;
+    let (table, heartbeats) = crate::status::read_tables(store, application).await?;
     if heartbeats.is_empty() && !request.while_stopped && !request.dry_run {
         return Err(AdminError::NoWorkers {
             application: application.to_owned(),
         });
     }
-    let multi_stream = listing.leases.iter().any(|l| l.stream.is_some());
+    let multi_stream = table.iter().any(|l| l.stream.is_some());
     // In a multi-stream table, the stream as Kinesis has it now: leases of
     // an earlier stream of the same name (deleted and created again) are
     // not this one's.
@@ -501,8 +494,7 @@ pub async fn reset(
     } else {
         None
     };
-    let leases: Vec<Lease> = listing
-        .leases
+    let leases: Vec<Lease> = table
         .into_iter()
         .filter(|l| l.stream == identifier)
         .collect();

@@ -210,8 +210,12 @@ pub fn status(
     }
 }
 
-/// Reads both tables of `application` through `store` and reports.
-pub async fn read(store: &dyn LeaseStore, application: &str) -> Result<Status, AdminError> {
+/// Reads both tables of `application`: its leases and its workers'
+/// heartbeats (a missing table is an unknown application).
+pub(crate) async fn read_tables(
+    store: &dyn LeaseStore,
+    application: &str,
+) -> Result<(Vec<Lease>, Vec<WorkerHeartbeat>), AdminError> {
     let listing = store
         .list_table()
         .await
@@ -220,12 +224,13 @@ pub async fn read(store: &dyn LeaseStore, application: &str) -> Result<Status, A
         .list_heartbeats()
         .await
         .map_err(|e| AdminError::from_store(application, e))?;
-    Ok(status(
-        application,
-        &listing.leases,
-        &heartbeats,
-        SystemTime::now(),
-    ))
+    Ok((listing.leases, heartbeats))
+}
+
+/// Reads both tables of `application` through `store` and reports.
+pub async fn read(store: &dyn LeaseStore, application: &str) -> Result<Status, AdminError> {
+    let (leases, heartbeats) = read_tables(store, application).await?;
+    Ok(status(application, &leases, &heartbeats, SystemTime::now()))
 }
 
 impl Status {
