@@ -4,7 +4,9 @@
 //! the old one with SIGTERM. Measures, from the recorders' output:
 //! - per shard, the gap between the last record the old owner processed and
 //!   the first the new owner processed, at every change of owner;
-//! - records processed more than once.
+//! - records processed more than once;
+//! - per stop, the time from SIGTERM until every shard the stopped replica
+//!   was processing has processed a record on its new owner.
 //!
 //! ```sh
 //! scripts/local-aws.sh up && eval "$(scripts/local-aws.sh env)"
@@ -55,10 +57,12 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let mut stop_times = Vec::new();
+    let mut signals: Vec<(String, u64)> = Vec::new();
     for (n, old) in old.into_iter().enumerate() {
         start(&format!("new-{n}"), &mut processes);
         wait_for(&aws, &app, 4).await;
         let stopping = Instant::now();
+        signals.push((format!("old-{n}"), epoch_ms()));
         terminate(&processes.0[old]);
         let status = wait_exit(&mut processes.0[old]).await;
         assert!(status.success(), "old-{n} exited with {status}");
@@ -84,6 +88,54 @@ async fn main() {
 
     let lines = all_lines(&outputs);
     report(&lines, written.len(), &stop_times, started.elapsed());
+    let moved = handed_over(&lines, &signals);
+    println!("SIGTERM to every shard processing on its new owner, ms: {moved:?}");
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
+/// For each stop (worker, signal time in epoch ms): how long until every
+/// shard that worker was processing when signalled (it processed the
+/// shard's last record before the signal) processed a record on another
+/// worker. Asserts that each of them did.
+fn handed_over(lines: &[RecordLine], signals: &[(String, u64)]) -> Vec<u64> {
+    let mut by_shard: BTreeMap<&str, Vec<(u64, &str)>> = BTreeMap::new();
+    for line in lines {
+        by_shard
+            .entry(&line.shard)
+            .or_default()
+            .push((line.processed_ms, &line.worker));
+    }
+    for batches in by_shard.values_mut() {
+        batches.sort_unstable();
+    }
+    signals
+        .iter()
+        .map(|(worker, signal)| {
+            by_shard
+                .iter()
+                .filter(|(_, batches)| {
+                    batches
+                        .iter()
+                        .rev()
+                        .find(|(at, _)| at <= signal)
+                        .is_some_and(|(_, by)| by == worker)
+                })
+                .map(|(shard, batches)| {
+                    let (at, _) = batches
+                        .iter()
+                        .find(|(at, by)| at > signal && by != worker)
+                        .unwrap_or_else(|| panic!("{shard} never moved off {worker}"));
+                    at - signal
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .collect()
 }
 
 /// Waits until `workers` workers hold the shards (each at least one).

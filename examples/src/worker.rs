@@ -96,8 +96,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "KCL_ASSIGNMENT_INTERVAL_MS", default_value_t = 10_000)]
     pub assignment_interval_ms: u64,
     /// How often a lease being handed over is checked.
-    #[arg(long, env = "KCL_HANDOFF_POLL_INTERVAL_MS", default_value_t = 200)]
+    #[arg(long, env = "KCL_HANDOFF_POLL_INTERVAL_MS", default_value_t = 100)]
     pub handoff_poll_interval_ms: u64,
+    /// How often the worker reads its own heartbeat item for leases handed
+    /// to it by a stopping worker and for an operator's eviction (0: never;
+    /// they then wait for the next assignment round).
+    #[arg(long, env = "KCL_WATCH_INTERVAL_MS", default_value_t = 500)]
+    pub watch_interval_ms: u64,
     /// The most leases this worker holds (default: no limit).
     #[arg(long, env = "KCL_MAX_LEASES_PER_WORKER")]
     pub max_leases_per_worker: Option<usize>,
@@ -191,6 +196,7 @@ impl WorkerArgs {
             .failover_time(ms(self.failover_time_ms))
             .assignment_interval(ms(self.assignment_interval_ms))
             .handoff_poll_interval(ms(self.handoff_poll_interval_ms))
+            .watch_interval((self.watch_interval_ms > 0).then(|| ms(self.watch_interval_ms)))
             .shard_sync_interval(ms(self.shard_sync_interval_ms))
             .parent_poll_interval(ms(self.parent_poll_interval_ms))
             .lease_cleanup_delay(ms(self.lease_cleanup_delay_ms))

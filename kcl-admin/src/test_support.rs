@@ -27,5 +27,6 @@ pub fn heartbeat(worker: &str, written_at: Option<SystemTime>) -> WorkerHeartbea
         written_at,
         evicted: false,
         stalled_shards: Default::default(),
+        offered: Default::default(),
     }
 }

@@ -242,6 +242,15 @@ impl Plan {
             .map(|(key, from, _)| (key.as_str(), from.as_str()));
         (takes, moves)
     }
+
+    /// The leases the plan moves away from `worker` (a draining one hands
+    /// them over itself): (lease key, receiving worker).
+    pub fn gives<'a>(&'a self, worker: &'a str) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        self.moves
+            .iter()
+            .filter(move |(_, from, _)| from == worker)
+            .map(|(key, _, to)| (key.as_str(), to.as_str()))
+    }
 }
 
 /// Plans who should hold which lease among `workers` (the live workers,
@@ -353,6 +362,7 @@ mod tests {
             written_at: None,
             evicted: false,
             stalled_shards: Default::default(),
+            offered: Default::default(),
         }
     }
 
@@ -537,6 +547,7 @@ mod tests {
             written_at: None,
             evicted: false,
             stalled_shards: Default::default(),
+            offered: Default::default(),
         };
         let mut finished = owned("done", Some("b"));
         finished.checkpoint = Esn::ShardEnd;

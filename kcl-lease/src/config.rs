@@ -31,10 +31,19 @@ pub struct LeaseConfig {
     pub assignment_interval: Duration,
     /// The most leases this worker holds; `None` for no limit.
     pub max_leases_per_worker: Option<usize>,
-    /// How often a worker checks a lease it asked for until the old owner
-    /// has released it (so it starts within this time), and how often a
-    /// stopping worker looks for requests for its leases. Default 200 ms.
+    /// How often a worker checks a lease it asked for, or was handed, until
+    /// the old owner has released it (so it starts within this time), and
+    /// how often a stopping worker looks for requests for its leases.
+    /// Default 100 ms.
     pub handoff_poll_interval: Duration,
+    /// How often the worker reads its own heartbeat item (one small,
+    /// eventually consistent read): for leases a stopping worker handed to
+    /// it, which it then starts as soon as they are released, and for an
+    /// operator's eviction, which it then carries out at once. `None` turns
+    /// the watch off: both wait for the next assignment round (a planned
+    /// stop then takes up to an assignment interval instead of about a
+    /// second). Default 500 ms.
+    pub watch_interval: Option<Duration>,
     /// Which leases of the table this worker processes. Default: those of
     /// an application of one stream.
     pub scope: LeaseScope,
@@ -80,7 +89,8 @@ pub enum LeaseConfigError {
 
 impl LeaseConfig {
     /// The defaults for `worker_id`: 10 s failover, 5 s heartbeats, a 2 s
-    /// safety margin, 10 s assignment rounds, no lease limit.
+    /// safety margin, 10 s assignment rounds, 100 ms handoff polls, a watch
+    /// every 500 ms, no lease limit.
     pub fn new(worker_id: impl Into<String>) -> Self {
         Self {
             worker_id: worker_id.into(),
@@ -89,7 +99,8 @@ impl LeaseConfig {
             safety_margin: Duration::from_secs(2),
             assignment_interval: Duration::from_secs(10),
             max_leases_per_worker: None,
-            handoff_poll_interval: Duration::from_millis(200),
+            handoff_poll_interval: Duration::from_millis(100),
+            watch_interval: Some(Duration::from_millis(500)),
             scope: LeaseScope::SingleStream,
         }
     }
@@ -114,6 +125,10 @@ impl LeaseConfig {
             ("safety_margin", self.safety_margin),
             ("assignment_interval", self.assignment_interval),
             ("handoff_poll_interval", self.handoff_poll_interval),
+            (
+                "watch_interval",
+                self.watch_interval.unwrap_or(Duration::MAX),
+            ),
         ] {
             if value.is_zero() {
                 return Err(LeaseConfigError::Zero(name));
@@ -177,6 +192,14 @@ mod tests {
             wide.validate(),
             Err(LeaseConfigError::MarginTooLarge { .. })
         ));
+        let mut watch = LeaseConfig::new("w");
+        watch.watch_interval = Some(Duration::ZERO);
+        assert_eq!(
+            watch.validate(),
+            Err(LeaseConfigError::Zero("watch_interval"))
+        );
+        watch.watch_interval = None;
+        assert_eq!(watch.validate(), Ok(()), "no watch at all is allowed");
         let mut none = LeaseConfig::new("w");
         none.safety_margin = Duration::ZERO;
         assert_eq!(

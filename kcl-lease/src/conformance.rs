@@ -12,6 +12,8 @@
 //! kcl_lease::lease_store_conformance!(tables);
 //! ```
 
+use std::collections::BTreeSet;
+
 use kcl_checkpoint::ExtendedSequenceNumber;
 
 use crate::{CheckpointUpdate, Lease, LeaseStore, LeaseStoreError, LeaseToken, WorkerHeartbeat};
@@ -41,7 +43,9 @@ macro_rules! lease_store_conformance {
             child_shards_are_recorded_by_the_owner_only,
             the_start_timestamp_is_recorded_once_and_fenced,
             a_reset_moves_the_position_and_fences_the_holder,
-            an_eviction_mark_outlives_heartbeats_until_cleared
+            an_eviction_mark_outlives_heartbeats_until_cleared,
+            offers_outlive_heartbeats_until_cleared,
+            a_release_to_no_one_ends_a_handoff_and_frees_the_lease
         );
     };
     ($tables:path; $($case:ident),+) => {
@@ -573,6 +577,7 @@ pub async fn heartbeats_are_kept_per_worker(a: impl LeaseStore, b: impl LeaseSto
         written_at: None,
         evicted: false,
         stalled_shards: Default::default(),
+        offered: Default::default(),
     };
     let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
     a.heartbeat(&beat("worker-a", 1)).await.unwrap();
@@ -619,6 +624,7 @@ pub async fn heartbeats_only_move_forward(a: impl LeaseStore, b: impl LeaseStore
         written_at: None,
         evicted: false,
         stalled_shards: Default::default(),
+        offered: Default::default(),
     };
     a.heartbeat(&beat(10)).await.unwrap();
     for stale in [10, 4] {
@@ -834,6 +840,7 @@ pub async fn an_eviction_mark_outlives_heartbeats_until_cleared(
         written_at: None,
         evicted: false,
         stalled_shards: Default::default(),
+        offered: Default::default(),
     };
     let evicted = |store_list: Vec<WorkerHeartbeat>| store_list.iter().any(|h| h.evicted);
     a.heartbeat(&beat(1)).await.unwrap();
@@ -863,6 +870,107 @@ pub async fn an_eviction_mark_outlives_heartbeats_until_cleared(
     .await
     .unwrap();
     assert_eq!(a.list_heartbeats().await.unwrap()[0].failover_time, None);
+}
+
+/// Leases offered to a worker are on its heartbeat item (read alone or
+/// with the others) until it clears them; its heartbeats keep them; a
+/// worker without a heartbeat gets no item.
+pub async fn offers_outlive_heartbeats_until_cleared(a: impl LeaseStore, b: impl LeaseStore) {
+    let beat = |beat| WorkerHeartbeat {
+        worker: "worker-a".into(),
+        beat,
+        draining: false,
+        failover_time: Some(std::time::Duration::from_secs(10)),
+        streams: None,
+        written_at: None,
+        evicted: false,
+        stalled_shards: Default::default(),
+        offered: Default::default(),
+    };
+    let keys =
+        |keys: &[&str]| -> BTreeSet<String> { keys.iter().map(|k| (*k).to_owned()).collect() };
+    assert_eq!(a.get_heartbeat("worker-a").await.unwrap(), None);
+    assert!(!b.offer_leases("worker-a", &keys(&["s-1"])).await.unwrap());
+    b.clear_offers("worker-a", &keys(&["s-1"])).await.unwrap();
+    assert!(
+        a.list_heartbeats().await.unwrap().is_empty(),
+        "no item made"
+    );
+
+    a.heartbeat(&beat(1)).await.unwrap();
+    let read = a.get_heartbeat("worker-a").await.unwrap().expect("has one");
+    assert!(read.written_at.is_some());
+    assert_eq!(without_times(vec![read]), [beat(1)]);
+    assert!(
+        b.offer_leases("worker-a", &keys(&["s-1", "s-2"]))
+            .await
+            .unwrap()
+    );
+    assert!(b.offer_leases("worker-a", &keys(&["s-3"])).await.unwrap());
+    // Nothing to add is not an error.
+    assert!(b.offer_leases("worker-a", &keys(&[])).await.unwrap());
+    a.heartbeat(&beat(2)).await.unwrap();
+    let offered = keys(&["s-1", "s-2", "s-3"]);
+    assert_eq!(
+        without_times(a.list_heartbeats().await.unwrap()),
+        [WorkerHeartbeat {
+            offered: offered.clone(),
+            ..beat(2)
+        }],
+        "kept by the heartbeat, the rest written"
+    );
+    a.clear_offers("worker-a", &keys(&["s-1", "s-3", "s-9"]))
+        .await
+        .unwrap();
+    a.clear_offers("worker-a", &keys(&[])).await.unwrap();
+    let read = a.get_heartbeat("worker-a").await.unwrap().expect("has one");
+    assert_eq!(read.offered, keys(&["s-2"]));
+    assert_eq!(read.beat, 2);
+}
+
+/// A release to no one frees the lease, during a handoff too (the marker
+/// goes with the owner), only for the token that processes it.
+pub async fn a_release_to_no_one_ends_a_handoff_and_frees_the_lease(
+    a: impl LeaseStore,
+    b: impl LeaseStore,
+) {
+    let key = shard(1);
+    let held_by_a = create_and_take(&a, &key, "worker-a").await;
+    let token_a = held_by_a.token().unwrap();
+    let asked = b.request_handoff(&held_by_a, "worker-b").await.unwrap();
+    // The receiver's own token does not process the lease.
+    let receivers = LeaseToken {
+        worker: "worker-b".into(),
+        ..token_a.clone()
+    };
+    assert!(
+        b.release_lease_unowned(&receivers)
+            .await
+            .unwrap_err()
+            .is_lease_lost()
+    );
+    a.release_lease_unowned(&token_a).await.unwrap();
+    let freed = must_get(&b, &key).await;
+    assert_eq!(
+        (freed.owner.as_deref(), freed.checkpoint_owner.as_deref()),
+        (None, None)
+    );
+    assert_eq!(freed.counter, asked.counter + 1);
+    // The old token is fenced now.
+    assert!(
+        a.release_lease_unowned(&token_a)
+            .await
+            .unwrap_err()
+            .is_lease_lost()
+    );
+    // Without a handoff, it frees the owner's lease as a plain release does.
+    let taken = b.take_lease(&freed, "worker-b").await.unwrap();
+    b.release_lease_unowned(&taken.token().unwrap())
+        .await
+        .unwrap();
+    let freed = must_get(&a, &key).await;
+    assert_eq!(freed.owner, None);
+    assert_eq!(freed.counter, taken.counter + 1);
 }
 
 /// The suite against the in-memory store.

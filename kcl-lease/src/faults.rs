@@ -59,6 +59,14 @@ pub enum Call {
     ListHeartbeats,
     /// [`LeaseStore::remove_heartbeat`].
     RemoveHeartbeat,
+    /// [`LeaseStore::get_heartbeat`].
+    GetHeartbeat,
+    /// [`LeaseStore::release_lease_unowned`].
+    ReleaseLeaseUnowned,
+    /// [`LeaseStore::offer_leases`].
+    OfferLeases,
+    /// [`LeaseStore::clear_offers`].
+    ClearOffers,
 }
 
 impl Call {
@@ -66,7 +74,11 @@ impl Call {
     pub fn is_write(self) -> bool {
         !matches!(
             self,
-            Self::EnsureTables | Self::ListTable | Self::GetLease | Self::ListHeartbeats
+            Self::EnsureTables
+                | Self::ListTable
+                | Self::GetLease
+                | Self::ListHeartbeats
+                | Self::GetHeartbeat
         )
     }
 }
@@ -318,6 +330,36 @@ impl<S: LeaseStore + ?Sized> LeaseStore for FaultyStore<S> {
     }
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
         self.call(Call::ListHeartbeats, self.inner.list_heartbeats())
+            .await
+    }
+    async fn release_lease_unowned(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
+        self.call(
+            Call::ReleaseLeaseUnowned,
+            self.inner.release_lease_unowned(token),
+        )
+        .await
+    }
+    async fn get_heartbeat(
+        &self,
+        worker: &str,
+    ) -> Result<Option<WorkerHeartbeat>, LeaseStoreError> {
+        self.call(Call::GetHeartbeat, self.inner.get_heartbeat(worker))
+            .await
+    }
+    async fn offer_leases(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<bool, LeaseStoreError> {
+        self.call(Call::OfferLeases, self.inner.offer_leases(worker, keys))
+            .await
+    }
+    async fn clear_offers(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<(), LeaseStoreError> {
+        self.call(Call::ClearOffers, self.inner.clear_offers(worker, keys))
             .await
     }
     async fn remove_heartbeat(

@@ -325,6 +325,7 @@ mod tests {
             written_at: None,
             evicted: false,
             stalled_shards: Default::default(),
+            offered: Default::default(),
         }
     }
 

@@ -762,6 +762,7 @@ impl LeaseModel {
                     written_at: None,
                     evicted: false,
                     stalled_shards: Default::default(),
+                    offered: Default::default(),
                 })
             })
             .collect();
@@ -809,9 +810,30 @@ impl LeaseModel {
                 }
             })
             .collect();
-        if !worker.draining {
-            let plan = assignment::plan(&views, &workers, None);
-            let my_name = name(me);
+        let plan = assignment::plan(&views, &workers, None);
+        let my_name = name(me);
+        if worker.draining {
+            // Hands its leases over itself, to the receivers of the plan.
+            for (key, to) in plan.gives(&my_name) {
+                let lease = keys.iter().position(|k| *k == key).unwrap_or(P);
+                let row = leases[lease];
+                let to = (0..beats.len())
+                    .find(|&other| name(other) == to)
+                    .and_then(|to| W::try_from(to).ok());
+                if let Some(to) = to
+                    && row.owner == Some(w)
+                    && to != w
+                    && !retaken[lease]
+                {
+                    writes.push(Write::RequestHandoff {
+                        lease,
+                        from: w,
+                        to,
+                        counter: row.counter,
+                    });
+                }
+            }
+        } else {
             let (takes, moves) = plan.for_worker(&my_name);
             for key in takes {
                 let lease = keys.iter().position(|k| *k == key).unwrap_or(P);
@@ -828,6 +850,7 @@ impl LeaseModel {
                     writes.push(Write::RequestHandoff {
                         lease,
                         from,
+                        to: w,
                         counter: row.counter,
                     });
                 }
@@ -964,12 +987,13 @@ impl LeaseModel {
             Write::RequestHandoff {
                 lease,
                 from: owner,
+                to,
                 counter,
             } => {
                 let row = &mut state.leases[lease];
                 if row.counter == counter && row.owner == Some(owner) && row.handing_over.is_none()
                 {
-                    row.owner = Some(from);
+                    row.owner = Some(to);
                     row.handing_over = Some(owner);
                     Answer::Ok
                 } else {
@@ -1044,10 +1068,11 @@ impl LeaseModel {
             Write::RequestHandoff {
                 lease,
                 from,
+                to,
                 counter,
             } => {
                 let asked = (answer == Answer::Ok).then_some(Row {
-                    owner: Some(w),
+                    owner: Some(to),
                     handing_over: Some(from),
                     counter,
                     checkpoint: state.leases[lease].checkpoint,

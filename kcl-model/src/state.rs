@@ -92,12 +92,16 @@ pub enum Write {
         /// `leaseCounter` as seen.
         counter: u8,
     },
-    /// Ask `from` to hand a lease over.
+    /// Ask `from` to hand a lease over to `to` (the sender, or, from a
+    /// draining worker handing its own lease over, the receiver the plan
+    /// picks).
     RequestHandoff {
         /// Which.
         lease: usize,
         /// The current owner.
         from: W,
+        /// The new owner.
+        to: W,
         /// `leaseCounter` as seen.
         counter: u8,
     },

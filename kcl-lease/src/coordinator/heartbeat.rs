@@ -187,6 +187,7 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone(),
+            offered: Default::default(),
         };
         let sent = clock();
         let result = store.heartbeat(&heartbeat).await;

@@ -70,6 +70,8 @@ pub struct RoundReport {
     pub taken: Vec<String>,
     /// Leases this worker asked their owners to hand over.
     pub handoffs_requested: Vec<String>,
+    /// Leases this draining worker handed to the receivers the plan picks.
+    pub handed_over: Vec<String>,
     /// Takes and handoff requests another worker won first.
     pub contended: usize,
     /// Leases processed before this round and no longer.
@@ -98,6 +100,11 @@ pub struct LeaseCoordinator<S: ?Sized> {
     /// epoch it asked in (a lease received in a later epoch is taken anew
     /// by a round before it is processed).
     awaiting: BTreeMap<String, (Instant, u64)>,
+    /// Leases this draining worker [handed over](Self::hand_over) and
+    /// still processes, with the moment it lets its consumers release them:
+    /// one watch interval after the receivers were told, so that each
+    /// receiver is already checking the lease when it is released.
+    handing: BTreeMap<String, Instant>,
 }
 
 /// What the coordinator's loops and its handles share.
@@ -118,6 +125,11 @@ struct Shared {
     /// Live workers other than this one that are not draining, as of the
     /// last round: who could receive this worker's leases.
     receivers: AtomicUsize,
+    /// The workers with a heartbeat as of the last read of the workers
+    /// table, each with whether it is draining; `None` before the first
+    /// read. A lease handed to a worker that is draining or gone by then
+    /// is released to no one (see [`CoordinatorHandle::release`]).
+    workers_seen: std::sync::Mutex<Option<BTreeMap<String, bool>>>,
     /// Owners with no heartbeat whose leases' counters keep moving (Java
     /// KCL workers on this table), with those leases, as of the last round.
     foreign_owners: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
@@ -308,8 +320,25 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     /// Gives a lease up (after a handoff request, or on shutdown): completes
     /// the handoff if one was requested, otherwise leaves the lease unowned
     /// for another worker to take. The lease stops being published at once.
+    ///
+    /// A handoff whose receiver, by the last read of the workers table, is
+    /// draining or has no heartbeat any more (two workers stopping at once
+    /// may hand their leases to each other) is not completed: the lease is
+    /// released to no one, so a live worker takes it at its next round
+    /// instead of after the failover time.
     pub async fn release(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
-        let result = self.store.release_lease(token).await;
+        let receiver_gone = self.receiver_gone(token);
+        let result = match &receiver_gone {
+            Some(receiver) => {
+                info!(
+                    lease = %token.key,
+                    receiver = %receiver,
+                    "the receiver of the handoff is stopping or gone; releasing the lease to no one"
+                );
+                self.store.release_lease_unowned(token).await
+            }
+            None => self.store.release_lease(token).await,
+        };
         if result.is_ok() || result.as_ref().is_err_and(LeaseStoreError::is_lease_lost) {
             self.shared.held.send_if_modified(|held| {
                 let ours = held.get(&token.key).is_some_and(|h| h.token == *token);
@@ -320,6 +349,29 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
             });
         }
         result
+    }
+
+    /// The receiver of the handoff of `token`'s lease, if one was asked for
+    /// (as this worker last read or wrote the lease) and the receiver, by
+    /// the last read of the workers table, is draining or has no heartbeat.
+    fn receiver_gone(&self, token: &LeaseToken) -> Option<String> {
+        let receiver = self
+            .shared
+            .held
+            .borrow()
+            .get(&token.key)
+            .filter(|h| h.token == *token)
+            .and_then(|h| h.lease.owner.clone())
+            .filter(|owner| *owner != token.worker)?;
+        let seen = self
+            .shared
+            .workers_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let fit = seen
+            .as_ref()
+            .is_none_or(|seen| seen.get(&receiver) == Some(&false));
+        (!fit).then_some(receiver)
     }
 
     /// The store the coordinator works on (for checkpoints).
@@ -350,6 +402,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             stopping: Default::default(),
             evicted: Default::default(),
             receivers: AtomicUsize::new(0),
+            workers_seen: Default::default(),
             foreign_owners: Default::default(),
             streams: std::sync::Mutex::new(config.scope.announced()),
             stalled: Default::default(),
@@ -364,6 +417,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             config,
             shared,
             awaiting: BTreeMap::new(),
+            handing: BTreeMap::new(),
         };
         Ok((coordinator, handle))
     }
@@ -485,9 +539,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             draining,
         );
         report.live_workers = workers.len() + stopping.len();
-        self.shared
-            .receivers
-            .store(self.receivers(&heartbeats), Ordering::SeqCst);
+        self.note_workers(&heartbeats);
         let round = RoundView {
             me: &me,
             workers: &workers,
@@ -498,9 +550,18 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             self.tracker.is_lease_expired(lease)
         });
         let plan = assignment::plan(&views, &workers, self.config.max_leases_per_worker);
-        if !draining {
+        if draining {
+            // Receivers that do not watch their item learn of a lease
+            // handed to them only at their next round: leave the asking
+            // to them then.
+            if let Some(hold) = self.config.watch_interval {
+                self.hand_over(&plan, &mut leases, hold, &clock, &mut report)
+                    .await?;
+            }
+        } else {
             self.carry_out(&plan, &mut leases, (ended, epoch), &mut report)
                 .await?;
+            self.await_handed_to_me(&leases, (ended, epoch));
         }
         // As this round leaves the table: after its own takes.
         record_group(&leases, report.live_workers);
@@ -566,6 +627,146 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         Ok(())
     }
 
+    /// While draining: hands this worker's leases to the receivers the plan
+    /// picks, writing the handoff requests they would write at their own
+    /// rounds on their behalf, then tells each receiver through its
+    /// heartbeat item, which it [watches](Self::watch) every `hold`. The
+    /// consumers here go on processing those leases for `hold` after that
+    /// (see [`let_go`](Self::let_go)), so that each receiver is already
+    /// checking its lease when it is released and starts within a handoff
+    /// poll, instead of at its next round. A lease that changed meanwhile is
+    /// counted as contended (a drain poll or the next round reads it again).
+    async fn hand_over(
+        &mut self,
+        plan: &assignment::Plan,
+        leases: &mut [Lease],
+        hold: Duration,
+        clock: &impl Fn() -> Instant,
+        report: &mut RoundReport,
+    ) -> Result<(), LeaseStoreError> {
+        let mut offers: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (key, to) in plan.gives(&self.config.worker_id) {
+            let Some(lease) = leases.iter_mut().find(|lease| lease.key == key) else {
+                continue;
+            };
+            match self.store.request_handoff(lease, to).await {
+                Ok(moving) => {
+                    info!(lease = %key, to = %to, "handing lease over");
+                    metrics::counter!(crate::metrics::LEASE_HANDOFFS, "event" => "handed_over")
+                        .increment(1);
+                    report.handed_over.push(key.to_owned());
+                    offers.entry(to).or_default().insert(key.to_owned());
+                    *lease = moving;
+                }
+                Err(LeaseStoreError::LeaseLost { .. }) => report.contended += 1,
+                Err(error) => return Err(error),
+            }
+        }
+        for (to, keys) in offers {
+            let told = self.store.offer_leases(to, &keys).await;
+            let release_at = clock() + hold;
+            for key in &keys {
+                self.handing.insert(key.clone(), release_at);
+            }
+            match told {
+                Ok(true) => {}
+                Ok(false) => debug!(
+                    to = %to,
+                    "the receiver has no heartbeat any more; failover settles its leases"
+                ),
+                Err(error) => warn!(
+                    to = %to,
+                    %error,
+                    "could not tell the receiver of the leases handed to it; it finds them at \
+                     its next round"
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets the consumers release the leases this worker [handed
+    /// over](Self::hand_over) whose hold has ended at `now`: publishes them
+    /// as asked for.
+    pub fn let_go(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .handing
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &due {
+            self.handing.remove(key);
+        }
+        let me = self.config.worker_id.as_str();
+        self.shared.held.send_if_modified(|held| {
+            let mut changed = false;
+            for key in &due {
+                if let Some(entry) = held.get_mut(key)
+                    && entry.lease.owner.as_deref() != Some(me)
+                    && !entry.handoff_requested
+                {
+                    debug!(lease = %key, to = ?entry.lease.owner, "releasing the lease handed over");
+                    entry.handoff_requested = true;
+                    changed = true;
+                }
+            }
+            changed
+        });
+    }
+
+    /// Watches the leases handed to this worker that it did not ask for (a
+    /// draining worker [handed them over](Self::hand_over)) as it watches
+    /// the ones it asked for, so that it starts each as soon as it is
+    /// released. `read` is when the tables were read and the epoch the
+    /// round acts in.
+    fn await_handed_to_me(&mut self, leases: &[Lease], (read, epoch): (Instant, u64)) {
+        let me = self.config.worker_id.as_str();
+        for lease in leases {
+            if lease.owner.as_deref() == Some(me) && lease.processing_owner() != Some(me) {
+                self.awaiting
+                    .entry(lease.key.clone())
+                    .or_insert((read + self.config.failover_time, epoch));
+            }
+        }
+    }
+
+    /// Reads this worker's own heartbeat item (one small read, every
+    /// `watch_interval`): follows an operator's eviction mark, and watches
+    /// the leases draining workers [handed](Self::hand_over) to it until
+    /// they are released, then clears them from the item. Returns whether
+    /// there are new leases to watch (to check at once).
+    ///
+    /// Leases are watched only by a worker that is alive, not draining, and
+    /// not waiting to take its own leases anew after a loss of liveness;
+    /// otherwise its next round finds them.
+    pub async fn watch(&mut self, clock: impl Fn() -> Instant) -> Result<bool, LeaseStoreError> {
+        let me = self.config.worker_id.clone();
+        let Some(item) = self.store.get_heartbeat(&me).await? else {
+            return Ok(false);
+        };
+        self.note_eviction(std::slice::from_ref(&item));
+        if item.offered.is_empty() {
+            return Ok(false);
+        }
+        let now = clock();
+        let accepting = !*self.shared.draining.borrow() && !self.shared.heart.retake_pending();
+        let mut added = false;
+        if let Some(epoch) = self.shared.heart.live_epoch(now).filter(|_| accepting) {
+            let held = self.shared.held.borrow();
+            for key in &item.offered {
+                if !held.contains_key(key) && !self.awaiting.contains_key(key) {
+                    debug!(lease = %key, "lease handed to this worker; waiting for its release");
+                    self.awaiting
+                        .insert(key.clone(), (now + self.config.failover_time, epoch));
+                    added = true;
+                }
+            }
+        }
+        self.store.clear_offers(&me, &item.offered).await?;
+        Ok(added)
+    }
+
     /// Publishes the leases this worker processes among `leases`, if it is
     /// still alive in `epoch` (the writes before may have been slow), and
     /// reports those it lost since the last publication.
@@ -582,7 +783,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             .filter(|lease| lease.processing_owner() == Some(me))
             .filter_map(|lease| {
                 let token = lease.token()?;
-                let handoff_requested = lease.owner.as_deref() != Some(me);
+                let handoff_requested =
+                    lease.owner.as_deref() != Some(me) && !self.handing.contains_key(&lease.key);
                 Some((
                     lease.key.clone(),
                     HeldLease {
@@ -635,6 +837,24 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         }
     }
 
+    /// Records who could receive leases, by the heartbeats just read (see
+    /// [`CoordinatorHandle::receivers`] and [`CoordinatorHandle::release`]).
+    fn note_workers(&self, heartbeats: &[crate::WorkerHeartbeat]) {
+        self.shared
+            .receivers
+            .store(self.receivers(heartbeats), Ordering::SeqCst);
+        *self
+            .shared
+            .workers_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(
+            heartbeats
+                .iter()
+                .map(|h| (h.worker.clone(), h.draining))
+                .collect(),
+        );
+    }
+
     /// How many other live workers could receive leases (not draining), by
     /// the heartbeats just observed.
     fn receivers(&self, heartbeats: &[crate::WorkerHeartbeat]) -> usize {
@@ -657,16 +877,14 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         let ended = clock();
         self.tracker
             .observe_heartbeats(ReadWindow { began, ended }, &heartbeats);
-        self.shared
-            .receivers
-            .store(self.receivers(&heartbeats), Ordering::SeqCst);
+        self.note_workers(&heartbeats);
         let me = self.config.worker_id.as_str();
         let unasked: Vec<(String, LeaseToken)> = self
             .shared
             .held
             .borrow()
             .values()
-            .filter(|h| !h.handoff_requested)
+            .filter(|h| !h.handoff_requested && !self.handing.contains_key(&h.lease.key))
             .map(|h| (h.lease.key.clone(), h.token.clone()))
             .collect();
         for (key, token) in unasked {
@@ -818,6 +1036,15 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         Ok(())
     }
 
+    /// When the next held-back lease may be released (far off when none is).
+    fn next_let_go(&self) -> Instant {
+        self.handing
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| heartbeat::now() + self.config.assignment_interval)
+    }
+
     /// The next moment a round is due: the regular interval after `last`, or
     /// earlier when an owner would expire.
     fn next_round(&self, last: Instant) -> Instant {
@@ -845,9 +1072,20 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             );
             let deadline = heartbeat::watch_deadline(Arc::clone(&self.shared));
             let worker_id = self.config.worker_id.clone();
+            let scope = self.config.scope.clone();
+            let failover_time = self.config.failover_time;
             let store = Arc::clone(&self.store);
+            let shared = Arc::clone(&self.shared);
             tokio::select! {
-                () = shutdown => {}
+                () = shutdown => {
+                    let limit = heartbeat::now() + failover_time;
+                    let published: BTreeSet<String> = shared.held.borrow().keys().cloned().collect();
+                    let arrivals = release_arrivals(&*store, &worker_id, &scope, &published);
+                    if let Err(error) = bounded(limit, arrivals).await
+                    {
+                        warn!(%error, "could not release the leases handed over too late");
+                    }
+                }
                 // The heartbeat is not removed: it is the other process's.
                 error = heartbeats => return Err(error),
                 () = deadline => {}
@@ -873,21 +1111,27 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         let mut next_round = now() + first_round_delay(self.config.assignment_interval);
         let mut next_poll = now();
         let mut next_drain_poll = now();
+        let watch_interval = self.config.watch_interval;
+        let mut next_watch = now() + watch_interval.unwrap_or(self.config.assignment_interval);
+        let mut was_draining = false;
         loop {
+            // Compared with the last pass rather than marked as seen by the
+            // change below: a stop that came while a round or a poll was
+            // under way is acted on as soon as it ends.
+            let draining = *draining_changes.borrow_and_update();
+            if draining && !was_draining {
+                // One full round at once (hands the leases over), then (when
+                // stopping) cheap polls of the leases held.
+                info!("draining: handing every lease over");
+                next_round = now();
+                next_drain_poll = now() + self.config.handoff_poll_interval;
+            }
+            was_draining = draining;
             // Polls while stopping only: the shutdown timeout bounds them.
             // An evicted worker, which runs on, sees requests at its rounds.
-            let draining = *draining_changes.borrow_and_update()
-                && self.shared.stopping.load(Ordering::SeqCst);
+            let polling = draining && self.shared.stopping.load(Ordering::SeqCst);
             tokio::select! {
-                changed = draining_changes.changed() => {
-                    if changed.is_ok() && *draining_changes.borrow() {
-                        // One full round at once (receivers, requests), then
-                        // (when stopping) cheap polls of the leases held.
-                        info!("draining: handing leases over on request");
-                        next_round = now();
-                        next_drain_poll = now() + self.config.handoff_poll_interval;
-                    }
-                }
+                _ = draining_changes.changed() => {}
                 () = tokio::time::sleep_until(next_poll.into()), if !self.awaiting.is_empty() => {
                     let limit = now() + self.config.failover_time;
                     if let Err(error) = bounded(limit, self.poll_awaited_handoffs(now)).await {
@@ -895,7 +1139,19 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     }
                     next_poll = now() + self.config.handoff_poll_interval;
                 }
-                () = tokio::time::sleep_until(next_drain_poll.into()), if draining => {
+                () = tokio::time::sleep_until(self.next_let_go().into()), if !self.handing.is_empty() => {
+                    self.let_go(now());
+                }
+                () = tokio::time::sleep_until(next_watch.into()), if watch_interval.is_some() => {
+                    let limit = now() + self.config.failover_time;
+                    match bounded(limit, self.watch(now)).await {
+                        Ok(true) => next_poll = now(),
+                        Ok(false) => {}
+                        Err(error) => debug!(%error, "reading this worker's heartbeat item failed"),
+                    }
+                    next_watch = now() + watch_interval.unwrap_or(self.config.assignment_interval);
+                }
+                () = tokio::time::sleep_until(next_drain_poll.into()), if polling => {
                     let limit = now() + self.config.failover_time;
                     if let Err(error) = bounded(limit, self.drain_poll(now)).await {
                         debug!(%error, "checking for handoff requests failed");
@@ -914,6 +1170,41 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             }
         }
     }
+}
+
+/// At a clean stop (the scheduler has stopped every consumer): releases
+/// the leases this worker owns but never published (`published` are the
+/// ones it did): handed to it as it stopped (a handoff it asked for, or a
+/// draining worker started, that completed after its last round), so that
+/// a live worker takes them at its next round instead of after the
+/// failover time. Leases it published and did not release (a processor
+/// that never returned, a stream created again) are left to expire.
+async fn release_arrivals<S: LeaseStore + ?Sized>(
+    store: &S,
+    me: &str,
+    scope: &crate::LeaseScope,
+    published: &BTreeSet<String>,
+) -> Result<(), LeaseStoreError> {
+    let leases = store.list_leases().await?;
+    for lease in leases.iter().filter(|lease| {
+        scope.includes(lease)
+            && lease.owner.as_deref() == Some(me)
+            && !lease.handoff_in_progress()
+            && !lease.is_finished()
+            && !published.contains(&lease.key)
+    }) {
+        let Some(token) = lease.token() else {
+            continue;
+        };
+        match store.release_lease(&token).await {
+            Ok(()) => {
+                info!(lease = %lease.key, "released a lease handed over as this worker stopped")
+            }
+            Err(LeaseStoreError::LeaseLost { .. }) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// How long a worker waits after its first heartbeat before its first

@@ -396,7 +396,7 @@ async fn a_waiting_merge_child_never_keeps_its_parent_from_being_taken() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_draining_worker_reads_its_own_leases_not_the_lease_table() {
+async fn a_draining_worker_hands_its_leases_over_itself_and_tells_the_receiver() {
     let table = table_with(4).await;
     let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
     let (a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
@@ -405,33 +405,264 @@ async fn a_draining_worker_reads_its_own_leases_not_the_lease_table() {
     while held.borrow_and_update().len() < 4 {
         held.changed().await.unwrap();
     }
-    let (mut b, _) = coordinator(&table, "b");
+    let (b, _) = coordinator(&table, "b");
     b.heartbeat(heartbeat::now).await.unwrap();
 
     a_handle.stop_taking();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let scans = faults.calls(Call::ListTable);
-    tokio::time::sleep(S(3)).await;
-    // No full round in those 3 s (the next is due 10 s after the last), but
-    // the held leases were read at every poll.
-    assert_eq!(faults.calls(Call::ListTable), scans);
-    assert!(faults.calls(Call::GetLease) >= 4 * 14, "{faults:?}");
+    // One round at once: every lease handed to b (the plan's only
+    // receiver), and b told in its heartbeat item. a goes on processing
+    // them for one watch interval (b is checking them by then), and then
+    // lets its consumers release them.
+    assert_eq!(a_handle.held().borrow().len(), 4);
+    assert!(
+        a_handle.handoffs_requested().is_empty(),
+        "released before b watches"
+    );
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(a_handle.handoffs_requested().len(), 4, "{faults:?}");
+    let keys: BTreeSet<String> = table
+        .list_leases()
+        .await
+        .unwrap()
+        .into_iter()
+        .inspect(|lease| {
+            assert_eq!(lease.owner.as_deref(), Some("b"), "{lease:?}");
+            assert_eq!(lease.checkpoint_owner.as_deref(), Some("a"), "{lease:?}");
+        })
+        .map(|lease| lease.key)
+        .collect();
+    let b_item = table.get_heartbeat("b").await.unwrap().unwrap();
+    assert_eq!(b_item.offered, keys);
     assert_eq!(a_handle.receivers(), 1);
 
-    // b asks for a lease: a sees it at its next poll.
-    b.assignment_round(heartbeat::now).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    let requested = a_handle.handoffs_requested();
-    assert_eq!(
-        requested.len(),
-        4,
-        "b asks for all of a draining worker's leases"
-    );
-    // Asked-for leases are not read again.
-    let reads = faults.calls(Call::GetLease);
-    tokio::time::sleep(S(1)).await;
+    // Nothing more to read about the leases: no full round in the next 3 s
+    // (the next is due 10 s after the last), and no lease read, since every
+    // lease is already asked for.
+    let (scans, reads) = (faults.calls(Call::ListTable), faults.calls(Call::GetLease));
+    tokio::time::sleep(S(3)).await;
+    assert_eq!(faults.calls(Call::ListTable), scans);
     assert_eq!(faults.calls(Call::GetLease), reads);
     task.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_that_comes_while_the_coordinator_is_busy_is_acted_on_when_it_is_done() {
+    let table = table_with(2).await;
+    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
+    let (a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
+    tokio::spawn(a.run(std::future::pending()));
+    let mut held = a_handle.held();
+    while held.borrow_and_update().len() < 2 {
+        held.changed().await.unwrap();
+    }
+    let (b, _) = coordinator(&table, "b");
+    b.heartbeat(heartbeat::now).await.unwrap();
+    // a's watch of its own item hangs; the stop comes meanwhile.
+    faults.only(&[Call::GetHeartbeat]);
+    faults.stall();
+    let watches = faults.calls(Call::GetHeartbeat);
+    while faults.calls(Call::GetHeartbeat) == watches {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a_handle.stop_taking();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    faults.resume();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Handed over at once, not at the next round (10 s after the last).
+    let leases = table.list_leases().await.unwrap();
+    assert!(
+        leases
+            .iter()
+            .all(|lease| lease.owner.as_deref() == Some("b")),
+        "{leases:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_receiver_starts_a_lease_handed_to_it_at_its_next_watch_not_its_next_round() {
+    let table = table_with(4).await;
+    let mut handles = Vec::new();
+    for worker in ["a", "b"] {
+        let (coordinator, handle) =
+            LeaseCoordinator::new(Arc::new(table.client()), LeaseConfig::new(worker)).unwrap();
+        // Stand-in for the scheduler: hand over whatever is asked for.
+        let releaser = handle.clone();
+        tokio::spawn(async move {
+            let mut held = releaser.held();
+            while held.changed().await.is_ok() {
+                for token in releaser.handoffs_requested() {
+                    let _ = releaser.release(&token).await;
+                }
+            }
+        });
+        tokio::spawn(coordinator.run(std::future::pending()));
+        handles.push(handle);
+        tokio::time::sleep(S(3)).await;
+    }
+    tokio::time::sleep(S(30)).await;
+    let counts: Vec<usize> = handles.iter().map(|h| h.held().borrow().len()).collect();
+    assert_eq!(counts, [2, 2]);
+
+    let stopped_at = tokio::time::Instant::now();
+    handles[0].stop_taking();
+    let mut b_held = handles[1].held();
+    while b_held.borrow_and_update().len() < 4 {
+        b_held.changed().await.unwrap();
+    }
+    // a's round at once; b's next watch (every 500 ms), while a goes on
+    // processing for one watch interval; a's release; b's next check of the
+    // lease (every 200 ms): well before b's next round (10 s apart).
+    let took = stopped_at.elapsed();
+    assert!(took <= Duration::from_millis(800), "took {took:?}");
+    assert!(handles[0].held().borrow().is_empty());
+    let b_item = table.get_heartbeat("b").await.unwrap().unwrap();
+    assert!(
+        b_item.offered.is_empty(),
+        "noted offers are cleared: {b_item:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_eviction_is_seen_at_the_next_watch_and_the_leases_handed_over() {
+    let table = table_with(2).await;
+    let mut handles = Vec::new();
+    for worker in ["a", "b"] {
+        let (coordinator, handle) = coordinator(&table, worker);
+        let releaser = handle.clone();
+        tokio::spawn(async move {
+            let mut held = releaser.held();
+            while held.changed().await.is_ok() {
+                for token in releaser.handoffs_requested() {
+                    let _ = releaser.release(&token).await;
+                }
+            }
+        });
+        tokio::spawn(coordinator.run(std::future::pending()));
+        handles.push(handle);
+        tokio::time::sleep(S(3)).await;
+    }
+    tokio::time::sleep(S(30)).await;
+    assert_eq!(handles[0].held().borrow().len(), 1);
+    let evicted_at = tokio::time::Instant::now();
+    assert!(table.request_eviction("a", true).await.unwrap());
+    let mut b_held = handles[1].held();
+    while b_held.borrow_and_update().len() < 2 {
+        b_held.changed().await.unwrap();
+    }
+    // a's watch (500 ms), its round at once, the hold (500 ms), b's check
+    // (200 ms): not a's next round.
+    let took = evicted_at.elapsed();
+    assert!(took <= Duration::from_millis(1300), "took {took:?}");
+    assert!(handles[0].is_evicted());
+    assert!(handles[0].held().borrow().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_handed_to_a_worker_that_then_stops_too_is_released_to_no_one() {
+    let table = table_with(2).await;
+    let (a, a_handle) = coordinator(&table, "a");
+    let releaser = a_handle.clone();
+    tokio::spawn(async move {
+        let mut held = releaser.held();
+        while held.changed().await.is_ok() {
+            for token in releaser.handoffs_requested() {
+                let _ = releaser.release(&token).await;
+            }
+        }
+    });
+    tokio::spawn(a.run(std::future::pending()));
+    let mut held = a_handle.held();
+    while held.borrow_and_update().len() < 2 {
+        held.changed().await.unwrap();
+    }
+    let (b, b_handle) = coordinator(&table, "b");
+    tokio::spawn(b.run(std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // a hands both leases to b; b starts stopping while a holds them.
+    a_handle.stop_taking();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        table
+            .list_leases()
+            .await
+            .unwrap()
+            .iter()
+            .all(|l| l.owner.as_deref() == Some("b")),
+        "handed to b"
+    );
+    b_handle.stop_taking();
+    tokio::time::sleep(S(1)).await;
+    let leases = table.list_leases().await.unwrap();
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.owner.is_none() && l.checkpoint_owner.is_none()),
+        "free for a live worker, not left with the stopping b: {leases:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lease_that_arrives_as_its_receiver_stops_is_released_at_the_stop() {
+    let table = table_with(1).await;
+    let seen = table.list_leases().await.unwrap().remove(0);
+    let held_by_a = table.take_lease(&seen, "a").await.unwrap();
+    let (b, _) = coordinator(&table, "b");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let b_task = tokio::spawn(b.run(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // b asked, a released, and b stops before any round or poll of its
+    // saw the lease.
+    table.request_handoff(&held_by_a, "b").await.unwrap();
+    table
+        .release_lease(&held_by_a.token().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        table.list_leases().await.unwrap()[0].owner.as_deref(),
+        Some("b")
+    );
+    stop.send(()).unwrap();
+    b_task.await.unwrap().unwrap();
+    let lease = table.list_leases().await.unwrap().remove(0);
+    assert_eq!(lease.owner, None, "{lease:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_the_watch_a_handed_lease_waits_for_the_receivers_round() {
+    let table = table_with(2).await;
+    let mut handles = Vec::new();
+    for worker in ["a", "b"] {
+        let mut config = LeaseConfig::new(worker);
+        config.watch_interval = None;
+        let (coordinator, handle) =
+            LeaseCoordinator::new(Arc::new(table.client()), config).unwrap();
+        let releaser = handle.clone();
+        tokio::spawn(async move {
+            let mut held = releaser.held();
+            while held.changed().await.is_ok() {
+                for token in releaser.handoffs_requested() {
+                    let _ = releaser.release(&token).await;
+                }
+            }
+        });
+        tokio::spawn(coordinator.run(std::future::pending()));
+        handles.push(handle);
+        tokio::time::sleep(S(3)).await;
+    }
+    tokio::time::sleep(S(30)).await;
+    let stopped_at = tokio::time::Instant::now();
+    handles[0].stop_taking();
+    let mut b_held = handles[1].held();
+    while b_held.borrow_and_update().len() < 2 {
+        b_held.changed().await.unwrap();
+    }
+    // At b's next round, which also watches the lease handed to it.
+    let took = stopped_at.elapsed();
+    assert!(took > S(1), "took {took:?}");
+    assert!(took <= S(11), "took {took:?}");
 }
 
 #[tokio::test]

@@ -249,6 +249,19 @@ impl LeaseStore for InMemoryLeaseStore {
         Ok(())
     }
 
+    async fn release_lease_unowned(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        let lease = tables
+            .leases
+            .get_mut(&token.key)
+            .filter(|lease| held(lease, token))
+            .ok_or_else(|| LeaseStoreError::lost(&token.key))?;
+        lease.owner = None;
+        lease.checkpoint_owner = None;
+        lease.counter += 1;
+        Ok(())
+    }
+
     async fn delete_lease(&self, seen: &Lease) -> Result<(), LeaseStoreError> {
         let key = &seen.key;
         let mut tables = self.tables("DeleteItem");
@@ -306,13 +319,15 @@ impl LeaseStore for InMemoryLeaseStore {
                 })
             }
             _ => {
-                let evicted = tables
+                let (evicted, offered) = tables
                     .heartbeats
                     .get(&heartbeat.worker)
-                    .is_some_and(|stored| stored.evicted);
+                    .map(|stored| (stored.evicted, stored.offered.clone()))
+                    .unwrap_or_default();
                 let written = WorkerHeartbeat {
                     written_at: Some(SystemTime::now()),
                     evicted,
+                    offered,
                     ..heartbeat.clone()
                 };
                 tables.heartbeats.insert(heartbeat.worker.clone(), written);
@@ -323,6 +338,40 @@ impl LeaseStore for InMemoryLeaseStore {
 
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError> {
         Ok(self.tables("Scan").heartbeats.values().cloned().collect())
+    }
+
+    async fn get_heartbeat(
+        &self,
+        worker: &str,
+    ) -> Result<Option<WorkerHeartbeat>, LeaseStoreError> {
+        Ok(self.tables("GetItem").heartbeats.get(worker).cloned())
+    }
+
+    async fn offer_leases(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<bool, LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        Ok(match tables.heartbeats.get_mut(worker) {
+            Some(stored) => {
+                stored.offered.extend(keys.iter().cloned());
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn clear_offers(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<(), LeaseStoreError> {
+        let mut tables = self.tables("UpdateItem");
+        if let Some(stored) = tables.heartbeats.get_mut(worker) {
+            stored.offered.retain(|key| !keys.contains(key));
+        }
+        Ok(())
     }
 
     async fn request_eviction(&self, worker: &str, evict: bool) -> Result<bool, LeaseStoreError> {

@@ -55,6 +55,13 @@ pub struct WorkerHeartbeat {
     /// that have not returned for its stall time): shard ids, as
     /// `stream/shard` in a multi-stream application. For operators.
     pub stalled_shards: BTreeSet<String>,
+    /// Leases a stopping worker handed to this one (it wrote the handoff
+    /// request on this worker's behalf, [`LeaseStore::offer_leases`]) that
+    /// this worker has not yet taken note of: it watches its own item for
+    /// them and starts each lease as soon as it is released. Kept by the
+    /// store across the worker's heartbeats (ignored in the heartbeat given
+    /// to [`LeaseStore::heartbeat`]).
+    pub offered: BTreeSet<String>,
 }
 
 /// The lease table and the workers table, with the semantics every
@@ -153,6 +160,12 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// lease becomes unowned. Adds one to the counter either way.
     async fn release_lease(&self, token: &LeaseToken) -> Result<(), LeaseStoreError>;
 
+    /// Gives the lease up to no one, if `token` still processes it, even
+    /// during a handoff (whose receiver has stopped or is stopping): the
+    /// lease becomes unowned, without a handoff marker, for any worker to
+    /// take. Adds one to the counter.
+    async fn release_lease_unowned(&self, token: &LeaseToken) -> Result<(), LeaseStoreError>;
+
     /// Deletes a lease (a finished shard's, or a former stream's, during
     /// cleanup), if it is still as `seen` (same counter): a lease that was
     /// taken or [reset](Self::reset_checkpoint) since it was judged
@@ -193,6 +206,34 @@ pub trait LeaseStore: Send + Sync + 'static {
 
     /// Every worker's last heartbeat.
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError>;
+
+    /// One worker's heartbeat item, or `None` if it has none. The one read
+    /// that may be a moment stale (an eventually consistent read, at half
+    /// the cost): each worker reads its own item often, to learn of leases
+    /// handed to it and of an operator's eviction, and a stale answer only
+    /// delays that to the next read.
+    async fn get_heartbeat(&self, worker: &str)
+    -> Result<Option<WorkerHeartbeat>, LeaseStoreError>;
+
+    /// Tells `worker` that the leases `keys` were handed to it (a stopping
+    /// worker asked for their handoff on its behalf) by adding them to its
+    /// heartbeat item's [offers](WorkerHeartbeat::offered), which its
+    /// heartbeats keep. Returns whether the worker has a heartbeat (nothing
+    /// is written for one that has none).
+    async fn offer_leases(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<bool, LeaseStoreError>;
+
+    /// Removes `keys` from `worker`'s [offers](WorkerHeartbeat::offered),
+    /// once it has taken note of them. Nothing is written for a worker
+    /// without a heartbeat.
+    async fn clear_offers(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<(), LeaseStoreError>;
 
     /// Asks `worker` to hand all its leases over and take none, without
     /// stopping (`evict`), or to take leases again (`!evict`), by marking

@@ -37,6 +37,7 @@
 //! | `streams` | SS | [`WorkerHeartbeat::streams`] |
 //! | `stalledShards` | SS | [`WorkerHeartbeat::stalled_shards`] |
 //! | `evictRequested` | BOOL | [`WorkerHeartbeat::evicted`] (set by an operator; heartbeats keep it) |
+//! | `handoffOffers` | SS | [`WorkerHeartbeat::offered`] (set by stopping workers; heartbeats keep it) |
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -91,6 +92,10 @@ pub(crate) const STREAMS: &str = "streams";
 pub(crate) const EVICTED: &str = "evictRequested";
 /// The shards the worker reports stalled (a string set).
 pub(crate) const STALLED_SHARDS: &str = "stalledShards";
+/// Leases stopping workers handed to the worker, not yet noted by it (a
+/// string set). Written by `offer_leases` and `clear_offers` only;
+/// heartbeats keep it.
+pub(crate) const OFFERS: &str = "handoffOffers";
 
 /// A DynamoDB item.
 pub(crate) type Item = HashMap<String, AttributeValue>;
@@ -224,6 +229,10 @@ pub(crate) fn heartbeat_from_item(item: &Item) -> Option<WorkerHeartbeat> {
             _ => Default::default(),
         },
         evicted: matches!(item.get(EVICTED), Some(AttributeValue::Bool(true))),
+        offered: match item.get(OFFERS) {
+            Some(AttributeValue::Ss(keys)) => keys.iter().cloned().collect(),
+            _ => Default::default(),
+        },
     })
 }
 

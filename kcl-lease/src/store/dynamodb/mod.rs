@@ -395,6 +395,33 @@ impl DynamoDbLeaseStore {
             .condition_expression(expression)
             .set_expression_attribute_values(Some(values))
     }
+
+    /// Adds `keys` to a worker's offers (`action` `ADD`) or removes them
+    /// (`DELETE`), if it has a heartbeat item. Returns whether it had.
+    async fn change_offers(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+        action: &str,
+    ) -> Result<bool, LeaseStoreError> {
+        // DynamoDB refuses an empty set.
+        if keys.is_empty() {
+            return Ok(true);
+        }
+        let update = self
+            .conditional_update(condition::heartbeat_exists())
+            .table_name(&self.workers_table)
+            .key(WORKER_ID, s(worker))
+            .update_expression(format!("{action} {OFFERS} :keys"))
+            .expression_attribute_values(
+                ":keys",
+                AttributeValue::Ss(keys.iter().cloned().collect()),
+            );
+        Ok(self
+            .send("UpdateItem", &self.workers_table, || update.clone().send())
+            .await?
+            .is_ok())
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -666,6 +693,20 @@ impl LeaseStore for DynamoDbLeaseStore {
             .map(drop)
     }
 
+    async fn release_lease_unowned(&self, token: &LeaseToken) -> Result<(), LeaseStoreError> {
+        let release = self
+            .conditional_update(condition::held_by(token))
+            .table_name(&self.lease_table)
+            .key(LEASE_KEY, s(&token.key))
+            .update_expression(format!(
+                "REMOVE {LEASE_OWNER}, {CHECKPOINT_OWNER} SET {LEASE_COUNTER} = {LEASE_COUNTER} + :one"
+            ))
+            .expression_attribute_values(":one", n(1));
+        self.send_conditional("UpdateItem", &token.key, || release.clone().send())
+            .await
+            .map(drop)
+    }
+
     async fn delete_lease(&self, seen: &Lease) -> Result<(), LeaseStoreError> {
         // Only ever a lease, as a scan sorts items: never
         // another application's item or an unreadable lease, even if a
@@ -831,6 +872,40 @@ impl LeaseStore for DynamoDbLeaseStore {
         // An item that is not a heartbeat is skipped, not fatal: the workers
         // table is ours, but a stray item must not stop a fleet.
         Ok(items.iter().filter_map(heartbeat_from_item).collect())
+    }
+
+    async fn get_heartbeat(
+        &self,
+        worker: &str,
+    ) -> Result<Option<WorkerHeartbeat>, LeaseStoreError> {
+        let get = self
+            .client
+            .get_item()
+            .table_name(&self.workers_table)
+            .key(WORKER_ID, s(worker))
+            .consistent_read(false);
+        Ok(self
+            .send("GetItem", &self.workers_table, || get.clone().send())
+            .await?
+            .map_err(|ConditionFailed| unreachable_condition("GetItem"))?
+            .item
+            .and_then(|item| heartbeat_from_item(&item)))
+    }
+
+    async fn offer_leases(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<bool, LeaseStoreError> {
+        self.change_offers(worker, keys, "ADD").await
+    }
+
+    async fn clear_offers(
+        &self,
+        worker: &str,
+        keys: &BTreeSet<String>,
+    ) -> Result<(), LeaseStoreError> {
+        self.change_offers(worker, keys, "DELETE").await.map(drop)
     }
 
     async fn request_eviction(&self, worker: &str, evict: bool) -> Result<bool, LeaseStoreError> {
