@@ -50,6 +50,16 @@ struct SimWorker {
     stalled_beat: Option<Duration>,
     next_heartbeat: Duration,
     next_round: Duration,
+    /// The next read of its own heartbeat item (`watch_interval`).
+    next_watch: Duration,
+}
+
+/// What a simulated worker does at its next step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum StepKind {
+    Heartbeat,
+    Round,
+    Watch,
 }
 
 /// A fault injected into one worker.
@@ -173,7 +183,16 @@ impl FleetSim {
             stalled_beat: None,
             next_heartbeat: self.now + self.config.heartbeat_interval,
             next_round: self.now + self.config.assignment_interval.mul_f64(round_phase),
+            next_watch: self.now + self.watch_interval().mul_f64(round_phase),
         });
+    }
+
+    /// How often workers read their own heartbeat item; when the watch is
+    /// off, a span no step is ever due in.
+    fn watch_interval(&self) -> Duration {
+        self.config
+            .watch_interval
+            .unwrap_or(Duration::from_secs(1_000_000_000))
     }
 
     /// Removes a random worker; `clean` releases its leases and heartbeat.
@@ -211,27 +230,40 @@ impl FleetSim {
     /// runs it (a paused worker's steps wait until its pause ends; a stalled
     /// worker's calls hang until its stall ends).
     async fn step(&mut self) {
-        let Some((index, is_round)) = self
+        let Some((index, kind)) = self
             .workers
             .iter()
             .enumerate()
             .flat_map(|(i, w)| {
                 let ready = |at: Duration| at.max(w.paused_until);
                 [
-                    (ready(w.next_heartbeat), i, false),
-                    (ready(w.next_round), i, true),
+                    (ready(w.next_heartbeat), i, StepKind::Heartbeat),
+                    (ready(w.next_round), i, StepKind::Round),
+                    (ready(w.next_watch), i, StepKind::Watch),
                 ]
             })
             .min()
-            .map(|(_, i, round)| (i, round))
+            .map(|(_, i, kind)| (i, kind))
         else {
             return;
         };
+        let watch_interval = self.watch_interval();
         let interval = self.config.heartbeat_interval;
         let round_interval = self.config.assignment_interval;
         let base = self.base;
         let worker = &mut self.workers[index];
-        if is_round {
+        if kind == StepKind::Watch {
+            self.now = self.now.max(worker.next_watch.max(worker.paused_until));
+            worker.next_watch = self.now + watch_interval;
+            if self.now < worker.stalled_until {
+                worker.next_watch = worker.stalled_until;
+                return;
+            }
+            let now = base + self.now;
+            if let Err(error) = worker.coordinator.watch(|| now).await {
+                tracing::debug!(now = ?self.now, worker = %worker.id, %error, "simulated watch failed");
+            }
+        } else if kind == StepKind::Round {
             self.now = self.now.max(worker.next_round.max(worker.paused_until));
             worker.next_round = self.now + round_interval;
             if self.now < worker.stalled_until {

@@ -105,6 +105,8 @@ pub struct LeaseCoordinator<S: ?Sized> {
     /// one watch interval after the receivers were told, so that each
     /// receiver is already checking the lease when it is released.
     handing: BTreeMap<String, Instant>,
+    /// Whether the last assignment round acted as a draining worker.
+    round_drained: bool,
 }
 
 /// What the coordinator's loops and its handles share.
@@ -130,6 +132,11 @@ struct Shared {
     /// read. A lease handed to a worker that is draining or gone by then
     /// is released to no one (see [`CoordinatorHandle::release`]).
     workers_seen: std::sync::Mutex<Option<BTreeMap<String, bool>>>,
+    /// Leases handed to this worker that it took note of (asked for, found
+    /// in a round, or offered), and leases it published: at a clean stop,
+    /// the first that are not among the second are released (see
+    /// [`release_leftovers`]).
+    arrivals: std::sync::Mutex<(BTreeSet<String>, BTreeSet<String>)>,
     /// Owners with no heartbeat whose leases' counters keep moving (Java
     /// KCL workers on this table), with those leases, as of the last round.
     foreign_owners: std::sync::Mutex<BTreeMap<String, Vec<String>>>,
@@ -142,6 +149,20 @@ struct Shared {
 }
 
 impl Shared {
+    /// Notes leases handed to this worker (`received`) or published by it.
+    fn note_arrivals<'a>(&self, keys: impl IntoIterator<Item = &'a String>, published: bool) {
+        let mut arrivals = self
+            .arrivals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let set = if published {
+            &mut arrivals.1
+        } else {
+            &mut arrivals.0
+        };
+        set.extend(keys.into_iter().cloned());
+    }
+
     /// Drains while stopping or evicted.
     fn update_draining(&self) {
         let draining = self.stopping.load(Ordering::SeqCst) || self.evicted.load(Ordering::SeqCst);
@@ -403,6 +424,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             evicted: Default::default(),
             receivers: AtomicUsize::new(0),
             workers_seen: Default::default(),
+            arrivals: Default::default(),
             foreign_owners: Default::default(),
             streams: std::sync::Mutex::new(config.scope.announced()),
             stalled: Default::default(),
@@ -418,6 +440,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             shared,
             awaiting: BTreeMap::new(),
             handing: BTreeMap::new(),
+            round_drained: false,
         };
         Ok((coordinator, handle))
     }
@@ -501,6 +524,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         &mut self,
         clock: impl Fn() -> Instant,
     ) -> Result<RoundReport, LeaseStoreError> {
+        self.round_drained = false;
         let began = clock();
         let epoch_at_start = self.shared.heart.live_epoch(began);
         let mut leases = self.store.list_leases().await?;
@@ -531,6 +555,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         leases.retain(|lease| !not_retaken.contains(&lease.key));
 
         let draining = *self.shared.draining.borrow();
+        self.round_drained = draining;
         let (workers, stopping) = assignment::planning_workers(
             &self.config.worker_id,
             self.tracker.live_workers(),
@@ -562,6 +587,9 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             self.carry_out(&plan, &mut leases, (ended, epoch), &mut report)
                 .await?;
             self.await_handed_to_me(&leases, (ended, epoch));
+            if self.config.watch_interval.is_none() {
+                self.clear_own_offers(&heartbeats).await?;
+            }
         }
         // As this round leaves the table: after its own takes.
         record_group(&leases, report.live_workers);
@@ -618,6 +646,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                         moving.key.clone(),
                         (read + self.config.failover_time, epoch),
                     );
+                    self.shared.note_arrivals([&moving.key], false);
                     leases[index] = moving;
                 }
                 Err(LeaseStoreError::LeaseLost { .. }) => report.contended += 1,
@@ -649,7 +678,25 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             let Some(lease) = leases.iter_mut().find(|lease| lease.key == key) else {
                 continue;
             };
-            match self.store.request_handoff(lease, to).await {
+            let requested = match self.store.request_handoff(lease, to).await {
+                Ok(moving) => Ok(moving),
+                // A request may take effect though its answer is an error
+                // (or its retry then fails the condition): read what is
+                // there.
+                Err(error) => match read_own_lease(&*self.store, key).await {
+                    Ok(Some(now))
+                        if now.owner.as_deref() == Some(to)
+                            && now.checkpoint_owner.as_deref()
+                                == Some(self.config.worker_id.as_str())
+                            && now.counter == lease.counter =>
+                    {
+                        Ok(now)
+                    }
+                    Ok(_) => Err(error),
+                    Err(read_error) => Err(read_error),
+                },
+            };
+            match requested {
                 Ok(moving) => {
                     info!(lease = %key, to = %to, "handing lease over");
                     metrics::counter!(crate::metrics::LEASE_HANDOFFS, "event" => "handed_over")
@@ -659,7 +706,12 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     *lease = moving;
                 }
                 Err(LeaseStoreError::LeaseLost { .. }) => report.contended += 1,
-                Err(error) => return Err(error),
+                Err(error) => {
+                    // Those already handed over are still told and held
+                    // back; the rest wait for the next round.
+                    warn!(%error, "handing leases over failed; trying again at the next round");
+                    break;
+                }
             }
         }
         for (to, keys) in offers {
@@ -670,10 +722,19 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             }
             match told {
                 Ok(true) => {}
-                Ok(false) => debug!(
-                    to = %to,
-                    "the receiver has no heartbeat any more; failover settles its leases"
-                ),
+                Ok(false) => {
+                    debug!(to = %to, "the receiver has no heartbeat any more");
+                    // Its consumers release these to no one.
+                    if let Some(seen) = self
+                        .shared
+                        .workers_seen
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .as_mut()
+                    {
+                        seen.remove(to);
+                    }
+                }
                 Err(error) => warn!(
                     to = %to,
                     %error,
@@ -687,8 +748,17 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
 
     /// Lets the consumers release the leases this worker [handed
     /// over](Self::hand_over) whose hold has ended at `now`: publishes them
-    /// as asked for.
-    pub fn let_go(&mut self, now: Instant) {
+    /// as asked for. A worker that is not stopping (evicted) reads the
+    /// workers table first, as a stopping one does at every drain poll, so
+    /// that a lease whose receiver has stopped meanwhile is released to no
+    /// one (see [`CoordinatorHandle::release`]).
+    pub async fn let_go(&mut self, now: Instant) {
+        if !self.shared.stopping.load(Ordering::SeqCst) {
+            match self.store.list_heartbeats().await {
+                Ok(heartbeats) => self.note_workers(&heartbeats),
+                Err(error) => debug!(%error, "reading the workers table before a release failed"),
+            }
+        }
         let due: Vec<String> = self
             .handing
             .iter()
@@ -727,7 +797,22 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                 self.awaiting
                     .entry(lease.key.clone())
                     .or_insert((read + self.config.failover_time, epoch));
+                self.shared.note_arrivals([&lease.key], false);
             }
+        }
+    }
+
+    /// Clears the offers on this worker's own heartbeat item, as read in a
+    /// round, when it does not watch them: the round found those leases
+    /// itself.
+    async fn clear_own_offers(
+        &self,
+        heartbeats: &[crate::WorkerHeartbeat],
+    ) -> Result<(), LeaseStoreError> {
+        let me = self.config.worker_id.as_str();
+        match heartbeats.iter().find(|h| h.worker == me) {
+            Some(own) if !own.offered.is_empty() => self.store.clear_offers(me, &own.offered).await,
+            _ => Ok(()),
         }
     }
 
@@ -750,6 +835,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             return Ok(false);
         }
         let now = clock();
+        self.shared.note_arrivals(&item.offered, false);
         let accepting = !*self.shared.draining.borrow() && !self.shared.heart.retake_pending();
         let mut added = false;
         if let Some(epoch) = self.shared.heart.live_epoch(now).filter(|_| accepting) {
@@ -813,6 +899,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             report_lost(key);
         }
         report.held = held.len();
+        self.shared.note_arrivals(held.keys(), true);
         self.shared.held.send_if_modified(|published| {
             let changed = *published != held;
             *published = held;
@@ -999,16 +1086,22 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                 continue;
             };
             match lease {
+                Some(lease) if !self.config.scope.includes(&lease) => {
+                    self.awaiting.remove(&key);
+                }
                 Some(lease)
                     if lease.owner.as_deref() == Some(me.as_str())
                         && !lease.handoff_in_progress() =>
                 {
                     self.awaiting.remove(&key);
                     // A lease received after a loss of liveness waits for
-                    // the next round, which takes it anew first.
+                    // the next round, which takes it anew first; one
+                    // received as this worker stops is released at the stop.
                     if let Some(token) = lease.token()
                         && self.shared.heart.live_epoch(now) == Some(asked_in)
+                        && !self.shared.stopping.load(Ordering::SeqCst)
                     {
+                        self.shared.note_arrivals([&key], true);
                         debug!(lease = %key, "handoff completed");
                         metrics::counter!(crate::metrics::LEASE_HANDOFFS, "event" => "received")
                             .increment(1);
@@ -1079,11 +1172,9 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             tokio::select! {
                 () = shutdown => {
                     let limit = heartbeat::now() + failover_time;
-                    let published: BTreeSet<String> = shared.held.borrow().keys().cloned().collect();
-                    let arrivals = release_arrivals(&*store, &worker_id, &scope, &published);
-                    if let Err(error) = bounded(limit, arrivals).await
-                    {
-                        warn!(%error, "could not release the leases handed over too late");
+                    let leftovers = release_leftovers(&*store, &worker_id, &scope, &shared);
+                    if let Err(error) = bounded(limit, leftovers).await {
+                        warn!(%error, "could not release the leases left over at the stop");
                     }
                 }
                 // The heartbeat is not removed: it is the other process's.
@@ -1140,7 +1231,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                     next_poll = now() + self.config.handoff_poll_interval;
                 }
                 () = tokio::time::sleep_until(self.next_let_go().into()), if !self.handing.is_empty() => {
-                    self.let_go(now());
+                    let limit = now() + self.config.failover_time;
+                    let _ = tokio::time::timeout_at(limit.into(), self.let_go(now())).await;
                 }
                 () = tokio::time::sleep_until(next_watch.into()), if watch_interval.is_some() => {
                     let limit = now() + self.config.failover_time;
@@ -1165,6 +1257,9 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
                         warn!(%error, "assignment round failed; retrying at the next one");
                     }
                     next_round = self.next_round(started).max(now());
+                    // A round that began draining by itself (an eviction it
+                    // read) has handed the leases over already.
+                    was_draining |= self.round_drained;
                     next_poll = now() + self.config.handoff_poll_interval;
                 }
             }
@@ -1172,33 +1267,52 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
     }
 }
 
-/// At a clean stop (the scheduler has stopped every consumer): releases
-/// the leases this worker owns but never published (`published` are the
-/// ones it did): handed to it as it stopped (a handoff it asked for, or a
-/// draining worker started, that completed after its last round), so that
-/// a live worker takes them at its next round instead of after the
-/// failover time. Leases it published and did not release (a processor
-/// that never returned, a stream created again) are left to expire.
-async fn release_arrivals<S: LeaseStore + ?Sized>(
+/// At a clean stop (the scheduler has stopped every consumer), releases
+/// what would otherwise wait for the failover time:
+/// - leases handed to this worker as it stopped (a handoff it asked for, a
+///   lease a draining worker handed it) that it never published;
+/// - leases it was handing over and no longer publishes (its token went
+///   stale, as after an operator's reset): the handoff is completed.
+///
+/// Leases it published and did not release (a processor that never
+/// returned, a stream created again) are left to expire, and nothing is
+/// done by a worker that is not alive or has yet to take its own leases
+/// anew (another process with its id may be processing them).
+async fn release_leftovers<S: LeaseStore + ?Sized>(
     store: &S,
     me: &str,
     scope: &crate::LeaseScope,
-    published: &BTreeSet<String>,
+    shared: &Shared,
 ) -> Result<(), LeaseStoreError> {
+    if shared.heart.live_epoch(heartbeat::now()).is_none() || shared.heart.retake_pending() {
+        return Ok(());
+    }
+    let held: BTreeSet<String> = shared.held.borrow().keys().cloned().collect();
+    let (arrived, published) = shared
+        .arrivals
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    if arrived.is_empty() && published.is_empty() {
+        return Ok(());
+    }
     let leases = store.list_leases().await?;
     for lease in leases.iter().filter(|lease| {
-        scope.includes(lease)
-            && lease.owner.as_deref() == Some(me)
+        let unstarted_arrival = lease.owner.as_deref() == Some(me)
             && !lease.handoff_in_progress()
-            && !lease.is_finished()
-            && !published.contains(&lease.key)
+            && arrived.contains(&lease.key)
+            && !published.contains(&lease.key);
+        let stale_handoff = lease.checkpoint_owner.as_deref() == Some(me)
+            && published.contains(&lease.key)
+            && !held.contains(&lease.key);
+        scope.includes(lease) && !lease.is_finished() && (unstarted_arrival || stale_handoff)
     }) {
         let Some(token) = lease.token() else {
             continue;
         };
         match store.release_lease(&token).await {
             Ok(()) => {
-                info!(lease = %lease.key, "released a lease handed over as this worker stopped")
+                info!(lease = %lease.key, to = ?lease.checkpoint_owner.as_ref().and(lease.owner.as_ref()), "released a lease left over at the stop")
             }
             Err(LeaseStoreError::LeaseLost { .. }) => {}
             Err(error) => return Err(error),

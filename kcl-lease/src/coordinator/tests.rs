@@ -612,10 +612,24 @@ async fn a_lease_that_arrives_as_its_receiver_stops_is_released_at_the_stop() {
     let b_task = tokio::spawn(b.run(async {
         let _ = stopped.await;
     }));
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // b asked, a released, and b stops before any round or poll of its
-    // saw the lease.
+    // After b's first round: a hands the lease to b and tells it; b's
+    // watch notes it and waits for the release.
+    tokio::time::sleep(S(2)).await;
     table.request_handoff(&held_by_a, "b").await.unwrap();
+    let key: BTreeSet<String> = [held_by_a.key.clone()].into();
+    assert!(table.offer_leases("b", &key).await.unwrap());
+    // (Between two of its checks, 100 ms apart.)
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    assert!(
+        table
+            .get_heartbeat("b")
+            .await
+            .unwrap()
+            .unwrap()
+            .offered
+            .is_empty()
+    );
+    // a releases, and b stops before its next check of the lease.
     table
         .release_lease(&held_by_a.token().unwrap())
         .await
@@ -628,6 +642,61 @@ async fn a_lease_that_arrives_as_its_receiver_stops_is_released_at_the_stop() {
     b_task.await.unwrap().unwrap();
     let lease = table.list_leases().await.unwrap().remove(0);
     assert_eq!(lease.owner, None, "{lease:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_process_that_stops_before_taking_its_leases_anew_releases_nothing() {
+    // A lease another process with the id "b" may still be processing.
+    let table = table_with(1).await;
+    let seen = table.list_leases().await.unwrap().remove(0);
+    table.take_lease(&seen, "b").await.unwrap();
+    let (b, _) = coordinator(&table, "b");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let b_task = tokio::spawn(b.run(async {
+        let _ = stopped.await;
+    }));
+    // Even offered to b (as if handed to it), before b's first round.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let key: BTreeSet<String> = [seen.key.clone()].into();
+    assert!(table.offer_leases("b", &key).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        table
+            .get_heartbeat("b")
+            .await
+            .unwrap()
+            .unwrap()
+            .offered
+            .is_empty()
+    );
+    stop.send(()).unwrap();
+    b_task.await.unwrap().unwrap();
+    let lease = table.list_leases().await.unwrap().remove(0);
+    assert_eq!(lease.owner.as_deref(), Some("b"), "{lease:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_hand_over_whose_answer_was_lost_still_tells_the_receiver() {
+    let table = table_with(2).await;
+    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
+    let (a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
+    tokio::spawn(a.run(std::future::pending()));
+    let mut held = a_handle.held();
+    while held.borrow_and_update().len() < 2 {
+        held.changed().await.unwrap();
+    }
+    let (b, _) = coordinator(&table, "b");
+    b.heartbeat(heartbeat::now).await.unwrap();
+    // The first request takes effect, and its answer is an error.
+    faults.only(&[Call::RequestHandoff]);
+    faults.apply_then_fail(1);
+    a_handle.stop_taking();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(faults.applied_and_failed().len(), 1);
+    let offered = table.get_heartbeat("b").await.unwrap().unwrap().offered;
+    assert_eq!(offered.len(), 2, "both handed over and told: {offered:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(a_handle.handoffs_requested().len(), 2);
 }
 
 #[tokio::test(start_paused = true)]

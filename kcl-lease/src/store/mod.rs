@@ -207,11 +207,9 @@ pub trait LeaseStore: Send + Sync + 'static {
     /// Every worker's last heartbeat.
     async fn list_heartbeats(&self) -> Result<Vec<WorkerHeartbeat>, LeaseStoreError>;
 
-    /// One worker's heartbeat item, or `None` if it has none. The one read
-    /// that may be a moment stale (an eventually consistent read, at half
-    /// the cost): each worker reads its own item often, to learn of leases
-    /// handed to it and of an operator's eviction, and a stale answer only
-    /// delays that to the next read.
+    /// One worker's heartbeat item, or `None` if it has none. Each worker
+    /// reads its own item often (one small read), to learn of leases handed
+    /// to it and of an operator's eviction.
     async fn get_heartbeat(&self, worker: &str)
     -> Result<Option<WorkerHeartbeat>, LeaseStoreError>;
 

@@ -883,7 +883,7 @@ impl LeaseStore for DynamoDbLeaseStore {
             .get_item()
             .table_name(&self.workers_table)
             .key(WORKER_ID, s(worker))
-            .consistent_read(false);
+            .consistent_read(true);
         Ok(self
             .send("GetItem", &self.workers_table, || get.clone().send())
             .await?
