@@ -437,6 +437,99 @@ async fn sigterm_hands_shards_over_before_they_could_expire_and_nothing_is_proce
     assert_eq!(data, wanted);
 }
 
+/// A planned stop does not wait for the other workers' rounds: the
+/// stopping worker hands each shard to its receiver itself, and the
+/// receiver, watching its own heartbeat item, starts it as soon as it is
+/// released. Rounds here are 30 s apart, so a stop that waited for one
+/// would take up to 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_hands_every_shard_over_within_seconds_without_waiting_for_a_round() {
+    let aws = LocalAws::connect();
+    let kinesis = aws.kinesis();
+    let (stream, app) = (unique_name("recorder-fast"), unique_name("recorder-fast-app"));
+    create_stream(&kinesis, &stream, 4).await;
+    let out = output_dir("recorder-fast-out");
+    let dir = out.path();
+    let outputs: Vec<PathBuf> = (0..2).map(|n| dir.join(format!("w{n}.jsonl"))).collect();
+    let flags = ["--assignment-interval-ms", "30000"];
+    // Started together, they split the shards at their first rounds.
+    let mut replicas = Processes(
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(n, out)| {
+                start_recorder(RECORDER, &aws, &stream, &app, &format!("w{n}"), out, &flags)
+            })
+            .collect(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while lease_owners(&aws, &app).await.get("w0") != Some(&2)
+        || lease_owners(&aws, &app).await.get("w1") != Some(&2)
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never balanced");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let producer = OrderedProducer::start(kinesis.clone(), &stream, 16, Duration::from_millis(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let signalled_ms = epoch_ms();
+    terminate(&replicas.0[0]);
+    let status = replicas.0[0].wait().expect("wait for w0");
+    assert!(status.success(), "w0 exited with {status}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let written = producer.stop().await;
+    wait_for_lines(&outputs, written.len()).await;
+    stop_all(&mut replicas);
+
+    let lines: Vec<_> = outputs
+        .iter()
+        .flat_map(|output| read_lines(output).unwrap())
+        .collect();
+    // Each shard w0 was processing when signalled: the first record w1
+    // processed on it afterwards.
+    let mut last_before: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+    let mut first_after: BTreeMap<&str, u64> = BTreeMap::new();
+    for line in &lines {
+        if line.processed_ms <= signalled_ms {
+            let last = last_before.entry(&line.shard).or_insert((0, ""));
+            if line.processed_ms >= last.0 {
+                *last = (line.processed_ms, &line.worker);
+            }
+        } else if line.worker == "w1" {
+            let first = first_after.entry(&line.shard).or_insert(u64::MAX);
+            *first = (*first).min(line.processed_ms);
+        }
+    }
+    let moved: Vec<&str> = last_before
+        .iter()
+        .filter(|(_, (_, worker))| *worker == "w0")
+        .map(|(shard, _)| *shard)
+        .collect();
+    assert_eq!(moved.len(), 2, "w0 was processing two shards: {last_before:?}");
+    for shard in moved {
+        let took = first_after
+            .get(shard)
+            .map(|first| first - signalled_ms)
+            .unwrap_or_else(|| panic!("{shard} never processed by w1 after the stop"));
+        assert!(
+            took < 5_000,
+            "{shard}: {took} ms from SIGTERM to its new owner's first record"
+        );
+    }
+    let mut data: Vec<&str> = lines.iter().map(|l| l.data.as_str()).collect();
+    assert_eq!(data.len(), written.len(), "no record processed twice");
+    data.sort_unstable();
+    let mut wanted: Vec<&str> = written.iter().map(String::as_str).collect();
+    wanted.sort_unstable();
+    assert_eq!(data, wanted);
+}
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorder_reads_through_enhanced_fan_out() {
     let aws = LocalAws::connect();
