@@ -3,10 +3,10 @@
 //!
 //! The request is a mark on the worker's heartbeat item
 //! ([`request_eviction`](kcl_lease::LeaseStore::request_eviction)). The
-//! worker sees it at its next assignment round and drains as a stopping
-//! worker does (it announces it, the others ask for its leases, it hands
-//! each over after its batch in flight, checkpointed), but goes on
-//! running. The mark lasts until cancelled or until the process stops: a
+//! worker sees it at its next read of its own item (its watch, every
+//! 500 ms by default; at its next assignment round with the watch off) and
+//! drains as a stopping worker does (it hands each lease to a receiver
+//! after its batch in flight, checkpointed), but goes on running. The mark lasts until cancelled or until the process stops: a
 //! worker started again under the same id takes leases.
 
 use std::time::Duration;
@@ -98,8 +98,8 @@ impl Eviction {
                 self.worker, self.leases_held
             ),
             (true, None) => format!(
-                "{}: evicted; it hands its {} leases over from its next assignment round and \
-                 goes on running\n",
+                "{}: evicted; it hands its {} leases over within about a second (at its next \
+                 assignment round if it does not watch its heartbeat item) and goes on running\n",
                 self.worker, self.leases_held
             ),
             (true, Some(true)) => format!("{}: evicted; it holds no lease now\n", self.worker),

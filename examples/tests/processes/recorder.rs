@@ -446,7 +446,10 @@ async fn sigterm_hands_shards_over_before_they_could_expire_and_nothing_is_proce
 async fn sigterm_hands_every_shard_over_within_seconds_without_waiting_for_a_round() {
     let aws = LocalAws::connect();
     let kinesis = aws.kinesis();
-    let (stream, app) = (unique_name("recorder-fast"), unique_name("recorder-fast-app"));
+    let (stream, app) = (
+        unique_name("recorder-fast"),
+        unique_name("recorder-fast-app"),
+    );
     create_stream(&kinesis, &stream, 4).await;
     let out = output_dir("recorder-fast-out");
     let dir = out.path();
@@ -505,7 +508,11 @@ async fn sigterm_hands_every_shard_over_within_seconds_without_waiting_for_a_rou
         .filter(|(_, (_, worker))| *worker == "w0")
         .map(|(shard, _)| *shard)
         .collect();
-    assert_eq!(moved.len(), 2, "w0 was processing two shards: {last_before:?}");
+    assert_eq!(
+        moved.len(),
+        2,
+        "w0 was processing two shards: {last_before:?}"
+    );
     for shard in moved {
         let took = first_after
             .get(shard)

@@ -17,8 +17,12 @@
 //!   with its id may have left them.
 //! - assignment rounds, every `assignment_interval`, and also at the moment
 //!   an owner would expire: read both tables, judge liveness, compute the
-//!   [plan](crate::assignment), take free leases and ask for handoffs, then
-//!   publish the leases this worker processes.
+//!   [plan](crate::assignment), take free leases and ask for handoffs (a
+//!   draining worker hands its own leases to the plan's receivers instead),
+//!   then publish the leases this worker processes. Between rounds, it
+//!   checks the leases it waits for every `handoff_poll_interval`, and
+//!   reads its own heartbeat item every `watch_interval` (leases handed to
+//!   it, an operator's eviction).
 //!
 //! The held leases are published on a `watch` channel, each with the epoch
 //! of liveness it was published in; the scheduler starts a shard consumer
@@ -253,10 +257,12 @@ impl<S: ?Sized> Clone for CoordinatorHandle<S> {
 
 impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
     /// Starts draining (the worker is stopping): takes and asks for no more
-    /// leases, announces it in a heartbeat at once so that other workers
-    /// ask for this worker's leases, runs one round at once and then reads
-    /// its own leases every `handoff_poll_interval` to see their requests
-    /// quickly. The leases already held stay published until released.
+    /// leases, announces it in a heartbeat at once, runs one round at once
+    /// that hands its leases over to the
+    /// plan's receivers, and then, every `handoff_poll_interval`, reads the
+    /// workers table and its own leases not yet asked for (requests other
+    /// workers wrote). The leases already held stay published until
+    /// released.
     pub fn stop_taking(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.update_draining();
@@ -746,8 +752,8 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         Ok(())
     }
 
-    /// Lets the consumers release the leases this worker [handed
-    /// over](Self::hand_over) whose hold has ended at `now`: publishes them
+    /// Lets the consumers release the leases this worker handed over (see
+    /// `hand_over`) whose hold has ended at `now`: publishes them
     /// as asked for. A worker that is not stopping (evicted) reads the
     /// workers table first, as a stopping one does at every drain poll, so
     /// that a lease whose receiver has stopped meanwhile is released to no
@@ -818,7 +824,7 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
 
     /// Reads this worker's own heartbeat item (one small read, every
     /// `watch_interval`): follows an operator's eviction mark, and watches
-    /// the leases draining workers [handed](Self::hand_over) to it until
+    /// the leases draining workers handed to it (see `hand_over`) until
     /// they are released, then clears them from the item. Returns whether
     /// there are new leases to watch (to check at once).
     ///
