@@ -13,8 +13,11 @@
 //! cargo bench -p kcl-examples --bench rolling_restart
 //! ```
 //!
-//! Settings are the defaults (10 s failover, 10 s assignment rounds, 200 ms
-//! handoff polls), 6 shards, 16 keys written every 20 ms.
+//! Settings are the defaults (10 s failover, 10 s assignment rounds, 100 ms
+//! handoff polls, 500 ms watch), 6 shards, 16 keys written every 20 ms.
+//! Run with `KCL_WATCH_INTERVAL_MS=0 KCL_HANDOFF_POLL_INTERVAL_MS=200` in
+//! the environment (the recorders inherit it) for the row without the
+//! watch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;

@@ -167,6 +167,27 @@ impl Shared {
         set.extend(keys.into_iter().cloned());
     }
 
+    /// Forgets a lease this worker released.
+    fn forget_arrival(&self, key: &str) {
+        let mut arrivals = self
+            .arrivals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        arrivals.0.remove(key);
+        arrivals.1.remove(key);
+    }
+
+    /// Whether `worker` could receive a lease, by the last read of the
+    /// workers table: it has a heartbeat and is not draining (any worker
+    /// before the first read).
+    fn can_receive(&self, worker: &str) -> bool {
+        self.workers_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            .is_none_or(|seen| seen.get(worker) == Some(&false))
+    }
+
     /// Drains while stopping or evicted.
     fn update_draining(&self) {
         let draining = self.stopping.load(Ordering::SeqCst) || self.evicted.load(Ordering::SeqCst);
@@ -366,6 +387,11 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
             }
             None => self.store.release_lease(token).await,
         };
+        if result.is_ok() {
+            // No longer this worker's: should it come back, it is a new
+            // arrival (see `release_leftovers`).
+            self.shared.forget_arrival(&token.key);
+        }
         if result.is_ok() || result.as_ref().is_err_and(LeaseStoreError::is_lease_lost) {
             self.shared.held.send_if_modified(|held| {
                 let ours = held.get(&token.key).is_some_and(|h| h.token == *token);
@@ -390,15 +416,7 @@ impl<S: LeaseStore + ?Sized> CoordinatorHandle<S> {
             .filter(|h| h.token == *token)
             .and_then(|h| h.lease.owner.clone())
             .filter(|owner| *owner != token.worker)?;
-        let seen = self
-            .shared
-            .workers_seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let fit = seen
-            .as_ref()
-            .is_none_or(|seen| seen.get(&receiver) == Some(&false));
-        (!fit).then_some(receiver)
+        (!self.shared.can_receive(&receiver)).then_some(receiver)
     }
 
     /// The store the coordinator works on (for checkpoints).
@@ -593,8 +611,10 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
             self.carry_out(&plan, &mut leases, (ended, epoch), &mut report)
                 .await?;
             self.await_handed_to_me(&leases, (ended, epoch));
-            if self.config.watch_interval.is_none() {
-                self.clear_own_offers(&heartbeats).await?;
+            if self.config.watch_interval.is_none()
+                && let Err(error) = self.clear_own_offers(&heartbeats).await
+            {
+                debug!(%error, "clearing this worker's offers failed; trying at the next round");
             }
         }
         // As this round leaves the table: after its own takes.
@@ -722,9 +742,12 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
         }
         for (to, keys) in offers {
             let told = self.store.offer_leases(to, &keys).await;
-            let release_at = clock() + hold;
-            for key in &keys {
-                self.handing.insert(key.clone(), release_at);
+            // Nobody to wait for when the receiver is gone.
+            if !matches!(told, Ok(false)) {
+                let release_at = clock() + hold;
+                for key in &keys {
+                    self.handing.insert(key.clone(), release_at);
+                }
             }
             match told {
                 Ok(true) => {}
@@ -760,9 +783,13 @@ impl<S: LeaseStore + ?Sized> LeaseCoordinator<S> {
     /// one (see [`CoordinatorHandle::release`]).
     pub async fn let_go(&mut self, now: Instant) {
         if !self.shared.stopping.load(Ordering::SeqCst) {
-            match self.store.list_heartbeats().await {
-                Ok(heartbeats) => self.note_workers(&heartbeats),
-                Err(error) => debug!(%error, "reading the workers table before a release failed"),
+            let read = tokio::time::timeout(LET_GO_READ_LIMIT, self.store.list_heartbeats()).await;
+            match read {
+                Ok(Ok(heartbeats)) => self.note_workers(&heartbeats),
+                Ok(Err(error)) => {
+                    debug!(%error, "reading the workers table before a release failed")
+                }
+                Err(_) => debug!("reading the workers table before a release took too long"),
             }
         }
         let due: Vec<String> = self
@@ -1316,9 +1343,16 @@ async fn release_leftovers<S: LeaseStore + ?Sized>(
         let Some(token) = lease.token() else {
             continue;
         };
-        match store.release_lease(&token).await {
+        let receiver = lease.checkpoint_owner.as_ref().and(lease.owner.as_ref());
+        let released = match receiver {
+            Some(receiver) if !shared.can_receive(receiver) => {
+                store.release_lease_unowned(&token).await
+            }
+            _ => store.release_lease(&token).await,
+        };
+        match released {
             Ok(()) => {
-                info!(lease = %lease.key, to = ?lease.checkpoint_owner.as_ref().and(lease.owner.as_ref()), "released a lease left over at the stop")
+                info!(lease = %lease.key, to = ?receiver, "released a lease left over at the stop")
             }
             Err(LeaseStoreError::LeaseLost { .. }) => {}
             Err(error) => return Err(error),
@@ -1326,6 +1360,10 @@ async fn release_leftovers<S: LeaseStore + ?Sized>(
     }
     Ok(())
 }
+
+/// How long an evicted worker waits for its read of the workers table before
+/// it lets the leases it handed over go (without it, as last read).
+const LET_GO_READ_LIMIT: Duration = Duration::from_secs(1);
 
 /// How long a worker waits after its first heartbeat before its first
 /// assignment round: a tenth of the assignment interval, at most 1 s.

@@ -700,6 +700,61 @@ async fn a_hand_over_whose_answer_was_lost_still_tells_the_receiver() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_handoff_whose_token_went_stale_is_completed_at_the_stop() {
+    let table = table_with(1).await;
+    let (a, a_handle) = coordinator(&table, "a");
+    let releaser = a_handle.clone();
+    tokio::spawn(async move {
+        let mut held = releaser.held();
+        while held.changed().await.is_ok() {
+            for token in releaser.handoffs_requested() {
+                let _ = releaser.release(&token).await;
+            }
+        }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let a_task = tokio::spawn(a.run(async {
+        let _ = stopped.await;
+    }));
+    let mut held = a_handle.held();
+    while held.borrow_and_update().is_empty() {
+        held.changed().await.unwrap();
+    }
+    let (b, b_handle) = coordinator(&table, "b");
+    tokio::spawn(b.run(std::future::pending()));
+    tokio::time::sleep(S(2)).await;
+    // a hands the lease to b; an operator's reset moves it meanwhile, so
+    // a's release fails and a no longer publishes it.
+    a_handle.stop_taking();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let seen = table.list_leases().await.unwrap().remove(0);
+    assert_eq!(seen.owner.as_deref(), Some("b"));
+    table
+        .reset_checkpoint(&seen, &ExtendedSequenceNumber::TrimHorizon, None, false)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(a_handle.held().borrow().is_empty());
+    assert_eq!(
+        table.list_leases().await.unwrap()[0]
+            .checkpoint_owner
+            .as_deref(),
+        Some("a"),
+        "still waiting for a"
+    );
+    stop.send(()).unwrap();
+    a_task.await.unwrap().unwrap();
+    let lease = table.list_leases().await.unwrap().remove(0);
+    assert_eq!(
+        (lease.owner.as_deref(), lease.checkpoint_owner.as_deref()),
+        (Some("b"), None),
+        "completed at a's stop: {lease:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(b_handle.held().borrow().len(), 1, "b processes it");
+}
+
+#[tokio::test(start_paused = true)]
 async fn without_the_watch_a_handed_lease_waits_for_the_receivers_round() {
     let table = table_with(2).await;
     let mut handles = Vec::new();
