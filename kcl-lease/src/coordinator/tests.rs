@@ -29,6 +29,47 @@ fn coordinator(store: &InMemoryLeaseStore, worker: &str) -> Pair<InMemoryLeaseSt
     LeaseCoordinator::new(Arc::new(store.client()), LeaseConfig::new(worker)).unwrap()
 }
 
+/// Stand-in for the scheduler: hands over whatever is asked for, at once.
+fn spawn_releaser(handle: &CoordinatorHandle<InMemoryLeaseStore>) {
+    let releaser = handle.clone();
+    tokio::spawn(async move {
+        let mut held = releaser.held();
+        while held.changed().await.is_ok() {
+            for token in releaser.handoffs_requested() {
+                let _ = releaser.release(&token).await;
+            }
+        }
+    });
+}
+
+/// The default settings for `worker`.
+fn defaults(worker: &str) -> LeaseConfig {
+    LeaseConfig::new(worker)
+}
+
+/// Workers "a" and "b" (settings from `config`) running on `table` with
+/// stand-in schedulers, started 3 s apart and left 30 s to balance; their
+/// handles and tasks.
+async fn run_pair(
+    table: &InMemoryLeaseStore,
+    config: impl Fn(&str) -> LeaseConfig,
+) -> (
+    Vec<CoordinatorHandle<InMemoryLeaseStore>>,
+    Vec<tokio::task::JoinHandle<Result<(), LeaseStoreError>>>,
+) {
+    let (mut handles, mut tasks) = (Vec::new(), Vec::new());
+    for worker in ["a", "b"] {
+        let (coordinator, handle) =
+            LeaseCoordinator::new(Arc::new(table.client()), config(worker)).unwrap();
+        spawn_releaser(&handle);
+        tasks.push(tokio::spawn(coordinator.run(std::future::pending())));
+        handles.push(handle);
+        tokio::time::sleep(S(3)).await;
+    }
+    tokio::time::sleep(S(30)).await;
+    (handles, tasks)
+}
+
 fn at(t: Instant) -> impl Fn() -> Instant {
     move || t
 }
@@ -270,26 +311,7 @@ async fn an_observer_with_a_shorter_failover_time_waits_for_the_longer_one() {
 #[tokio::test(start_paused = true)]
 async fn run_balances_then_fails_over_within_failover_plus_one_round() {
     let store = table_with(10).await;
-    let mut tasks = Vec::new();
-    let mut handles = Vec::new();
-    for worker in ["a", "b"] {
-        let (coordinator, handle) =
-            LeaseCoordinator::new(Arc::new(store.client()), LeaseConfig::new(worker)).unwrap();
-        // Stand-in for the scheduler: hand over whatever is asked for.
-        let releaser = handle.clone();
-        tokio::spawn(async move {
-            let mut held = releaser.held();
-            while held.changed().await.is_ok() {
-                for token in releaser.handoffs_requested() {
-                    let _ = releaser.release(&token).await;
-                }
-            }
-        });
-        tasks.push(tokio::spawn(coordinator.run(std::future::pending())));
-        handles.push(handle);
-        tokio::time::sleep(S(3)).await;
-    }
-    tokio::time::sleep(S(30)).await;
+    let (handles, tasks) = run_pair(&store, defaults).await;
     let counts: Vec<usize> = handles.iter().map(|h| h.held().borrow().len()).collect();
     assert_eq!(counts, [5, 5]);
 
@@ -482,25 +504,7 @@ async fn a_stop_that_comes_while_the_coordinator_is_busy_is_acted_on_when_it_is_
 #[tokio::test(start_paused = true)]
 async fn a_receiver_starts_a_lease_handed_to_it_at_its_next_watch_not_its_next_round() {
     let table = table_with(4).await;
-    let mut handles = Vec::new();
-    for worker in ["a", "b"] {
-        let (coordinator, handle) =
-            LeaseCoordinator::new(Arc::new(table.client()), LeaseConfig::new(worker)).unwrap();
-        // Stand-in for the scheduler: hand over whatever is asked for.
-        let releaser = handle.clone();
-        tokio::spawn(async move {
-            let mut held = releaser.held();
-            while held.changed().await.is_ok() {
-                for token in releaser.handoffs_requested() {
-                    let _ = releaser.release(&token).await;
-                }
-            }
-        });
-        tokio::spawn(coordinator.run(std::future::pending()));
-        handles.push(handle);
-        tokio::time::sleep(S(3)).await;
-    }
-    tokio::time::sleep(S(30)).await;
+    let (handles, _) = run_pair(&table, defaults).await;
     let counts: Vec<usize> = handles.iter().map(|h| h.held().borrow().len()).collect();
     assert_eq!(counts, [2, 2]);
 
@@ -526,23 +530,7 @@ async fn a_receiver_starts_a_lease_handed_to_it_at_its_next_watch_not_its_next_r
 #[tokio::test(start_paused = true)]
 async fn an_eviction_is_seen_at_the_next_watch_and_the_leases_handed_over() {
     let table = table_with(2).await;
-    let mut handles = Vec::new();
-    for worker in ["a", "b"] {
-        let (coordinator, handle) = coordinator(&table, worker);
-        let releaser = handle.clone();
-        tokio::spawn(async move {
-            let mut held = releaser.held();
-            while held.changed().await.is_ok() {
-                for token in releaser.handoffs_requested() {
-                    let _ = releaser.release(&token).await;
-                }
-            }
-        });
-        tokio::spawn(coordinator.run(std::future::pending()));
-        handles.push(handle);
-        tokio::time::sleep(S(3)).await;
-    }
-    tokio::time::sleep(S(30)).await;
+    let (handles, _) = run_pair(&table, defaults).await;
     assert_eq!(handles[0].held().borrow().len(), 1);
     let evicted_at = tokio::time::Instant::now();
     assert!(table.request_eviction("a", true).await.unwrap());
@@ -562,15 +550,7 @@ async fn an_eviction_is_seen_at_the_next_watch_and_the_leases_handed_over() {
 async fn a_lease_handed_to_a_worker_that_then_stops_too_is_released_to_no_one() {
     let table = table_with(2).await;
     let (a, a_handle) = coordinator(&table, "a");
-    let releaser = a_handle.clone();
-    tokio::spawn(async move {
-        let mut held = releaser.held();
-        while held.changed().await.is_ok() {
-            for token in releaser.handoffs_requested() {
-                let _ = releaser.release(&token).await;
-            }
-        }
-    });
+    spawn_releaser(&a_handle);
     tokio::spawn(a.run(std::future::pending()));
     let mut held = a_handle.held();
     while held.borrow_and_update().len() < 2 {
@@ -703,15 +683,7 @@ async fn a_hand_over_whose_answer_was_lost_still_tells_the_receiver() {
 async fn a_handoff_whose_token_went_stale_is_completed_at_the_stop() {
     let table = table_with(1).await;
     let (a, a_handle) = coordinator(&table, "a");
-    let releaser = a_handle.clone();
-    tokio::spawn(async move {
-        let mut held = releaser.held();
-        while held.changed().await.is_ok() {
-            for token in releaser.handoffs_requested() {
-                let _ = releaser.release(&token).await;
-            }
-        }
-    });
+    spawn_releaser(&a_handle);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let a_task = tokio::spawn(a.run(async {
         let _ = stopped.await;
@@ -757,26 +729,11 @@ async fn a_handoff_whose_token_went_stale_is_completed_at_the_stop() {
 #[tokio::test(start_paused = true)]
 async fn without_the_watch_a_handed_lease_waits_for_the_receivers_round() {
     let table = table_with(2).await;
-    let mut handles = Vec::new();
-    for worker in ["a", "b"] {
-        let mut config = LeaseConfig::new(worker);
-        config.watch_interval = None;
-        let (coordinator, handle) =
-            LeaseCoordinator::new(Arc::new(table.client()), config).unwrap();
-        let releaser = handle.clone();
-        tokio::spawn(async move {
-            let mut held = releaser.held();
-            while held.changed().await.is_ok() {
-                for token in releaser.handoffs_requested() {
-                    let _ = releaser.release(&token).await;
-                }
-            }
-        });
-        tokio::spawn(coordinator.run(std::future::pending()));
-        handles.push(handle);
-        tokio::time::sleep(S(3)).await;
-    }
-    tokio::time::sleep(S(30)).await;
+    let without_watch = |worker: &str| LeaseConfig {
+        watch_interval: None,
+        ..LeaseConfig::new(worker)
+    };
+    let (handles, _) = run_pair(&table, without_watch).await;
     let stopped_at = tokio::time::Instant::now();
     handles[0].stop_taking();
     let mut b_held = handles[1].held();
