@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
+use kcl_examples::recorder::read_lines;
 use kcl_tests::processes::{Processes, lease_owners, local_aws_env, start_recorder, terminate};
 use kcl_tests::stream::{create_stream, put_records, split_in_half};
 use kcl_tests::{LocalAws, output_dir, unique_name};
@@ -195,7 +196,26 @@ async fn status_lineage_and_lag_of_a_running_fleet() {
     drop(status);
 
     // Lag with every worker stopped: records written since are behind,
-    // by about the time since they were written.
+    // by about the time since they were written. First every record so far
+    // is processed (a stop is too quick to catch up on the way).
+    let outputs = ["worker-a", "worker-b"].map(|w| dir.path().join(format!("{w}.jsonl")));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let processed: std::collections::BTreeSet<String> = outputs
+            .iter()
+            .flat_map(|output| read_lines(output).unwrap_or_default())
+            .map(|line| line.data)
+            .collect();
+        if processed.len() >= 80 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of 80 records processed",
+            processed.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for worker in &fleet.0 {
         terminate(worker);
     }
