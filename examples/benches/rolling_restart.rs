@@ -95,6 +95,21 @@ async fn main() {
     println!("SIGTERM to every shard processing on its new owner, ms: {moved:?}");
 }
 
+/// Per shard, the records in processing order: (processed_ms, worker).
+fn batches_by_shard(lines: &[RecordLine]) -> BTreeMap<&str, Vec<(u64, &str)>> {
+    let mut by_shard: BTreeMap<&str, Vec<(u64, &str)>> = BTreeMap::new();
+    for line in lines {
+        by_shard
+            .entry(&line.shard)
+            .or_default()
+            .push((line.processed_ms, &line.worker));
+    }
+    for batches in by_shard.values_mut() {
+        batches.sort_unstable();
+    }
+    by_shard
+}
+
 fn epoch_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -106,16 +121,7 @@ fn epoch_ms() -> u64 {
 /// shard's last record before the signal) processed a record on another
 /// worker. Asserts that each of them did.
 fn handed_over(lines: &[RecordLine], signals: &[(String, u64)]) -> Vec<u64> {
-    let mut by_shard: BTreeMap<&str, Vec<(u64, &str)>> = BTreeMap::new();
-    for line in lines {
-        by_shard
-            .entry(&line.shard)
-            .or_default()
-            .push((line.processed_ms, &line.worker));
-    }
-    for batches in by_shard.values_mut() {
-        batches.sort_unstable();
-    }
+    let by_shard = batches_by_shard(lines);
     signals
         .iter()
         .map(|(worker, signal)| {
@@ -188,18 +194,9 @@ fn report(lines: &[RecordLine], written: usize, stop_times: &[Duration], took: D
         *copies.entry(&line.data).or_default() += 1;
     }
     let duplicates: usize = copies.values().map(|n| n - 1).sum();
-    // Per shard, batches in processing order: (processed_ms, worker).
-    let mut by_shard: BTreeMap<&str, Vec<(u64, &str)>> = BTreeMap::new();
-    for line in lines {
-        by_shard
-            .entry(&line.shard)
-            .or_default()
-            .push((line.processed_ms, &line.worker));
-    }
     let mut handoff_gaps = Vec::new();
     let mut steady_gaps = Vec::new();
-    for batches in by_shard.values_mut() {
-        batches.sort_unstable();
+    for mut batches in batches_by_shard(lines).into_values() {
         batches.dedup();
         for pair in batches.windows(2) {
             let gap = pair[1].0 - pair[0].0;

@@ -79,6 +79,39 @@ async fn wait_for_lines(outputs: &[PathBuf], n: usize) {
     }
 }
 
+/// Starts recorders "w0" and "w1" (writing `w0.jsonl` and `w1.jsonl` in
+/// `dir`) with `flags`, and waits until they hold two leases each.
+async fn start_balanced_pair(
+    aws: &LocalAws,
+    stream: &str,
+    app: &str,
+    dir: &Path,
+    flags: &[&str],
+) -> (Processes, Vec<PathBuf>) {
+    let outputs: Vec<PathBuf> = (0..2).map(|n| dir.join(format!("w{n}.jsonl"))).collect();
+    let replicas = Processes(
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(n, out)| {
+                start_recorder(RECORDER, aws, stream, app, &format!("w{n}"), out, flags)
+            })
+            .collect(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let owners = lease_owners(aws, app).await;
+        if owners.get("w0") == Some(&2) && owners.get("w1") == Some(&2) {
+            return (replicas, outputs);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never balanced: {owners:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Stops every replica still running with SIGTERM and checks each exits 0.
 fn stop_all(replicas: &mut Processes) {
     for child in &mut replicas.0 {
@@ -370,7 +403,6 @@ async fn sigterm_hands_shards_over_before_they_could_expire_and_nothing_is_proce
     create_stream(&kinesis, &stream, 4).await;
     let out = output_dir("recorder-handoff-out");
     let dir = out.path();
-    let outputs: Vec<PathBuf> = (0..2).map(|n| dir.join(format!("w{n}.jsonl"))).collect();
     // A failover time far longer than a handoff: shards that had to expire
     // would stall for 30 s.
     let flags = [
@@ -379,26 +411,7 @@ async fn sigterm_hands_shards_over_before_they_could_expire_and_nothing_is_proce
         "--assignment-interval-ms",
         "500",
     ];
-    let mut replicas = Processes(
-        outputs
-            .iter()
-            .enumerate()
-            .map(|(n, out)| {
-                start_recorder(RECORDER, &aws, &stream, &app, &format!("w{n}"), out, &flags)
-            })
-            .collect(),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while lease_owners(&aws, &app)
-        .await
-        .values()
-        .copied()
-        .collect::<Vec<_>>()
-        != [2, 2]
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never balanced");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let (mut replicas, outputs) = start_balanced_pair(&aws, &stream, &app, dir, &flags).await;
     let producer = OrderedProducer::start(kinesis.clone(), &stream, 16, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -453,25 +466,9 @@ async fn sigterm_hands_every_shard_over_within_seconds_without_waiting_for_a_rou
     create_stream(&kinesis, &stream, 4).await;
     let out = output_dir("recorder-fast-out");
     let dir = out.path();
-    let outputs: Vec<PathBuf> = (0..2).map(|n| dir.join(format!("w{n}.jsonl"))).collect();
-    let flags = ["--assignment-interval-ms", "30000"];
     // Started together, they split the shards at their first rounds.
-    let mut replicas = Processes(
-        outputs
-            .iter()
-            .enumerate()
-            .map(|(n, out)| {
-                start_recorder(RECORDER, &aws, &stream, &app, &format!("w{n}"), out, &flags)
-            })
-            .collect(),
-    );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while lease_owners(&aws, &app).await.get("w0") != Some(&2)
-        || lease_owners(&aws, &app).await.get("w1") != Some(&2)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never balanced");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let flags = ["--assignment-interval-ms", "30000"];
+    let (mut replicas, outputs) = start_balanced_pair(&aws, &stream, &app, dir, &flags).await;
     let producer = OrderedProducer::start(kinesis.clone(), &stream, 16, Duration::from_millis(20));
     tokio::time::sleep(Duration::from_secs(2)).await;
 

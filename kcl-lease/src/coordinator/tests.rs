@@ -42,6 +42,29 @@ fn spawn_releaser(handle: &CoordinatorHandle<InMemoryLeaseStore>) {
     });
 }
 
+/// Worker "a" running on `table` through a fault proxy, once it holds
+/// every lease, beside worker "b", which has written one heartbeat and
+/// does nothing else: a's handle, its faults and its task.
+async fn a_holding_all_beside_b(
+    table: &InMemoryLeaseStore,
+) -> (
+    CoordinatorHandle<FaultyStore<InMemoryLeaseStore>>,
+    crate::faults::FaultControl,
+    tokio::task::JoinHandle<Result<(), LeaseStoreError>>,
+) {
+    let leases = table.list_leases().await.unwrap().len();
+    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
+    let (a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
+    let task = tokio::spawn(a.run(std::future::pending()));
+    let mut held = a_handle.held();
+    while held.borrow_and_update().len() < leases {
+        held.changed().await.unwrap();
+    }
+    let (b, _) = coordinator(table, "b");
+    b.heartbeat(heartbeat::now).await.unwrap();
+    (a_handle, faults, task)
+}
+
 /// The default settings for `worker`.
 fn defaults(worker: &str) -> LeaseConfig {
     LeaseConfig::new(worker)
@@ -420,15 +443,7 @@ async fn a_waiting_merge_child_never_keeps_its_parent_from_being_taken() {
 #[tokio::test(start_paused = true)]
 async fn a_draining_worker_hands_its_leases_over_itself_and_tells_the_receiver() {
     let table = table_with(4).await;
-    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
-    let (a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
-    let task = tokio::spawn(a.run(std::future::pending()));
-    let mut held = a_handle.held();
-    while held.borrow_and_update().len() < 4 {
-        held.changed().await.unwrap();
-    }
-    let (b, _) = coordinator(&table, "b");
-    b.heartbeat(heartbeat::now).await.unwrap();
+    let (a_handle, faults, task) = a_holding_all_beside_b(&table).await;
 
     a_handle.stop_taking();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -471,15 +486,7 @@ async fn a_draining_worker_hands_its_leases_over_itself_and_tells_the_receiver()
 #[tokio::test(start_paused = true)]
 async fn a_stop_that_comes_while_the_coordinator_is_busy_is_acted_on_when_it_is_done() {
     let table = table_with(2).await;
-    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
-    let (a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
-    tokio::spawn(a.run(std::future::pending()));
-    let mut held = a_handle.held();
-    while held.borrow_and_update().len() < 2 {
-        held.changed().await.unwrap();
-    }
-    let (b, _) = coordinator(&table, "b");
-    b.heartbeat(heartbeat::now).await.unwrap();
+    let (a_handle, faults, _task) = a_holding_all_beside_b(&table).await;
     // a's watch of its own item hangs; the stop comes meanwhile.
     faults.only(&[Call::GetHeartbeat]);
     faults.stall();
@@ -658,15 +665,7 @@ async fn a_process_that_stops_before_taking_its_leases_anew_releases_nothing() {
 #[tokio::test(start_paused = true)]
 async fn a_hand_over_whose_answer_was_lost_still_tells_the_receiver() {
     let table = table_with(2).await;
-    let (faulty, faults) = FaultyStore::new(Arc::new(table.client()));
-    let (a, a_handle) = LeaseCoordinator::new(Arc::new(faulty), LeaseConfig::new("a")).unwrap();
-    tokio::spawn(a.run(std::future::pending()));
-    let mut held = a_handle.held();
-    while held.borrow_and_update().len() < 2 {
-        held.changed().await.unwrap();
-    }
-    let (b, _) = coordinator(&table, "b");
-    b.heartbeat(heartbeat::now).await.unwrap();
+    let (a_handle, faults, _task) = a_holding_all_beside_b(&table).await;
     // The first request takes effect, and its answer is an error.
     faults.only(&[Call::RequestHandoff]);
     faults.apply_then_fail(1);
