@@ -40,7 +40,7 @@
 #![warn(missing_docs)]
 
 pub mod assignment;
-pub mod backoff;
+pub use kcl_backoff as backoff;
 mod checkpoint_writer;
 mod config;
 #[cfg(any(test, feature = "test-util"))]

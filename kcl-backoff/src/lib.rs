@@ -1,12 +1,13 @@
 //! Retries with exponential backoff and jitter: the one retry component every
-//! AWS call of the framework goes through (DynamoDB here, Kinesis in
-//! `kcl-core`).
+//! AWS call of the project goes through (the lease table in `kcl-lease`,
+//! Kinesis reads in `kcl-core`, Kinesis writes in `kcl-producer`).
 //!
 //! The ceiling for attempt `n` is `initial * multiplier^n`, capped at `max`;
 //! the delay is drawn uniformly from the upper half of that ceiling ("equal
 //! jitter"), so workers that were throttled together do not retry together,
 //! and no delay collapses to zero. The randomness is injectable so tests can
 //! check exact delays.
+#![warn(missing_docs)]
 
 use std::future::Future;
 use std::ops::ControlFlow;
@@ -52,6 +53,31 @@ impl BackoffConfig {
             ..self
         }
     }
+
+    /// The delay before retry number `retry` (1 for the first) for a caller
+    /// that counts attempts itself: the delay a [`Backoff`] gives at that
+    /// point, drawn from `rng`. The attempt limit is the caller's.
+    pub fn delay_before_retry(&self, retry: u32, rng: &mut dyn rand::RngCore) -> Duration {
+        let mut ceiling = self.initial.min(self.max);
+        for _ in 1..retry {
+            if ceiling >= self.max {
+                break;
+            }
+            ceiling = ceiling.mul_f64(self.multiplier.max(1.0)).min(self.max);
+        }
+        jittered(ceiling, rng)
+    }
+}
+
+/// A delay drawn uniformly from the upper half of `ceiling`.
+fn jittered(ceiling: Duration, rng: &mut dyn rand::RngCore) -> Duration {
+    let half = ceiling / 2;
+    let jitter = if half.is_zero() {
+        Duration::ZERO
+    } else {
+        Duration::from_nanos(rng.random_range(0..=half.as_nanos() as u64))
+    };
+    ceiling - half + jitter
 }
 
 /// A sequence of jittered delays following a [`BackoffConfig`].
@@ -90,14 +116,8 @@ impl Backoff {
         }
         self.attempts += 1;
         let ceiling = self.ceiling.min(self.config.max);
-        let half = ceiling / 2;
-        let jitter = if half.is_zero() {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(self.rng.random_range(0..=half.as_nanos() as u64))
-        };
         self.ceiling = ceiling.mul_f64(self.config.multiplier.max(1.0));
-        Some(ceiling - half + jitter)
+        Some(jittered(ceiling, &mut *self.rng))
     }
 
     /// How many attempts have been made or started (1 before any retry).
@@ -198,6 +218,18 @@ mod tests {
             assert!(
                 delay >= ms(ceiling / 2) && delay <= ms(ceiling),
                 "{delay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_delay_by_retry_number_matches_the_sequence() {
+        let mut sequence = Backoff::with_rng(config(None), Box::new(Zero));
+        for retry in 1..8 {
+            assert_eq!(
+                config(None).delay_before_retry(retry, &mut Zero),
+                sequence.next_delay().unwrap(),
+                "retry {retry}"
             );
         }
     }
