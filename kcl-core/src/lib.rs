@@ -102,7 +102,7 @@ pub mod checkpoint {
     };
 }
 
-pub use consumer::ProcessorRetryPolicy;
+pub use consumer::{DeadLetter, ProcessorRetryPolicy};
 pub use processor::{
     InitializationInput, ProcessRecordsInput, ProcessorError, RecordProcessor,
     RecordProcessorFactory,

@@ -1,10 +1,12 @@
-//! Streams for tests: create one on kinesis-mock and write records to it.
+//! Streams for tests: create one on kinesis-mock and write records to it
+//! (through the producer library, `kcl-producer`).
 
 use std::time::Duration;
 
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use aws_sdk_kinesis::types::StreamStatus;
+use kcl_producer::{Producer, ProducerConfig, UserRecord};
 
 /// Creates `stream` with `shards` shards and waits until it is active.
 ///
@@ -21,12 +23,23 @@ pub async fn create_stream(kinesis: &Client, stream: &str, shards: i32) {
     wait_active(kinesis, stream).await;
 }
 
+/// A producer for tests: per-key order, a short linger (so put-to-process
+/// latency stays low), retrying until each record is written.
+fn test_producer(kinesis: &Client, stream: &str) -> Producer {
+    let config = ProducerConfig {
+        linger: Duration::from_millis(5),
+        record_ttl: None,
+        ..Default::default()
+    };
+    Producer::from_client(kinesis, stream, config).expect("a valid producer config")
+}
+
 /// Writes `count` records to `stream`, spread over `keys` partition keys,
 /// with data `KEY:N` where N counts the key's records from `first`. Returns
 /// the data written, in order.
 ///
 /// # Panics
-/// If a record cannot be written after retries.
+/// If a record cannot be written.
 pub async fn put_records(
     kinesis: &Client,
     stream: &str,
@@ -34,49 +47,24 @@ pub async fn put_records(
     first: usize,
     count: usize,
 ) -> Vec<String> {
-    let data: Vec<(String, String)> = (first..first + count)
-        .map(|n| {
-            let key = format!("k{}", n % keys);
-            let value = format!("{key}:{}", n / keys);
-            (key, value)
-        })
-        .collect();
-    for chunk in data.chunks(100) {
-        let mut pending: Vec<&(String, String)> = chunk.iter().collect();
-        for _attempt in 0..20 {
-            if pending.is_empty() {
-                break;
-            }
-            let entries = pending
-                .iter()
-                .map(|(key, value)| {
-                    PutRecordsRequestEntry::builder()
-                        .partition_key(key)
-                        .data(Blob::new(value.as_bytes()))
-                        .build()
-                        .expect("entry")
-                })
-                .collect::<Vec<_>>();
-            let output = kinesis
-                .put_records()
-                .stream_name(stream)
-                .set_records(Some(entries))
-                .send()
-                .await
-                .expect("put records");
-            pending = pending
-                .into_iter()
-                .zip(output.records())
-                .filter(|(_, result)| result.error_code().is_some())
-                .map(|(entry, _)| entry)
-                .collect();
-            if !pending.is_empty() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        assert!(pending.is_empty(), "records not accepted after retries");
+    let producer = test_producer(kinesis, stream);
+    let mut deliveries = Vec::with_capacity(count);
+    for n in first..first + count {
+        let key = format!("k{}", n % keys);
+        let value = format!("{key}:{}", n / keys);
+        let delivery = producer
+            .enqueue(UserRecord::new(key, value.clone()))
+            .await
+            .expect("a valid record");
+        deliveries.push((value, delivery));
     }
-    data.into_iter().map(|(_, value)| value).collect()
+    producer.close().await;
+    let mut written = Vec::with_capacity(count);
+    for (value, delivery) in deliveries {
+        delivery.await.expect("record written");
+        written.push(value);
+    }
+    written
 }
 
 /// Waits until `stream` is active again (after a reshard).
@@ -164,6 +152,76 @@ pub async fn open_shards(kinesis: &Client, stream: &str) -> Vec<(String, u128, u
     shards
 }
 
+/// A record as Kinesis stores it (an aggregate stays packed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RawRecord {
+    /// The shard it is in.
+    pub shard_id: String,
+    /// Its sequence number.
+    pub sequence_number: String,
+    /// Its partition key.
+    pub partition_key: String,
+    /// Its data.
+    pub data: Vec<u8>,
+}
+
+/// Every record of every shard of `stream`, open or closed: shard by
+/// shard, each in sequence order.
+///
+/// # Panics
+/// If Kinesis refuses a call.
+pub async fn read_raw_records(kinesis: &Client, stream: &str) -> Vec<RawRecord> {
+    let mut shard_ids = Vec::new();
+    let mut next_token: Option<String> = None;
+    loop {
+        let request = match &next_token {
+            Some(token) => kinesis.list_shards().next_token(token),
+            None => kinesis.list_shards().stream_name(stream),
+        };
+        let page = request.send().await.expect("list shards");
+        shard_ids.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
+        match page.next_token() {
+            Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
+            _ => break,
+        }
+    }
+    let mut records = Vec::new();
+    for shard_id in shard_ids {
+        let mut iterator = kinesis
+            .get_shard_iterator()
+            .stream_name(stream)
+            .shard_id(&shard_id)
+            .shard_iterator_type(aws_sdk_kinesis::types::ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .expect("shard iterator")
+            .shard_iterator()
+            .map(str::to_owned);
+        while let Some(current) = iterator {
+            let page = kinesis
+                .get_records()
+                .shard_iterator(&current)
+                .send()
+                .await
+                .expect("get records");
+            for record in page.records() {
+                records.push(RawRecord {
+                    shard_id: shard_id.clone(),
+                    sequence_number: record.sequence_number().to_owned(),
+                    partition_key: record.partition_key().unwrap_or_default().to_owned(),
+                    data: record.data().as_ref().to_vec(),
+                });
+            }
+            let caught_up = page.millis_behind_latest().is_none_or(|m| m == 0);
+            if page.records().is_empty() && caught_up {
+                break;
+            }
+            iterator = page.next_shard_iterator().map(str::to_owned);
+        }
+    }
+    records
+}
+
 /// Splits the open shard `shard_id` in the middle of its hash range and
 /// waits until the stream is active.
 pub async fn split_in_half(kinesis: &Client, stream: &str, shard_id: &str) {
@@ -211,9 +269,8 @@ pub async fn update_shard_count(kinesis: &Client, stream: &str, target: i32) {
     wait_active(kinesis, stream).await;
 }
 
-/// Writes records with per-key counters in the background, keeping each
-/// key's order: every `PutRecords` call carries one record per key, and
-/// failed records are sent again before the next call.
+/// Writes records with per-key counters in the background, one record per
+/// key every `interval`, through the producer library with per-key order.
 pub struct OrderedProducer {
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<Vec<String>>,
@@ -237,62 +294,38 @@ impl OrderedProducer {
     ) -> Self {
         let prefix = prefix.to_owned();
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let stream = stream.to_owned();
+        let producer = test_producer(&kinesis, stream);
         let task = tokio::spawn(async move {
-            let mut written = Vec::new();
+            let mut sent = Vec::new();
             let mut round = 0u64;
             while !*stopped.borrow_and_update() {
-                let mut pending: Vec<(String, String)> = (0..keys)
-                    .map(|key| (format!("{prefix}{key}"), format!("{prefix}{key}:{round}")))
-                    .collect();
-                while !pending.is_empty() {
-                    let entries = pending
-                        .iter()
-                        .map(|(key, value)| {
-                            PutRecordsRequestEntry::builder()
-                                .partition_key(key)
-                                .data(Blob::new(value.as_bytes()))
-                                .build()
-                                .expect("entry")
-                        })
-                        .collect::<Vec<_>>();
-                    let failed: Vec<bool> = match kinesis
-                        .put_records()
-                        .stream_name(&stream)
-                        .set_records(Some(entries))
-                        .send()
+                for key in 0..keys {
+                    let (key, value) = (format!("{prefix}{key}"), format!("{prefix}{key}:{round}"));
+                    let delivery = producer
+                        .enqueue(UserRecord::new(key, value.clone()))
                         .await
-                    {
-                        Ok(output) => output
-                            .records()
-                            .iter()
-                            .map(|r| r.error_code().is_some())
-                            .collect(),
-                        // The stream may be updating: send them all again.
-                        Err(_) => vec![true; pending.len()],
-                    };
-                    let mut still = Vec::new();
-                    for (entry, failed) in pending.into_iter().zip(failed) {
-                        if failed {
-                            still.push(entry);
-                        } else {
-                            written.push(entry.1);
-                        }
-                    }
-                    pending = still;
-                    if !pending.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                        .expect("a valid record");
+                    sent.push((value, delivery));
                 }
                 round += 1;
-                tokio::time::sleep(interval).await;
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+            producer.close().await;
+            let mut written = Vec::with_capacity(sent.len());
+            for (value, delivery) in sent {
+                delivery.await.expect("record written");
+                written.push(value);
             }
             written
         });
         Self { stop, task }
     }
 
-    /// Stops and returns every record written, in order.
+    /// Stops, waits until every record sent is written, and returns them,
+    /// in the order sent.
     pub async fn stop(self) -> Vec<String> {
         let _ = self.stop.send(true);
         self.task.await.expect("producer task")

@@ -1,9 +1,10 @@
 //! Writes records with per-key counters to a stream, for demos and tests.
 //!
-//! Each record's data is a [`Payload`] (`KEY:COUNTER:SENT_MS`). The producer
-//! keeps the stream's per-key order equal to the counter order: every
-//! `PutRecords` call carries at most one record per key, and a record that
-//! fails is sent again before its key's next record. So a consumer that sees
+//! Each record's data is a [`Payload`] (`KEY:COUNTER:SENT_MS`), written
+//! through the project's producer library (`kcl-producer`) with per-key
+//! ordering on: a key never has two records in flight, so a record that is
+//! throttled is written again before its key's next record, and the
+//! stream's per-key order is the counter order. A consumer that sees
 //! counter N+1 of a key before N has broken ordering itself.
 //!
 //! AWS access comes from the standard chain (`aws-config`): credentials,
@@ -13,11 +14,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_config::BehaviorVersion;
 use aws_sdk_kinesis::Client;
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use aws_sdk_kinesis::types::StreamStatus;
 use clap::Parser;
 use kcl_examples::payload::Payload;
-use tracing::{info, warn};
+use kcl_producer::{AggregationConfig, Delivery, Producer, ProducerConfig, UserRecord};
+use tokio::sync::mpsc;
+use tracing::{error, info};
 
 /// Command-line settings.
 #[derive(Parser, Debug)]
@@ -38,6 +40,12 @@ struct Args {
     /// Create the stream with this many shards if it does not exist.
     #[arg(long)]
     create_shards: Option<u32>,
+    /// How long a record may wait for others to fill a PutRecords call.
+    #[arg(long, default_value_t = 10)]
+    linger_ms: u64,
+    /// Pack records into KPL aggregates (per shard).
+    #[arg(long)]
+    aggregate: bool,
 }
 
 #[tokio::main]
@@ -53,12 +61,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(shards) = args.create_shards {
         ensure_stream(&client, &args.stream, shards).await?;
     }
+    let producer = Producer::from_client(
+        &client,
+        &args.stream,
+        ProducerConfig {
+            linger: Duration::from_millis(args.linger_ms),
+            aggregation: args.aggregate.then(AggregationConfig::default),
+            // A demo producer never gives up on a record: a counter gap
+            // would read as a lost record downstream.
+            record_ttl: None,
+            ..Default::default()
+        },
+    )?;
+
+    // Deliveries are awaited in order by a task of their own, so the rounds
+    // keep their pace; the first record that fails for good stops the run.
+    let (deliveries, mut pending) = mpsc::unbounded_channel::<Delivery>();
+    let (failed_tx, mut failed) = tokio::sync::watch::channel(false);
+    let confirm = tokio::spawn(async move {
+        let mut written = 0u64;
+        while let Some(delivery) = pending.recv().await {
+            match delivery.await {
+                Ok(_) => written += 1,
+                Err(e) => {
+                    error!(error = %e, "a record could not be written; stopping");
+                    let _ = failed_tx.send(true);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    });
 
     let mut next_counter = vec![0u64; args.keys as usize];
     let mut sent = 0u64;
     let limit = args.count.unwrap_or(u64::MAX);
-    // One round puts one record per key (fewer near the end), so a round of
-    // `keys` records every `keys / rate` seconds gives the asked rate.
+    // One round sends one record per key (fewer near the end), so a round
+    // of `keys` records every `keys / rate` seconds gives the asked rate.
     let round = Duration::from_secs_f64(f64::from(args.keys) / f64::from(args.rate));
     let mut ticker = tokio::time::interval(round);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -67,53 +106,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::select! {
             _ = ticker.tick() => {}
             _ = tokio::signal::ctrl_c() => break,
+            _ = failed.changed() => break,
         }
         let take = (limit - sent).min(u64::from(args.keys)) as usize;
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-        let batch: Vec<Payload> = (0..take)
-            .map(|k| Payload {
+        for (k, counter) in next_counter.iter_mut().enumerate().take(take) {
+            let payload = Payload {
                 key: format!("k{k}"),
-                counter: next_counter[k],
+                counter: *counter,
                 sent_ms: now_ms,
-            })
-            .collect();
-        let entries = batch
-            .iter()
-            .map(|p| {
-                PutRecordsRequestEntry::builder()
-                    .partition_key(&p.key)
-                    .data(Blob::new(p.to_string()))
-                    .build()
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let output = match client
-            .put_records()
-            .stream_name(&args.stream)
-            .set_records(Some(entries))
-            .send()
-            .await
-        {
-            Ok(output) => output,
-            Err(error) => {
-                // Nothing was written; the same counters go out next round.
-                warn!(error = %aws_sdk_kinesis::error::DisplayErrorContext(&error), "PutRecords failed; retrying");
-                continue;
-            }
-        };
-        for (k, result) in output.records().iter().enumerate() {
-            if result.error_code().is_none() {
-                next_counter[k] += 1;
-                sent += 1;
-            }
-        }
-        if output.failed_record_count().unwrap_or(0) > 0 {
-            warn!(
-                failed = output.failed_record_count().unwrap_or(0),
-                "some records were throttled; they are sent again before their keys' next records"
-            );
+            };
+            let record = UserRecord::new(payload.key.clone(), payload.to_string());
+            deliveries.send(producer.enqueue(record).await?)?;
+            *counter += 1;
+            sent += 1;
         }
     }
-    info!(sent, "done");
+    producer.close().await;
+    drop(deliveries);
+    let written = confirm.await??;
+    info!(sent = written, "done");
     Ok(())
 }
 

@@ -25,6 +25,7 @@
 //!   flight is dropped and the consumer stops as if the lease were lost,
 //!   whatever the rest of the worker is waiting on.
 
+mod dead_letter;
 mod parents;
 mod retry_policy;
 mod shard_end;
@@ -45,6 +46,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+pub use dead_letter::DeadLetter;
 pub use retry_policy::ProcessorRetryPolicy;
 pub use state::{ConsumerEvent, ConsumerState, ShutdownReason};
 
@@ -558,6 +560,22 @@ impl ShardConsumer {
                 Ok(Err(error)) => {
                     self.tracker.retract_delivery(previous.clone());
                     let Some(delay) = retries.next_delay() else {
+                        if let ProcessorRetryPolicy::DeadLetterAfter { destination, .. } =
+                            &self.context.retry_policy
+                        {
+                            let destination = destination.clone();
+                            if let Some(event) = self.dead_letter(&destination, &records).await {
+                                return event;
+                            }
+                            self.context.stats.count_batch_dead_lettered(records.len());
+                            error!(
+                                %error, %first, %last, records = records.len(), attempts = retries.attempts(),
+                                dead_letter_stream = destination.stream(),
+                                "processor kept failing; the batch's records are in the dead-letter stream and processing moves past them"
+                            );
+                            self.tracker.delivered(last);
+                            return ConsumerEvent::BatchDone;
+                        }
                         self.context.stats.count_batch_skipped();
                         error!(
                             %error, %first, %last, records = records.len(), attempts = retries.attempts(),
@@ -586,6 +604,44 @@ impl ShardConsumer {
                     }
                     return ConsumerEvent::ProcessorRestarted;
                 }
+            }
+        }
+    }
+
+    /// Writes a batch's records to the dead-letter stream, sending the
+    /// ones that failed again after a backoff until every one is written.
+    /// Returns an event if the consumer must stop first (the batch then
+    /// stays unprocessed, for the next owner).
+    async fn dead_letter(
+        &mut self,
+        destination: &DeadLetter,
+        records: &[crate::Record],
+    ) -> Option<ConsumerEvent> {
+        let mut pending: Vec<&crate::Record> = records.iter().collect();
+        let mut retries = unlimited(&self.context.retry_policy.backoff());
+        loop {
+            let outcomes = tokio::select! {
+                biased;
+                () = must_stop(&mut self.signals, &self.start.deadline) => return Some(ConsumerEvent::LeaseLost),
+                outcomes = destination.write(&pending) => outcomes,
+            };
+            let (failed, errors): (Vec<_>, Vec<_>) = pending
+                .into_iter()
+                .zip(outcomes)
+                .filter_map(|(record, outcome)| outcome.err().map(|error| (record, error)))
+                .unzip();
+            let Some(error) = errors.last() else {
+                // Every record is in the dead-letter stream.
+                return None;
+            };
+            let delay = retries.next_delay().unwrap_or(Duration::from_secs(30));
+            error!(
+                %error, records = failed.len(), dead_letter_stream = destination.stream(), ?delay,
+                "could not write records to the dead-letter stream; the batch is held until they are written"
+            );
+            pending = failed;
+            if let Some(event) = self.pause(delay).await {
+                return Some(event);
             }
         }
     }

@@ -394,6 +394,56 @@ async fn a_policy_that_gives_up_skips_the_batch_visibly() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_dead_letter_policy_moves_past_a_batch_only_once_its_records_are_written_there() {
+    use kcl_producer::memory::InMemorySink;
+    use kcl_producer::{Producer, ProducerConfig};
+
+    let mut fixture = Fixture::new(9).await;
+    // The dead-letter stream does not exist yet: its writes fail.
+    let sink = InMemorySink::new();
+    let producer = Producer::new(sink.clone(), "dead-letters", ProducerConfig::default()).unwrap();
+    fixture.policy = ProcessorRetryPolicy::DeadLetterAfter {
+        attempts: 2,
+        backoff: BackoffConfig::default(),
+        destination: DeadLetter::new(producer),
+    };
+    fixture
+        .journal
+        .lock()
+        .unwrap()
+        .fail
+        .insert("r4".into(), u32::MAX);
+    let (consumer, signal, context) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    while sink.put_calls() < 3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Held at the batch while its dead letters cannot be written.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(fixture.processed(), ["r0", "r1", "r2"]);
+    assert_eq!(context.stats.snapshot().batches_dead_lettered, 0);
+
+    sink.create_stream("dead-letters", 1);
+    while fixture.processed().len() < 6 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    task.await.unwrap();
+
+    assert_eq!(fixture.processed(), ["r0", "r1", "r2", "r6", "r7", "r8"]);
+    let dead: Vec<String> = sink
+        .records("dead-letters")
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+        .collect();
+    assert_eq!(dead, ["r3", "r4", "r5"], "the failed batch, once, in order");
+    let stats = context.stats.snapshot();
+    assert_eq!(stats.batches_dead_lettered, 1);
+    assert_eq!(stats.records_dead_lettered, 3);
+    assert_eq!(stats.batches_skipped, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_expired_iterator_is_replaced_without_gap_or_duplicate() {
     let fixture = Fixture::new(12).await;
     let (consumer, signal, _) = fixture.consumer().await;

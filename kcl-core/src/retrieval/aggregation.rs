@@ -27,59 +27,17 @@
 //! Both are counted and logged; `RetrievalConfig::drop_records_outside_shard`
 //! turns the drop off entirely.
 
-use bytes::Bytes;
 use kcl_lease::HashKeyRange;
 use md5::{Digest, Md5};
 use prost::Message;
 use tracing::{debug, warn};
 
+/// The KPL aggregate format, shared with the producer (`kcl-producer`).
+pub use kcl_producer::kpl::{
+    AggregatedEntry, AggregatedRecord, DIGEST_LEN, MAGIC, Tag, aggregate, partition_key_hash,
+};
+
 use crate::Record;
-
-/// The bytes every KPL aggregate starts with.
-pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
-const DIGEST_LEN: usize = 16;
-
-/// The KPL's aggregate message (`messages.proto` of the KPL).
-#[derive(Clone, PartialEq, Message)]
-pub struct AggregatedRecord {
-    /// Partition keys, referred to by index.
-    #[prost(string, repeated, tag = "1")]
-    pub partition_key_table: Vec<String>,
-    /// Explicit hash keys, referred to by index.
-    #[prost(string, repeated, tag = "2")]
-    pub explicit_hash_key_table: Vec<String>,
-    /// The user records.
-    #[prost(message, repeated, tag = "3")]
-    pub records: Vec<AggregatedEntry>,
-}
-
-/// One user record inside an aggregate.
-#[derive(Clone, PartialEq, Message)]
-pub struct AggregatedEntry {
-    /// Index into the partition key table.
-    #[prost(uint64, required, tag = "1")]
-    pub partition_key_index: u64,
-    /// Index into the explicit hash key table, if the record has one.
-    #[prost(uint64, optional, tag = "2")]
-    pub explicit_hash_key_index: Option<u64>,
-    /// The user record's data.
-    #[prost(bytes = "bytes", required, tag = "3")]
-    pub data: Bytes,
-    /// Tags (not used by consumers).
-    #[prost(message, repeated, tag = "4")]
-    pub tags: Vec<Tag>,
-}
-
-/// A KPL record tag.
-#[derive(Clone, PartialEq, Message)]
-pub struct Tag {
-    /// The tag's key.
-    #[prost(string, required, tag = "1")]
-    pub key: String,
-    /// The tag's value.
-    #[prost(string, optional, tag = "2")]
-    pub value: Option<String>,
-}
 
 /// What de-aggregating a batch found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,12 +70,6 @@ enum Malformed {
         table: &'static str,
         key: u64,
     },
-}
-
-/// The 128-bit hash key of a partition key: its MD5 digest as a big-endian
-/// number (how Kinesis maps partition keys to shards).
-pub fn partition_key_hash(partition_key: &str) -> u128 {
-    u128::from_be_bytes(Md5::digest(partition_key.as_bytes()).into())
 }
 
 /// Replaces aggregates in `records` by their user records, dropping the
@@ -239,38 +191,9 @@ fn expand(record: &Record) -> Result<Vec<Record>, Malformed> {
         .collect()
 }
 
-/// Builds an aggregate of `records` (partition key, explicit hash key,
-/// data), as the KPL writes them. For tests and tools.
-pub fn aggregate(records: &[(&str, Option<&str>, &[u8])]) -> Bytes {
-    let mut message = AggregatedRecord::default();
-    for (partition_key, explicit_hash_key, data) in records {
-        let partition_key_index = index_of(&mut message.partition_key_table, partition_key);
-        let explicit_hash_key_index =
-            explicit_hash_key.map(|key| index_of(&mut message.explicit_hash_key_table, key));
-        message.records.push(AggregatedEntry {
-            partition_key_index,
-            explicit_hash_key_index,
-            data: Bytes::copy_from_slice(data),
-            tags: Vec::new(),
-        });
-    }
-    let body = message.encode_to_vec();
-    let mut bytes = MAGIC.to_vec();
-    bytes.extend_from_slice(&body);
-    bytes.extend_from_slice(&Md5::digest(&body));
-    Bytes::from(bytes)
-}
-
-fn index_of(table: &mut Vec<String>, key: &str) -> u64 {
-    let index = table.iter().position(|k| k == key).unwrap_or_else(|| {
-        table.push(key.to_owned());
-        table.len() - 1
-    });
-    index as u64
-}
-
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use kcl_checkpoint::SequenceNumber;
 
     use super::*;
@@ -407,11 +330,5 @@ mod tests {
         // With the range unknown (or the drop turned off), nothing is dropped.
         let (records, report) = deaggregate(vec![outer(stale)], None);
         assert_eq!((records.len(), report.outside_shard_dropped), (2, 0));
-    }
-
-    #[test]
-    fn partition_keys_hash_like_kinesis() {
-        // MD5("") = d41d8cd98f00b204e9800998ecf8427e.
-        assert_eq!(partition_key_hash(""), 0xd41d8cd98f00b204e9800998ecf8427e);
     }
 }

@@ -368,10 +368,14 @@ impl SchedulerBuilder {
                 reason: "must be greater than zero (leave it unset for no timeout)".into(),
             });
         }
-        if let Some(ProcessorRetryPolicy::SkipBatchAfter { attempts: 0, .. }) = self.retry_policy {
+        if let Some(
+            ProcessorRetryPolicy::SkipBatchAfter { attempts: 0, .. }
+            | ProcessorRetryPolicy::DeadLetterAfter { attempts: 0, .. },
+        ) = self.retry_policy
+        {
             return Err(ConfigError::Invalid {
                 setting: "retry_policy",
-                reason: "SkipBatchAfter needs at least 1 attempt".into(),
+                reason: "SkipBatchAfter and DeadLetterAfter need at least 1 attempt".into(),
             });
         }
         let (kinesis, store): (Arc<dyn Kinesis>, Arc<dyn LeaseStore>) =

@@ -24,6 +24,11 @@ pub const PROCESSOR_PANICS: &str = "kcl_processor_panics_total";
 /// Batches skipped by a retry policy that gives up (records lost by the
 /// application's choice).
 pub const BATCHES_SKIPPED: &str = "kcl_batches_skipped_total";
+/// Batches given up on by a dead-letter retry policy, once their records
+/// were written to the dead-letter stream.
+pub const BATCHES_DEAD_LETTERED: &str = "kcl_batches_dead_lettered_total";
+/// Records written to the dead-letter stream.
+pub const RECORDS_DEAD_LETTERED: &str = "kcl_records_dead_lettered_total";
 /// KPL aggregates expanded into their user records.
 pub const KPL_AGGREGATES: &str = "kcl_kpl_aggregates_total";
 /// Records that started like KPL aggregates but were not valid ones,
@@ -83,6 +88,14 @@ pub fn describe() {
     describe_counter!(
         BATCHES_SKIPPED,
         "Batches skipped by a retry policy that gives up"
+    );
+    describe_counter!(
+        BATCHES_DEAD_LETTERED,
+        "Batches given up on after their records were written to the dead-letter stream"
+    );
+    describe_counter!(
+        RECORDS_DEAD_LETTERED,
+        "Records written to the dead-letter stream"
     );
     describe_counter!(LEASES_RELEASED, "Leases released by this worker");
     describe_counter!(KPL_AGGREGATES, "KPL aggregates expanded into user records");

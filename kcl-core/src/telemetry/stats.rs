@@ -20,6 +20,8 @@ pub struct WorkerStats {
     processor_timeouts: AtomicU64,
     processor_panics: AtomicU64,
     batches_skipped: AtomicU64,
+    batches_dead_lettered: AtomicU64,
+    records_dead_lettered: AtomicU64,
     shard_end_retries: AtomicU64,
     kinesis_retries: AtomicU64,
     leases_released: AtomicU64,
@@ -46,6 +48,11 @@ pub struct StatsSnapshot {
     /// Batches given up on by a retry policy that skips (records lost by the
     /// application's explicit choice).
     pub batches_skipped: u64,
+    /// Batches given up on by a dead-letter policy, after their records were
+    /// written to the dead-letter stream.
+    pub batches_dead_lettered: u64,
+    /// Records written to the dead-letter stream.
+    pub records_dead_lettered: u64,
     /// Shard ends delivered again because the processor did not checkpoint.
     pub shard_end_retries: u64,
     /// Kinesis calls retried after throttling or a failure.
@@ -138,6 +145,14 @@ impl WorkerStats {
         metrics::counter!(names::BATCHES_SKIPPED).increment(1);
     }
 
+    /// A batch whose records were written to the dead-letter stream.
+    pub fn count_batch_dead_lettered(&self, records: usize) {
+        add(&self.batches_dead_lettered, 1);
+        add(&self.records_dead_lettered, records as u64);
+        metrics::counter!(names::BATCHES_DEAD_LETTERED).increment(1);
+        metrics::counter!(names::RECORDS_DEAD_LETTERED).increment(records as u64);
+    }
+
     /// A shard end delivered again.
     pub fn count_shard_end_retry(&self) {
         add(&self.shard_end_retries, 1);
@@ -193,6 +208,8 @@ impl WorkerStats {
             processor_timeouts: get(&self.processor_timeouts),
             processor_panics: get(&self.processor_panics),
             batches_skipped: get(&self.batches_skipped),
+            batches_dead_lettered: get(&self.batches_dead_lettered),
+            records_dead_lettered: get(&self.records_dead_lettered),
             shard_end_retries: get(&self.shard_end_retries),
             kinesis_retries: get(&self.kinesis_retries),
             leases_released: get(&self.leases_released),

@@ -15,7 +15,7 @@ use crate::probe_fleet::{SharedBoard, Worker, check_complete_and_ordered, wait_f
 
 /// The Python with aws-kinesis-agg: `KCL_TEST_PYTHON` (set by
 /// `scripts/test.sh`), else the one `scripts/python-tools.sh` installs.
-fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("KCL_TEST_PYTHON").unwrap_or_else(|_| {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let output = Command::new(format!("{root}/scripts/python-tools.sh"))

@@ -11,6 +11,7 @@ mod kpl;
 mod lease_coordinator;
 mod lease_store;
 mod probe_fleet;
+mod producer;
 mod reshard;
 mod stack;
 mod worker;
