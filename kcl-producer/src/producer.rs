@@ -357,10 +357,21 @@ impl<S: Sink> Task<S> {
             if !receiving && self.batcher.is_empty() && calls.is_empty() {
                 break;
             }
-            let wake = match (self.batcher.next_wakeup(), self.map.not_before) {
-                (Some(a), Some(b)) if self.map.wanted => Some(a.min(b)),
-                (None, Some(b)) if self.map.wanted => Some(b),
-                (a, _) => a,
+            // A batch due while no call can start waits for a call to end
+            // (or for the map), not for a time already past.
+            let can_call = self.map.started && calls.len() < self.config.max_in_flight_calls;
+            let batch_wake = if can_call {
+                self.batcher.next_wakeup()
+            } else {
+                None
+            };
+            let map_wake = self
+                .map
+                .not_before
+                .filter(|_| self.map.wanted && load.is_none());
+            let wake = match (batch_wake, map_wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
             };
             tokio::select! {
                 Some((entries, answer)) = calls.next(), if !calls.is_empty() => {
