@@ -49,6 +49,8 @@ struct Lane {
     key: Option<String>,
     records: VecDeque<Pending>,
     state: LaneState,
+    /// Bytes of its records put back for a retry, until it is ready again.
+    parked_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,6 +131,9 @@ pub struct Batcher {
     /// Records not in flight, and their bytes.
     queued_records: usize,
     queued_bytes: usize,
+    /// Of those bytes, the ones waiting for a retry time: they do not make
+    /// a call due (under throttling, calls would only shrink).
+    parked_bytes: usize,
     /// Send everything ready now, without lingering.
     flushing: bool,
 }
@@ -158,6 +163,7 @@ impl Batcher {
             next_lane: 0,
             queued_records: 0,
             queued_bytes: 0,
+            parked_bytes: 0,
             flushing: false,
         }
     }
@@ -190,6 +196,7 @@ impl Batcher {
                         key,
                         records: VecDeque::new(),
                         state: LaneState::Ready,
+                        parked_bytes: 0,
                     },
                 );
                 self.ready.insert(id, lane);
@@ -222,6 +229,7 @@ impl Batcher {
             if let Some(lane) = self.lanes.get_mut(&lane_id)
                 && lane.state == LaneState::Parked(until)
             {
+                self.parked_bytes -= std::mem::take(&mut lane.parked_bytes);
                 Self::make_ready(&mut self.ready, lane_id, lane);
             }
         }
@@ -248,7 +256,7 @@ impl Batcher {
         };
         self.flushing
             || oldest.enqueued + self.linger <= now
-            || self.queued_bytes >= self.max_bytes
+            || self.queued_bytes.saturating_sub(self.parked_bytes) >= self.max_bytes
             || (self.aggregation.is_none() && self.ready.len() >= self.max_entries)
     }
 
@@ -421,9 +429,14 @@ impl Batcher {
         for misplaced in std::mem::take(&mut self.misplaced) {
             let range = map.range_of(&misplaced.shard_id);
             let mut again = Vec::new();
+            // Lanes with a record sent again: their later records in the
+            // aggregate go again too, so that none is written before it.
+            let mut resent: Vec<LaneId> = Vec::new();
             for (index, member) in misplaced.members.into_iter().enumerate() {
                 lanes.push(member.lane);
-                if range.is_some_and(|(start, end)| (start..=end).contains(&member.hash)) {
+                let in_shard =
+                    range.is_some_and(|(start, end)| (start..=end).contains(&member.hash));
+                if in_shard && !resent.contains(&member.lane) {
                     done.settled.push((
                         member.id,
                         Ok(Written {
@@ -434,6 +447,7 @@ impl Batcher {
                         }),
                     ));
                 } else {
+                    resent.push(member.lane);
                     again.push(member);
                 }
             }
@@ -495,6 +509,8 @@ impl Batcher {
         }
         self.queued_records += 1;
         self.queued_bytes += member.record.size();
+        self.parked_bytes += member.record.size();
+        lane.parked_bytes += member.record.size();
         lane.records.push_front(member);
     }
 
@@ -637,12 +653,16 @@ impl CallBuilder {
                     if self.entries() >= max_entries || self.bytes + size > max_bytes {
                         return taken;
                     }
-                    self.aggregates.push(OpenAggregate {
+                    let opened = OpenAggregate {
                         shard: shard.clone(),
                         builder: AggregateBuilder::new(),
                         members: Vec::new(),
                         key_len: record.partition_key.len(),
-                    });
+                    };
+                    // The frame (magic bytes, digest) and the key it is put
+                    // with count from the start; each record adds its growth.
+                    self.bytes += opened.size();
+                    self.aggregates.push(opened);
                     let index = self.aggregates.len() - 1;
                     self.open.insert(shard.clone(), index);
                     index
@@ -715,5 +735,122 @@ impl CallBuilder {
             });
         }
         Batch { puts, entries }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::config::AggregationConfig;
+    use crate::shard_map::ShardRange;
+
+    fn one_shard() -> ShardMap {
+        ShardMap::new(vec![ShardRange {
+            shard_id: "shard-0".into(),
+            start: 0,
+            end: u128::MAX,
+        }])
+    }
+
+    /// Batches everything, answering each call with success, and checks
+    /// Kinesis's limits and the configured ones on every call. Returns the
+    /// records settled, in order of settlement.
+    fn drain(config: &ProducerConfig, records: Vec<UserRecord>) -> Vec<RecordId> {
+        let mut batcher = Batcher::new(config, "s".into());
+        let start = Instant::now();
+        let count = records.len();
+        for (id, record) in records.into_iter().enumerate() {
+            batcher.push(id as RecordId, record, start);
+        }
+        let map = one_shard();
+        let mut settled = Vec::new();
+        let mut now = start + config.linger;
+        let mut sequence = 0u64;
+        while !batcher.is_empty() {
+            let batch = batcher.next_batch(now, Some(&map)).expect("a due batch");
+            assert!(batch.puts.len() <= config.max_records_per_call);
+            assert!(
+                batch.bytes() <= config.max_bytes_per_call,
+                "{} bytes in one call",
+                batch.bytes()
+            );
+            for put in &batch.puts {
+                let size = put.data.len() + put.partition_key.len();
+                assert!(size <= crate::MAX_RECORD_BYTES);
+                if let Some(aggregation) = &config.aggregation
+                    && put.data.starts_with(&crate::kpl::MAGIC)
+                {
+                    assert!(
+                        size <= aggregation.max_bytes,
+                        "an aggregate of {size} bytes"
+                    );
+                }
+            }
+            let results = batch
+                .puts
+                .iter()
+                .map(|_| {
+                    sequence += 1;
+                    EntryResult::Written {
+                        shard_id: "shard-0".into(),
+                        sequence_number: sequence.to_string(),
+                    }
+                })
+                .collect();
+            let done = batcher.complete(batch.entries, Ok(results), now);
+            settled.extend(done.settled.into_iter().map(|(id, outcome)| {
+                assert!(outcome.is_ok());
+                id
+            }));
+            now += Duration::from_millis(1);
+        }
+        assert_eq!(settled.len(), count, "every record settled once");
+        settled
+    }
+
+    #[test]
+    fn aggregated_calls_stay_within_the_byte_limit() {
+        // Long keys: each aggregate's frame and key are a visible share.
+        let records: Vec<UserRecord> = (0..20_000)
+            .map(|n| UserRecord::new(format!("{n:0200}"), vec![7u8; 100]))
+            .collect();
+        let config = ProducerConfig {
+            aggregation: Some(AggregationConfig::default()),
+            max_bytes_per_call: crate::MAX_RECORD_BYTES,
+            ordering: false,
+            ..Default::default()
+        };
+        drain(&config, records);
+    }
+
+    #[test]
+    fn every_record_settles_once_within_the_limits_in_many_shapes() {
+        for (ordering, aggregation) in [(true, false), (false, false), (true, true), (false, true)]
+        {
+            let records: Vec<UserRecord> = (0..3_000usize)
+                .map(|n| {
+                    let size = [1, 100, 5_000, 60_000, 300_000][n % 5];
+                    UserRecord::new(format!("key-{}", n % 37), Bytes::from(vec![1u8; size]))
+                })
+                .collect();
+            let config = ProducerConfig {
+                ordering,
+                aggregation: aggregation.then(AggregationConfig::default),
+                ..Default::default()
+            };
+            let settled = drain(&config, records);
+            if ordering {
+                // Per key, in the order sent.
+                let mut last: HashMap<usize, RecordId> = HashMap::new();
+                for id in settled {
+                    let key = id as usize % 37;
+                    if let Some(before) = last.insert(key, id) {
+                        assert!(before < id, "key {key}: {before} settled after {id}");
+                    }
+                }
+            }
+        }
     }
 }

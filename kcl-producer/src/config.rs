@@ -142,10 +142,19 @@ impl ProducerConfig {
         if self.record_ttl.is_some_and(|ttl| ttl.is_zero()) {
             return fail("record_ttl", "must be above zero (or None)".into());
         }
-        if self.backoff.initial.is_zero() || self.backoff.max < self.backoff.initial {
+        if self.backoff.initial.is_zero()
+            || self.backoff.max < self.backoff.initial
+            || self.backoff.max > Duration::from_secs(3600)
+        {
             return fail(
                 "backoff",
-                "initial must be above zero and at most max".into(),
+                "initial must be above zero, and max at least initial and at most 1 hour".into(),
+            );
+        }
+        if !(1.0..=10.0).contains(&self.backoff.multiplier) {
+            return fail(
+                "backoff.multiplier",
+                format!("{} is not between 1 and 10", self.backoff.multiplier),
             );
         }
         if let Some(aggregation) = &self.aggregation {
@@ -196,6 +205,16 @@ mod tests {
                 "max_buffered_bytes",
                 ProducerConfig {
                     max_buffered_bytes: MAX_RECORD_BYTES,
+                    ..Default::default()
+                },
+            ),
+            (
+                "backoff.multiplier",
+                ProducerConfig {
+                    backoff: BackoffConfig {
+                        multiplier: f64::INFINITY,
+                        ..ProducerConfig::default().backoff
+                    },
                     ..Default::default()
                 },
             ),

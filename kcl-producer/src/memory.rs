@@ -1,6 +1,6 @@
 //! An in-memory stream that takes `PutRecords` and `ListShards` as Kinesis
 //! does (shards by hash key range, sequence numbers in write order,
-//! resharding), with injectable faults: whole calls that fail, entries that
+//! resharding, requests over Kinesis's limits refused), with injectable faults: whole calls that fail, entries that
 //! are throttled, calls that write and then report a failure, and calls
 //! held until released. For tests and simulations.
 
@@ -212,6 +212,34 @@ impl InMemorySink {
     }
 }
 
+/// Refuses a request Kinesis would refuse as a whole: over 500 entries or
+/// 5 MiB, a record over 1 MiB, a partition key of 0 or over 256 characters.
+fn check_limits(entries: &[PutEntry]) -> Result<(), PutError> {
+    let invalid = |message: String| PutError {
+        kind: PutErrorKind::Rejected,
+        code: "ValidationException".into(),
+        message,
+    };
+    if entries.is_empty() || entries.len() > crate::MAX_RECORDS_PER_CALL {
+        return Err(invalid(format!("{} records in one call", entries.len())));
+    }
+    let mut total = 0;
+    for entry in entries {
+        let size = entry.data.len() + entry.partition_key.len();
+        let chars = entry.partition_key.chars().count();
+        if size > crate::MAX_RECORD_BYTES || chars == 0 || chars > crate::MAX_PARTITION_KEY_CHARS {
+            return Err(invalid(format!(
+                "a record of {size} bytes with a key of {chars} characters"
+            )));
+        }
+        total += size;
+    }
+    if total > crate::MAX_BYTES_PER_CALL {
+        return Err(invalid(format!("{total} bytes in one call")));
+    }
+    Ok(())
+}
+
 fn not_found(stream: &str) -> PutError {
     PutError {
         kind: PutErrorKind::StreamNotFound,
@@ -241,6 +269,7 @@ impl Sink for InMemorySink {
             ..
         } = &mut *state;
         let shards = streams.get(stream).ok_or_else(|| not_found(stream))?;
+        check_limits(&entries)?;
         let written = records.entry(stream.to_owned()).or_default();
         let mut results = Vec::with_capacity(entries.len());
         for entry in entries {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use kcl_backoff::{Backoff, BackoffConfig};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -72,6 +72,8 @@ impl std::fmt::Debug for Producer {
 struct Shared {
     stream: Arc<str>,
     commands: mpsc::UnboundedSender<Command>,
+    /// Becomes true when the task has ended (everything settled).
+    ended: watch::Receiver<bool>,
     records: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
     closed: AtomicBool,
@@ -140,9 +142,11 @@ impl Producer {
         config.validate()?;
         metrics::describe();
         let (commands, receiver) = mpsc::unbounded_channel();
+        let (end, ended) = watch::channel(false);
         let shared = Arc::new(Shared {
             stream: stream.clone(),
             commands,
+            ended,
             records: Arc::new(Semaphore::new(config.max_buffered_records)),
             bytes: Arc::new(Semaphore::new(config.max_buffered_bytes)),
             closed: AtomicBool::new(false),
@@ -157,8 +161,11 @@ impl Producer {
             stream: stream.clone(),
         };
         tokio::spawn(
-            task.run(receiver)
-                .instrument(info_span!("producer", stream = %stream)),
+            async move {
+                task.run(receiver).await;
+                end.send_replace(true);
+            }
+            .instrument(info_span!("producer", stream = %stream)),
         );
         Ok(Self { shared })
     }
@@ -224,7 +231,15 @@ impl Producer {
         let (done, wait) = oneshot::channel();
         if self.shared.commands.send(Command::Flush(done)).is_ok() {
             let _ = wait.await;
+        } else {
+            // Closing: everything is being written; wait for the end.
+            self.ended().await;
         }
+    }
+
+    async fn ended(&self) {
+        let mut ended = self.shared.ended.clone();
+        let _ = ended.wait_for(|ended| *ended).await;
     }
 
     /// Stops taking records ([`SendError::Closed`] from then on), writes
@@ -236,6 +251,8 @@ impl Producer {
         if self.shared.commands.send(Command::Close(done)).is_ok() {
             let _ = wait.await;
         }
+        // Another handle may have closed first: wait for the task's end.
+        self.ended().await;
     }
 }
 
@@ -251,6 +268,10 @@ struct MapState {
     started: bool,
     not_before: Option<Instant>,
     backoff: Backoff,
+    /// Aggregates found on an unexpected shard so far; a load settles them
+    /// only if it started after the last one (an older answer may predate
+    /// the reshard).
+    stale_marks: u64,
 }
 
 /// The least time between two loads of the map.
@@ -265,6 +286,7 @@ impl MapState {
             started: !aggregating,
             not_before: None,
             backoff: Self::backoff(),
+            stale_marks: 0,
         }
     }
 
@@ -306,7 +328,7 @@ impl MapState {
 
 type CallFuture =
     Pin<Box<dyn Future<Output = (Vec<EntryMembers>, Result<Vec<EntryResult>, PutError>)> + Send>>;
-type LoadFuture = Pin<Box<dyn Future<Output = Result<Vec<ShardRange>, PutError>> + Send>>;
+type LoadFuture = Pin<Box<dyn Future<Output = (u64, Result<Vec<ShardRange>, PutError>)> + Send>>;
 
 struct Task<S> {
     sink: Arc<S>,
@@ -351,7 +373,10 @@ impl<S: Sink> Task<S> {
             if load.is_none() && self.map.due(now) {
                 let sink = self.sink.clone();
                 let name = self.stream.clone();
-                load = Some(Box::pin(async move { sink.open_shards(&name).await }));
+                let marks = self.map.stale_marks;
+                load = Some(Box::pin(
+                    async move { (marks, sink.open_shards(&name).await) },
+                ));
             }
             self.gauges(&stream);
             if !receiving && self.batcher.is_empty() && calls.is_empty() {
@@ -383,12 +408,16 @@ impl<S: Sink> Task<S> {
                     None => std::future::pending().await,
                 } }, if load.is_some() => {
                     load = None;
+                    let (marks, loaded) = loaded;
                     let now = Instant::now();
                     let ok = loaded.is_ok();
                     ::metrics::counter!(metrics::SHARD_MAP_LOADS, "stream" => stream.clone(),
                         "outcome" => if ok { "ok" } else { "failed" }).increment(1);
                     self.map.loaded(loaded, now);
-                    if let (true, Some(map)) = (ok, self.map.map.as_ref()) {
+                    if marks != self.map.stale_marks {
+                        // Found stale again while this load was under way.
+                        self.map.wanted = true;
+                    } else if let (true, Some(map)) = (ok, self.map.map.as_ref()) {
                         let done = self.batcher.settle_misplaced(map, now);
                         self.settle(done, &mut replies, &stream);
                     }
@@ -512,6 +541,7 @@ impl<S: Sink> Task<S> {
         if done.map_stale {
             info!("an aggregate landed on another shard than the map said; reloading the map");
             self.map.wanted = true;
+            self.map.stale_marks += 1;
         }
     }
 

@@ -166,7 +166,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(error: SdkErr
                 | "ThrottlingException"
                 | "KMSThrottlingException"
                 | "InternalFailure"
-                | "ServiceUnavailable" => PutErrorKind::Retryable,
+                | "ServiceUnavailable"
+                // Credentials the provider renews.
+                | "ExpiredTokenException" => PutErrorKind::Retryable,
                 _ if status == 429 || status >= 500 => PutErrorKind::Retryable,
                 _ => PutErrorKind::Rejected,
             };

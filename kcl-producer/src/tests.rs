@@ -481,3 +481,72 @@ async fn aggregation_without_a_shard_map_sends_records_as_they_are_until_it_load
     assert!(later.iter().any(|w| w.sub_sequence_number.is_some()));
     assert_eq!(stream_data(&sink).len(), 60);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_second_close_and_a_flush_during_a_close_wait_for_the_records() {
+    let sink = sink(1);
+    sink.hold();
+    let producer = producer(&sink, ProducerConfig::default());
+    let delivery = producer.enqueue(UserRecord::new("k", "x")).await.unwrap();
+    let first = tokio::spawn({
+        let producer = producer.clone();
+        async move { producer.close().await }
+    });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let second = tokio::spawn({
+        let producer = producer.clone();
+        async move { producer.close().await }
+    });
+    let flush = tokio::spawn({
+        let producer = producer.clone();
+        async move { producer.flush().await }
+    });
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !first.is_finished() && !second.is_finished() && !flush.is_finished(),
+        "nothing is written yet"
+    );
+    sink.release();
+    for waiter in [first, second, flush] {
+        waiter.await.unwrap();
+        assert!(
+            !sink.records(STREAM).is_empty(),
+            "returned before the write"
+        );
+    }
+    delivery.await.expect("written");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_a_split_a_keys_records_with_their_own_hash_keys_stay_in_order() {
+    // One key, three records routed by explicit hash keys: low, high, low.
+    let sink = sink(1);
+    sink.hold();
+    let producer = producer(&sink, aggregating());
+    let mut deliveries = Vec::new();
+    for hash in [1, u128::MAX - 1, 2] {
+        let record = UserRecord::new("k", format!("{hash}")).with_explicit_hash_key(hash);
+        deliveries.push(producer.enqueue(record).await.unwrap());
+    }
+    // The map (one shard) was loaded; the aggregate of the three is held.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sink.split_shard(STREAM, "shardId-000000000000");
+    sink.release();
+    let results = written(deliveries).await;
+    // The aggregate landed on the low child; the high record goes again to
+    // the high child, and so must the low one after it.
+    let position = |w: &Written| (w.sequence_number.to_string(), w.sub_sequence_number);
+    let (r1, r2, r3) = (
+        position(&results[0]),
+        position(&results[1]),
+        position(&results[2]),
+    );
+    let later = |a: &(String, Option<u64>), b: &(String, Option<u64>)| {
+        (a.0.len(), &a.0, a.1) > (b.0.len(), &b.0, b.1)
+    };
+    assert!(later(&r2, &r1), "{r1:?} then {r2:?}");
+    assert!(
+        later(&r3, &r2),
+        "the third record was written before the second: {r2:?}, {r3:?}"
+    );
+}

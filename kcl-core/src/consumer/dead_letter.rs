@@ -2,7 +2,7 @@
 //! dead-letter stream, written through the producer library
 //! (`kcl-producer`).
 
-use kcl_producer::{Producer, SendError, UserRecord, Written};
+use kcl_producer::{MAX_PARTITION_KEY_CHARS, Producer, SendError, UserRecord, Written};
 
 use crate::Record;
 
@@ -39,12 +39,7 @@ impl DeadLetter {
     pub(crate) async fn write(&self, records: &[&Record]) -> Vec<Result<Written, SendError>> {
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
-            let mut user = UserRecord::new(record.partition_key.clone(), record.data.clone());
-            user.explicit_hash_key = record
-                .explicit_hash_key
-                .as_deref()
-                .and_then(|key| key.parse().ok());
-            deliveries.push(self.producer.enqueue(user).await);
+            deliveries.push(self.producer.enqueue(dead_letter_of(record)).await);
         }
         let mut outcomes = Vec::with_capacity(deliveries.len());
         for delivery in deliveries {
@@ -54,5 +49,66 @@ impl DeadLetter {
             });
         }
         outcomes
+    }
+}
+
+/// The record written for `record`: its partition key, explicit hash key
+/// and data. A user record unpacked from another producer's aggregate may
+/// carry a partition key Kinesis refuses (empty, or over 256 characters):
+/// it goes under its sequence number instead, so that it can be written at
+/// all. An explicit hash key that is not a number is left out.
+fn dead_letter_of(record: &Record) -> UserRecord {
+    let chars = record.partition_key.chars().count();
+    let key = if (1..=MAX_PARTITION_KEY_CHARS).contains(&chars) {
+        record.partition_key.clone()
+    } else {
+        record.sequence_number.as_str().to_owned()
+    };
+    let mut user = UserRecord::new(key, record.data.clone());
+    user.explicit_hash_key = record
+        .explicit_hash_key
+        .as_deref()
+        .and_then(|key| key.parse().ok());
+    user
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use kcl_checkpoint::SequenceNumber;
+
+    use super::*;
+
+    fn record(partition_key: &str, explicit_hash_key: Option<&str>) -> Record {
+        Record {
+            data: Bytes::from_static(b"data"),
+            partition_key: partition_key.into(),
+            sequence_number: SequenceNumber::new(
+                "49590000000000000000000000000000000000000000000000000001",
+            )
+            .unwrap(),
+            sub_sequence_number: 3,
+            approximate_arrival_timestamp: None,
+            explicit_hash_key: explicit_hash_key.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_key_hash_key_and_data_and_is_always_writable() {
+        let kept = dead_letter_of(&record("k", Some("42")));
+        assert_eq!(
+            (
+                kept.partition_key.as_str(),
+                kept.explicit_hash_key,
+                &kept.data[..]
+            ),
+            ("k", Some(42), &b"data"[..])
+        );
+        for bad in ["".to_owned(), "x".repeat(257)] {
+            let written = dead_letter_of(&record(&bad, Some("not a number")));
+            assert!(written.validate().is_ok(), "{bad:?}");
+            assert!(written.partition_key.starts_with("4959"));
+            assert_eq!(written.explicit_hash_key, None);
+        }
     }
 }
