@@ -550,3 +550,68 @@ async fn after_a_split_a_keys_records_with_their_own_hash_keys_stay_in_order() {
         "the third record was written before the second: {r2:?}, {r3:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn written_retried_and_failed_records_and_the_buffer_are_measured() {
+    // The only test of this binary that installs a recorder.
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("a global recorder");
+    let sink = InMemorySink::new();
+    sink.create_stream("measured", 2);
+    sink.fail_entries(throttled(), 3, |_| true);
+    sink.fail_entries("KMSAccessDeniedException", 1, |e| &e.data[..] == b"k9:0");
+    let producer = Producer::new(sink.clone(), "measured", ProducerConfig::default()).unwrap();
+    let deliveries = enqueue_all(&producer, rounds(10, 2)).await;
+    let outcomes = futures::future::join_all(deliveries).await;
+    assert_eq!(outcomes.iter().filter(|o| o.is_err()).count(), 1);
+    producer.close().await;
+
+    let text = prometheus.render();
+    let value = |name: &str, labels: &str| -> f64 {
+        let prefix = format!("{name}{{{labels}}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in:\n{text}"))
+            .parse()
+            .expect("a number")
+    };
+    let stream = "stream=\"measured\"";
+    assert_eq!(value("kcl_producer_records_written_total", stream), 19.0);
+    assert_eq!(
+        value("kcl_producer_bytes_written_total", stream),
+        rounds(10, 2)
+            .iter()
+            .filter(|r| &r.data[..] != b"k9:0")
+            .map(|r| r.size() as f64)
+            .sum::<f64>()
+    );
+    assert_eq!(
+        value(
+            "kcl_producer_retries_total",
+            &format!("{stream},reason=\"ProvisionedThroughputExceededException\"")
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            "kcl_producer_records_failed_total",
+            &format!("{stream},reason=\"rejected\"")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value("kcl_producer_batch_records_count", stream),
+        sink.put_calls() as f64
+    );
+    assert_eq!(value("kcl_producer_batch_records_sum", stream), 20.0 + 3.0);
+    assert!(value("kcl_producer_batch_bytes_sum", stream) > 0.0);
+    assert_eq!(value("kcl_producer_buffered_records", stream), 0.0);
+    assert_eq!(value("kcl_producer_buffered_bytes", stream), 0.0);
+    assert!(
+        value(
+            "kcl_producer_put_calls_total",
+            &format!("{stream},outcome=\"partial\"")
+        ) >= 1.0
+    );
+}
