@@ -121,8 +121,11 @@ pub async fn put_to_shard(
     put.sequence_number().to_owned()
 }
 
-/// The stream's open shards: id and hash key range, by starting hash key.
-pub async fn open_shards(kinesis: &Client, stream: &str) -> Vec<(String, u128, u128)> {
+/// Every shard of `stream`, open or closed, following pagination.
+///
+/// # Panics
+/// If Kinesis refuses a call.
+async fn all_shards(kinesis: &Client, stream: &str) -> Vec<aws_sdk_kinesis::types::Shard> {
     let mut shards = Vec::new();
     let mut next_token: Option<String> = None;
     loop {
@@ -131,21 +134,27 @@ pub async fn open_shards(kinesis: &Client, stream: &str) -> Vec<(String, u128, u
             None => kinesis.list_shards().stream_name(stream),
         };
         let page = request.send().await.expect("list shards");
-        for shard in page.shards() {
-            let open = shard
-                .sequence_number_range()
-                .is_some_and(|r| r.ending_sequence_number().is_none());
-            if let (true, Some(range)) = (open, shard.hash_key_range()) {
-                shards.push((
-                    shard.shard_id().to_owned(),
-                    range.starting_hash_key().parse().expect("hash key"),
-                    range.ending_hash_key().parse().expect("hash key"),
-                ));
-            }
-        }
+        shards.extend(page.shards().iter().cloned());
         match page.next_token() {
             Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
-            _ => break,
+            _ => return shards,
+        }
+    }
+}
+
+/// The stream's open shards: id and hash key range, by starting hash key.
+pub async fn open_shards(kinesis: &Client, stream: &str) -> Vec<(String, u128, u128)> {
+    let mut shards = Vec::new();
+    for shard in all_shards(kinesis, stream).await {
+        let open = shard
+            .sequence_number_range()
+            .is_some_and(|r| r.ending_sequence_number().is_none());
+        if let (true, Some(range)) = (open, shard.hash_key_range()) {
+            shards.push((
+                shard.shard_id().to_owned(),
+                range.starting_hash_key().parse().expect("hash key"),
+                range.ending_hash_key().parse().expect("hash key"),
+            ));
         }
     }
     shards.sort_by_key(|s| s.1);
@@ -171,20 +180,11 @@ pub struct RawRecord {
 /// # Panics
 /// If Kinesis refuses a call.
 pub async fn read_raw_records(kinesis: &Client, stream: &str) -> Vec<RawRecord> {
-    let mut shard_ids = Vec::new();
-    let mut next_token: Option<String> = None;
-    loop {
-        let request = match &next_token {
-            Some(token) => kinesis.list_shards().next_token(token),
-            None => kinesis.list_shards().stream_name(stream),
-        };
-        let page = request.send().await.expect("list shards");
-        shard_ids.extend(page.shards().iter().map(|s| s.shard_id().to_owned()));
-        match page.next_token() {
-            Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
-            _ => break,
-        }
-    }
+    let shard_ids: Vec<String> = all_shards(kinesis, stream)
+        .await
+        .iter()
+        .map(|s| s.shard_id().to_owned())
+        .collect();
     let mut records = Vec::new();
     for shard_id in shard_ids {
         let mut iterator = kinesis

@@ -15,7 +15,7 @@ use crate::probe_fleet::{SharedBoard, Worker, check_complete_and_ordered, wait_f
 
 /// The Python with aws-kinesis-agg: `KCL_TEST_PYTHON` (set by
 /// `scripts/test.sh`), else the one `scripts/python-tools.sh` installs.
-pub(crate) fn python() -> String {
+fn python() -> String {
     std::env::var("KCL_TEST_PYTHON").unwrap_or_else(|_| {
         let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
         let output = Command::new(format!("{root}/scripts/python-tools.sh"))
@@ -74,23 +74,7 @@ fn run_aggregator(
             .collect::<Vec<_>>()
             .join(","),
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kpl_aggregate.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run kpl_aggregate.py");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(request.as_bytes())
-        .expect("write request");
-    let output = child.wait_with_output().expect("kpl_aggregate.py output");
-    assert!(output.status.success(), "kpl_aggregate.py failed");
-    String::from_utf8(output.stdout)
-        .expect("UTF-8")
+    run_script("kpl_aggregate.py", &request)
         .lines()
         .map(|line| Aggregate {
             pk: field(line, "pk").expect("pk"),
@@ -98,6 +82,27 @@ fn run_aggregator(
             data: hex(&field(line, "data_hex").expect("data")),
         })
         .collect()
+}
+
+/// Runs `scripts/<script>` with the tools' Python, `input` on its standard
+/// input; returns its standard output.
+pub(crate) fn run_script(script: &str, input: &str) -> String {
+    let path = format!("{}/../scripts/{script}", env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(python())
+        .arg(path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write the input");
+    let output = child.wait_with_output().expect("the script's output");
+    assert!(output.status.success(), "{script} failed");
+    String::from_utf8(output.stdout).expect("UTF-8")
 }
 
 /// A string field of a flat JSON object line (`None` if null or absent).

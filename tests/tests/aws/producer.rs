@@ -5,8 +5,6 @@
 //! reordering a key.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kcl_producer::memory::InMemorySink;
@@ -17,7 +15,7 @@ use kcl_tests::fault_proxy::{Fault, FaultProxy};
 use kcl_tests::stream::{RawRecord, create_stream, open_shards, read_raw_records, split_in_half};
 use kcl_tests::{LocalAws, unique_name};
 
-use crate::kpl::python;
+use crate::kpl::run_script;
 use crate::probe_fleet::{
     SharedBoard, Worker, check_complete_and_ordered, check_per_key_order, wait_for_records,
 };
@@ -92,23 +90,7 @@ fn deaggregate(records: &[RawRecord]) -> Vec<Unpacked> {
         );
         input.push('\n');
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kpl_deaggregate.py");
-    let mut child = Command::new(python())
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run kpl_deaggregate.py");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write records");
-    let output = child.wait_with_output().expect("kpl_deaggregate.py output");
-    assert!(output.status.success(), "kpl_deaggregate.py failed");
-    String::from_utf8(output.stdout)
-        .expect("UTF-8")
+    run_script("kpl_deaggregate.py", &input)
         .lines()
         .map(|line| {
             let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
