@@ -49,8 +49,8 @@ struct Lane {
     key: Option<String>,
     records: VecDeque<Pending>,
     state: LaneState,
-    /// Bytes of its records put back for a retry, until it is ready again.
-    parked_bytes: usize,
+    /// Bytes (data and partition keys) of its records.
+    bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,12 +128,10 @@ pub struct Batcher {
     parked: BinaryHeap<Reverse<(Instant, LaneId)>>,
     misplaced: Vec<Misplaced>,
     next_lane: LaneId,
-    /// Records not in flight, and their bytes.
-    queued_records: usize,
-    queued_bytes: usize,
-    /// Of those bytes, the ones waiting for a retry time: they do not make
-    /// a call due (under throttling, calls would only shrink).
-    parked_bytes: usize,
+    /// Bytes of the records of ready lanes: what the next call can take
+    /// from (records behind a key in flight or waiting for a retry do not
+    /// make a call due).
+    ready_bytes: usize,
     /// Send everything ready now, without lingering.
     flushing: bool,
 }
@@ -161,9 +159,7 @@ impl Batcher {
             parked: BinaryHeap::new(),
             misplaced: Vec::new(),
             next_lane: 0,
-            queued_records: 0,
-            queued_bytes: 0,
-            parked_bytes: 0,
+            ready_bytes: 0,
             flushing: false,
         }
     }
@@ -196,17 +192,19 @@ impl Batcher {
                         key,
                         records: VecDeque::new(),
                         state: LaneState::Ready,
-                        parked_bytes: 0,
+                        bytes: 0,
                     },
                 );
                 self.ready.insert(id, lane);
                 lane
             }
         };
-        self.queued_records += 1;
-        self.queued_bytes += record.size();
         let hash = record.hash_key();
         if let Some(lane) = self.lanes.get_mut(&lane_id) {
+            lane.bytes += record.size();
+            if lane.state == LaneState::Ready {
+                self.ready_bytes += record.size();
+            }
             lane.records.push_back(Pending {
                 id,
                 record,
@@ -229,16 +227,21 @@ impl Batcher {
             if let Some(lane) = self.lanes.get_mut(&lane_id)
                 && lane.state == LaneState::Parked(until)
             {
-                self.parked_bytes -= std::mem::take(&mut lane.parked_bytes);
-                Self::make_ready(&mut self.ready, lane_id, lane);
+                Self::make_ready(&mut self.ready, &mut self.ready_bytes, lane_id, lane);
             }
         }
     }
 
-    fn make_ready(ready: &mut BTreeMap<RecordId, LaneId>, lane_id: LaneId, lane: &mut Lane) {
+    fn make_ready(
+        ready: &mut BTreeMap<RecordId, LaneId>,
+        ready_bytes: &mut usize,
+        lane_id: LaneId,
+        lane: &mut Lane,
+    ) {
         if let Some(front) = lane.records.front() {
             lane.state = LaneState::Ready;
             ready.insert(front.id, lane_id);
+            *ready_bytes += lane.bytes;
         }
     }
 
@@ -256,7 +259,7 @@ impl Batcher {
         };
         self.flushing
             || oldest.enqueued + self.linger <= now
-            || self.queued_bytes.saturating_sub(self.parked_bytes) >= self.max_bytes
+            || self.ready_bytes >= self.max_bytes
             || (self.aggregation.is_none() && self.ready.len() >= self.max_entries)
     }
 
@@ -290,6 +293,7 @@ impl Batcher {
                 self.ready.remove(&front);
                 continue;
             };
+            let bytes = lane.bytes;
             let taken = call.take_from(
                 lane,
                 self.aggregation,
@@ -301,16 +305,10 @@ impl Batcher {
                 break;
             }
             self.ready.remove(&front);
+            self.ready_bytes -= bytes;
             lane.state = LaneState::InFlight;
-            self.queued_records -= taken;
         }
         let batch = call.finish();
-        self.queued_bytes -= batch
-            .entries
-            .iter()
-            .flat_map(|e| &e.members)
-            .map(|m| m.record.size())
-            .sum::<usize>();
         (!batch.puts.is_empty()).then_some(batch)
     }
 
@@ -507,10 +505,7 @@ impl Batcher {
         } else {
             lane.state = LaneState::Parked(not_before);
         }
-        self.queued_records += 1;
-        self.queued_bytes += member.record.size();
-        self.parked_bytes += member.record.size();
-        lane.parked_bytes += member.record.size();
+        lane.bytes += member.record.size();
         lane.records.push_front(member);
     }
 
@@ -540,7 +535,7 @@ impl Batcher {
                     }
                     self.lanes.remove(&lane_id);
                 }
-                _ => Self::make_ready(&mut self.ready, lane_id, lane),
+                _ => Self::make_ready(&mut self.ready, &mut self.ready_bytes, lane_id, lane),
             }
         }
     }
@@ -615,6 +610,7 @@ impl CallBuilder {
                 let Some(member) = lane.records.pop_front() else {
                     return taken;
                 };
+                lane.bytes -= member.record.size();
                 self.bytes += member.record.size();
                 let put = PutEntry {
                     partition_key: member.record.partition_key.clone(),
@@ -671,6 +667,7 @@ impl CallBuilder {
             let Some(member) = lane.records.pop_front() else {
                 return taken;
             };
+            lane.bytes -= member.record.size();
             let open = &mut self.aggregates[index];
             let before = open.size();
             open.builder.push(
@@ -807,7 +804,35 @@ mod tests {
             now += Duration::from_millis(1);
         }
         assert_eq!(settled.len(), count, "every record settled once");
+        assert_eq!(batcher.ready_bytes, 0);
         settled
+    }
+
+    #[test]
+    fn records_behind_a_key_in_flight_do_not_cut_the_linger_of_others() {
+        let config = ProducerConfig {
+            linger: Duration::from_secs(1),
+            max_bytes_per_call: crate::MAX_RECORD_BYTES,
+            ..Default::default()
+        };
+        let mut batcher = Batcher::new(&config, "s".into());
+        let t0 = Instant::now();
+        batcher.push(0, UserRecord::new("hot", "first"), t0);
+        let first = batcher.next_batch(t0 + config.linger, None).expect("due");
+        assert_eq!(first.records(), 1);
+        // Over a call's worth waits behind "hot", which is in flight.
+        let now = t0 + config.linger;
+        batcher.push(1, UserRecord::new("hot", vec![0u8; 600 * 1024]), now);
+        batcher.push(2, UserRecord::new("hot", vec![0u8; 600 * 1024]), now);
+        batcher.push(3, UserRecord::new("cold", "x"), now);
+        assert!(
+            batcher.next_batch(now, None).is_none(),
+            "the cold record lingers: nothing else can go with it"
+        );
+        let later = batcher
+            .next_batch(now + config.linger, None)
+            .expect("lingered");
+        assert_eq!(later.records(), 1);
     }
 
     #[test]

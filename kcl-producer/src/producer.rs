@@ -314,6 +314,8 @@ impl MapState {
                 self.not_before = Some(now + MAP_LOAD_SPACING);
             }
             Err(error) => {
+                // A map known to be stale is worse than none.
+                self.map = None;
                 let delay = self.backoff.next_delay().unwrap_or(Duration::from_secs(10));
                 warn!(
                     %error,
@@ -419,6 +421,13 @@ impl<S: Sink> Task<S> {
                         self.map.wanted = true;
                     } else if let (true, Some(map)) = (ok, self.map.map.as_ref()) {
                         let done = self.batcher.settle_misplaced(map, now);
+                        self.settle(done, &mut replies, &stream);
+                    } else if !ok {
+                        // No map to tell which records of a misplaced
+                        // aggregate are where they belong: send them all
+                        // again, unaggregated (some may then be in the
+                        // stream twice).
+                        let done = self.batcher.settle_misplaced(&ShardMap::default(), now);
                         self.settle(done, &mut replies, &stream);
                     }
                 }

@@ -615,3 +615,28 @@ async fn written_retried_and_failed_records_and_the_buffer_are_measured() {
         ) >= 1.0
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn misplaced_records_are_sent_again_when_the_map_cannot_be_reloaded() {
+    let sink = sink(1);
+    let producer = producer(&sink, aggregating());
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    sink.hold();
+    let sent = rounds(100, 1);
+    let deliveries = enqueue_all(&producer, sent.clone()).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sink.split_shard(STREAM, "shardId-000000000000");
+    sink.fail_listings(
+        PutError::retryable("LimitExceededException", "injected"),
+        100_000,
+    );
+    sink.release();
+    let closed = tokio::time::timeout(Duration::from_secs(3600), producer.close()).await;
+    assert!(closed.is_ok(), "close waited an hour for a shard map");
+    written(deliveries).await;
+    let data = stream_data(&sink);
+    for record in &sent {
+        let value = String::from_utf8(record.data.to_vec()).unwrap();
+        assert!(data.contains(&value), "{value} is lost");
+    }
+}

@@ -52,17 +52,23 @@ impl DeadLetter {
     }
 }
 
+/// The partition key of a dead letter whose own key Kinesis refuses. An
+/// aggregate's framing takes more bytes than this key, so a user record's
+/// data fits beside it in 1 MiB.
+pub const REPLACEMENT_KEY: &str = "dead-letter";
+
 /// The record written for `record`: its partition key, explicit hash key
 /// and data. A user record unpacked from another producer's aggregate may
 /// carry a partition key Kinesis refuses (empty, or over 256 characters):
-/// it goes under its sequence number instead, so that it can be written at
-/// all. An explicit hash key that is not a number is left out.
+/// it goes under the key [`REPLACEMENT_KEY`] instead, short enough that
+/// its data always fits beside it. An explicit hash key that is not a
+/// number is left out.
 fn dead_letter_of(record: &Record) -> UserRecord {
     let chars = record.partition_key.chars().count();
     let key = if (1..=MAX_PARTITION_KEY_CHARS).contains(&chars) {
         record.partition_key.clone()
     } else {
-        record.sequence_number.as_str().to_owned()
+        REPLACEMENT_KEY.to_owned()
     };
     let mut user = UserRecord::new(key, record.data.clone());
     user.explicit_hash_key = record
@@ -107,8 +113,14 @@ mod tests {
         for bad in ["".to_owned(), "x".repeat(257)] {
             let written = dead_letter_of(&record(&bad, Some("not a number")));
             assert!(written.validate().is_ok(), "{bad:?}");
-            assert!(written.partition_key.starts_with("4959"));
+            assert_eq!(written.partition_key, REPLACEMENT_KEY);
             assert_eq!(written.explicit_hash_key, None);
         }
+        // The largest data a user record can have inside a 1 MiB aggregate
+        // (magic bytes, digest, a one-byte outer key, the entry's framing)
+        // still fits with the replacement key.
+        let mut largest = record("", None);
+        largest.data = Bytes::from(vec![0u8; kcl_producer::MAX_RECORD_BYTES - 4 - 16 - 1 - 8]);
+        assert!(dead_letter_of(&largest).validate().is_ok());
     }
 }

@@ -610,8 +610,9 @@ impl ShardConsumer {
 
     /// Writes a batch's records to the dead-letter stream, sending the
     /// ones that failed again after a backoff until every one is written.
-    /// Returns an event if the consumer must stop first (the batch then
-    /// stays unprocessed, for the next owner).
+    /// Returns an event if the consumer must stop first (lease lost,
+    /// deadline passed or shutdown requested): the batch then stays
+    /// unprocessed, for the next owner.
     async fn dead_letter(
         &mut self,
         destination: &DeadLetter,
@@ -620,9 +621,12 @@ impl ShardConsumer {
         let mut pending: Vec<&crate::Record> = records.iter().collect();
         let mut retries = unlimited(&self.context.retry_policy.backoff());
         loop {
+            // A stop leaves the batch unprocessed (and not checkpointed):
+            // its next owner delivers it again.
             let outcomes = tokio::select! {
                 biased;
-                () = must_stop(&mut self.signals, &self.start.deadline) => return Some(ConsumerEvent::LeaseLost),
+                () = self.start.deadline.passed() => return Some(ConsumerEvent::LeaseLost),
+                event = stop_signal(&mut self.signals) => return Some(event),
                 outcomes = destination.write(&pending) => outcomes,
             };
             let (failed, errors): (Vec<_>, Vec<_>) = pending

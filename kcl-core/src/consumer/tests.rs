@@ -444,6 +444,47 @@ async fn a_dead_letter_policy_moves_past_a_batch_only_once_its_records_are_writt
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_shutdown_while_dead_letters_are_written_leaves_the_batch_unprocessed() {
+    use kcl_producer::memory::InMemorySink;
+    use kcl_producer::{Producer, ProducerConfig};
+
+    let mut fixture = Fixture::new(9).await;
+    let sink = InMemorySink::new();
+    sink.create_stream("dead-letters", 1);
+    sink.hold();
+    let producer = Producer::new(sink.clone(), "dead-letters", ProducerConfig::default()).unwrap();
+    fixture.policy = ProcessorRetryPolicy::DeadLetterAfter {
+        attempts: 2,
+        backoff: BackoffConfig::default(),
+        destination: DeadLetter::new(producer),
+    };
+    fixture
+        .journal
+        .lock()
+        .unwrap()
+        .fail
+        .insert("r4".into(), u32::MAX);
+    let (consumer, signal, context) = fixture.consumer().await;
+    let task = tokio::spawn(consumer.run());
+    // Long after the second failure: the dead letters are being written
+    // (the stream holds every call).
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(fixture.processed(), ["r0", "r1", "r2"]);
+    signal.send_replace(ConsumerSignal::ShutdownRequested);
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the shutdown does not wait for the dead-letter stream")
+        .unwrap();
+    let processed = fixture.journal.lock().unwrap().processed.clone();
+    assert_eq!(
+        fixture.lease().await.checkpoint,
+        processed[2].position(),
+        "checkpointed before the batch, which its next owner gets again"
+    );
+    assert_eq!(context.stats.snapshot().batches_dead_lettered, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_expired_iterator_is_replaced_without_gap_or_duplicate() {
     let fixture = Fixture::new(12).await;
     let (consumer, signal, _) = fixture.consumer().await;
