@@ -319,6 +319,34 @@ async fn send_waits_while_the_buffer_is_full() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn send_waits_while_the_buffered_bytes_are_at_their_bound() {
+    let sink = sink(1);
+    sink.hold();
+    let bound = crate::MAX_RECORD_BYTES + 4 * crate::MAX_PARTITION_KEY_CHARS;
+    let producer = producer(
+        &sink,
+        ProducerConfig {
+            max_buffered_bytes: bound,
+            ..Default::default()
+        },
+    );
+    let first = producer
+        .enqueue(UserRecord::new("a", vec![0u8; 600 * 1024]))
+        .await
+        .unwrap();
+    let second = producer.enqueue(UserRecord::new("b", vec![0u8; 600 * 1024]));
+    tokio::pin!(second);
+    tokio::select! {
+        _ = &mut second => panic!("1.2 MB went into a buffer bounded at {bound} bytes"),
+        () = tokio::time::sleep(Duration::from_secs(60)) => {}
+    }
+    sink.release();
+    let second = second.await.expect("taken once there is room");
+    first.await.expect("written");
+    second.await.expect("written");
+}
+
+#[tokio::test(start_paused = true)]
 async fn close_writes_everything_pending_and_refuses_more() {
     let sink = sink(2);
     sink.hold();

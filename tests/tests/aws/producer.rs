@@ -288,3 +288,23 @@ async fn throttled_and_failed_calls_are_retried_and_close_writes_everything() {
     }
     assert_eq!(seen.len(), records.len(), "none lost");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_attempt_is_the_producers_own_not_the_sdks() {
+    let aws = LocalAws::connect();
+    let stream = unique_name("produce-attempts");
+    create_stream(&aws.kinesis(), &stream, 1).await;
+    let proxy = FaultProxy::start(&aws.kinesis_endpoint).await;
+    let mut through = aws.clone();
+    through.kinesis_endpoint = proxy.endpoint();
+    // A client with the SDK's standard retries (as aws-config gives).
+    let client = through.kinesis();
+    let producer = Producer::from_client(&client, &stream, ProducerConfig::default()).unwrap();
+    proxy.set_once(Fault::Throttle);
+    let written = producer.send(UserRecord::new("k", "x")).await.unwrap();
+    producer.close().await;
+    // Had the SDK retried the throttled call itself, the producer would
+    // have seen one attempt.
+    assert_eq!(written.attempts, 2);
+    assert_eq!(proxy.requests()[&("PutRecords".to_owned(), "throttled")], 1);
+}
