@@ -96,11 +96,21 @@ impl Batch {
 pub struct Completion {
     /// Records written or failed for good, by id.
     pub settled: Vec<(RecordId, Result<Written, SendError>)>,
-    /// Records to be sent again, by error code.
-    pub retried: Vec<String>,
+    /// Records to be sent again, counted by error code.
+    pub retried: Vec<(String, u64)>,
     /// An aggregate landed on another shard than the map said: the map is
     /// stale, and the aggregate's records wait for a fresh one.
     pub map_stale: bool,
+}
+
+impl Completion {
+    /// One more record to be sent again for `code`.
+    fn count_retry(&mut self, code: &str) {
+        match self.retried.iter_mut().find(|(c, _)| c == code) {
+            Some((_, count)) => *count += 1,
+            None => self.retried.push((code.to_owned(), 1)),
+        }
+    }
 }
 
 /// An aggregate that landed on a shard the map did not expect.
@@ -450,7 +460,7 @@ impl Batcher {
                 }
             }
             for member in again.into_iter().rev() {
-                done.retried.push("WrongShard".into());
+                done.count_retry("WrongShard");
                 self.requeue(member, now);
             }
         }
@@ -489,7 +499,7 @@ impl Batcher {
                     .backoff
                     .delay_before_retry(member.attempts, &mut self.rng)
             });
-            done.retried.push(code.to_owned());
+            done.count_retry(code);
             self.requeue(member, at);
         }
     }
@@ -539,6 +549,25 @@ impl Batcher {
             }
         }
     }
+}
+
+/// A record sent as a Kinesis record of its own.
+fn plain_entry(record: &UserRecord) -> PutEntry {
+    PutEntry {
+        partition_key: record.partition_key.clone(),
+        explicit_hash_key: record.explicit_hash_key,
+        data: record.data.clone(),
+    }
+}
+
+/// The size of an aggregate holding only `record`, with the key it is put
+/// with.
+fn aggregate_of_one(record: &UserRecord) -> usize {
+    AggregateBuilder::new().encoded_len_with(
+        &record.partition_key,
+        record.explicit_hash_key,
+        record.data.len(),
+    ) + record.partition_key.len()
 }
 
 /// The entries of one call as they are filled.
@@ -592,13 +621,7 @@ impl CallBuilder {
                 _ => None,
             };
             let (agg_max_bytes, agg_max_records) = aggregation.unwrap_or((0, 0));
-            let alone_fits = shard.is_some()
-                && AggregateBuilder::new().encoded_len_with(
-                    &record.partition_key,
-                    record.explicit_hash_key,
-                    record.data.len(),
-                ) + record.partition_key.len()
-                    <= agg_max_bytes;
+            let alone_fits = shard.is_some() && aggregate_of_one(record) <= agg_max_bytes;
             let Some(shard) = shard.filter(|_| alone_fits) else {
                 // A plain record: only as the lane's first in this call.
                 if taken > 0
@@ -612,12 +635,7 @@ impl CallBuilder {
                 };
                 lane.bytes -= member.record.size();
                 self.bytes += member.record.size();
-                let put = PutEntry {
-                    partition_key: member.record.partition_key.clone(),
-                    explicit_hash_key: member.record.explicit_hash_key,
-                    data: member.record.data.clone(),
-                };
-                self.plain.push((put, member));
+                self.plain.push((plain_entry(&member.record), member));
                 return 1;
             };
             // Into the shard's open aggregate if it fits, else (only as the
@@ -641,11 +659,7 @@ impl CallBuilder {
                 Some(index) => index,
                 None if taken > 0 => return taken,
                 None => {
-                    let size = AggregateBuilder::new().encoded_len_with(
-                        &record.partition_key,
-                        record.explicit_hash_key,
-                        record.data.len(),
-                    ) + record.partition_key.len();
+                    let size = aggregate_of_one(record);
                     if self.entries() >= max_entries || self.bytes + size > max_bytes {
                         return taken;
                     }
@@ -694,12 +708,7 @@ impl CallBuilder {
             if aggregate.members.len() == 1 {
                 let mut members = aggregate.members;
                 let member = members.remove(0);
-                let put = PutEntry {
-                    partition_key: member.record.partition_key.clone(),
-                    explicit_hash_key: member.record.explicit_hash_key,
-                    data: member.record.data.clone(),
-                };
-                plain.push((put, member));
+                plain.push((plain_entry(&member.record), member));
             } else {
                 aggregates.push(aggregate);
             }

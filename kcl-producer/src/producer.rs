@@ -419,15 +419,14 @@ impl<S: Sink> Task<S> {
                     if marks != self.map.stale_marks {
                         // Found stale again while this load was under way.
                         self.map.wanted = true;
-                    } else if let (true, Some(map)) = (ok, self.map.map.as_ref()) {
+                    } else {
+                        // After a failed load there is no map (a stale one
+                        // is dropped): nothing tells which records of a
+                        // misplaced aggregate are where they belong, so all
+                        // go again, unaggregated (some then twice).
+                        let none = ShardMap::default();
+                        let map = self.map.map.as_ref().unwrap_or(&none);
                         let done = self.batcher.settle_misplaced(map, now);
-                        self.settle(done, &mut replies, &stream);
-                    } else if !ok {
-                        // No map to tell which records of a misplaced
-                        // aggregate are where they belong: send them all
-                        // again, unaggregated (some may then be in the
-                        // stream twice).
-                        let done = self.batcher.settle_misplaced(&ShardMap::default(), now);
                         self.settle(done, &mut replies, &stream);
                     }
                 }
@@ -535,17 +534,10 @@ impl<S: Sink> Task<S> {
             ::metrics::counter!(metrics::BYTES_WRITTEN, "stream" => stream.to_owned())
                 .increment(bytes);
         }
-        if !done.retried.is_empty() {
-            debug!(
-                records = done.retried.len(),
-                reason = %done.retried[0],
-                "records will be sent again"
-            );
-            for reason in done.retried {
-                ::metrics::counter!(metrics::RETRIES, "stream" => stream.to_owned(),
-                    "reason" => reason)
-                .increment(1);
-            }
+        for (reason, records) in done.retried {
+            debug!(records, %reason, "records will be sent again");
+            ::metrics::counter!(metrics::RETRIES, "stream" => stream.to_owned(), "reason" => reason)
+                .increment(records);
         }
         if done.map_stale {
             info!("an aggregate landed on another shard than the map said; reloading the map");

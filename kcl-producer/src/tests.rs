@@ -418,6 +418,16 @@ fn check_deliveries(
     }
 }
 
+/// The open shards' hash key ranges, by shard id.
+async fn open_ranges(sink: &InMemorySink) -> HashMap<String, (u128, u128)> {
+    crate::sink::Sink::open_shards(sink, STREAM)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.shard_id, (s.start, s.end)))
+        .collect()
+}
+
 #[tokio::test(start_paused = true)]
 async fn aggregation_packs_records_per_shard() {
     let sink = sink(4);
@@ -426,11 +436,7 @@ async fn aggregation_packs_records_per_shard() {
         .map(|n| UserRecord::new(format!("key-{}", n % 100), format!("{n:0100}")))
         .collect();
     let results = written(enqueue_all(&producer, sent.clone()).await).await;
-    let shards = crate::sink::Sink::open_shards(&sink, STREAM).await.unwrap();
-    let ranges: HashMap<String, (u128, u128)> = shards
-        .iter()
-        .map(|s| (s.shard_id.clone(), (s.start, s.end)))
-        .collect();
+    let ranges = open_ranges(&sink).await;
     check_deliveries(&sink, &sent, &results, &ranges);
     let stored = sink.records(STREAM);
     // About 210 KB of records in 50 KiB aggregates, per shard: a handful
@@ -455,12 +461,7 @@ async fn after_a_split_misplaced_records_are_sent_again_to_their_new_shard() {
         .map(|n| UserRecord::new(format!("key-{}", n % 50), format!("a{n}")))
         .collect();
     let mut results = written(enqueue_all(&producer, before.clone()).await).await;
-    let mut ranges: HashMap<String, (u128, u128)> = crate::sink::Sink::open_shards(&sink, STREAM)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|s| (s.shard_id, (s.start, s.end)))
-        .collect();
+    let mut ranges = open_ranges(&sink).await;
     let lists = sink.list_calls();
     // The producer's map still has shard 0: its aggregates for it land on
     // one child, with records of both children inside.
@@ -470,9 +471,7 @@ async fn after_a_split_misplaced_records_are_sent_again_to_their_new_shard() {
         .collect();
     results.extend(written(enqueue_all(&producer, after.clone()).await).await);
     assert!(sink.list_calls() > lists, "the map was loaded again");
-    for shard in crate::sink::Sink::open_shards(&sink, STREAM).await.unwrap() {
-        ranges.insert(shard.shard_id, (shard.start, shard.end));
-    }
+    ranges.extend(open_ranges(&sink).await);
     let sent: Vec<UserRecord> = before.into_iter().chain(after).collect();
     check_deliveries(&sink, &sent, &results, &ranges);
     // Some records of the misplaced aggregate were sent again (they are in

@@ -393,14 +393,13 @@ async fn a_policy_that_gives_up_skips_the_batch_visibly() {
     assert_eq!(stats.processor_retries, 1);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_dead_letter_policy_moves_past_a_batch_only_once_its_records_are_written_there() {
-    use kcl_producer::memory::InMemorySink;
+/// Nine records whose processor always fails on `r4` (the batch r3..r5),
+/// under a policy that dead-letters a batch after two attempts to the
+/// stream `dead-letters` of `sink`.
+async fn failing_r4_with_dead_letters(sink: &kcl_producer::memory::InMemorySink) -> Fixture {
     use kcl_producer::{Producer, ProducerConfig};
 
     let mut fixture = Fixture::new(9).await;
-    // The dead-letter stream does not exist yet: its writes fail.
-    let sink = InMemorySink::new();
     let producer = Producer::new(sink.clone(), "dead-letters", ProducerConfig::default()).unwrap();
     fixture.policy = ProcessorRetryPolicy::DeadLetterAfter {
         attempts: 2,
@@ -413,6 +412,14 @@ async fn a_dead_letter_policy_moves_past_a_batch_only_once_its_records_are_writt
         .unwrap()
         .fail
         .insert("r4".into(), u32::MAX);
+    fixture
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_policy_moves_past_a_batch_only_once_its_records_are_written_there() {
+    // The dead-letter stream does not exist yet: its writes fail.
+    let sink = kcl_producer::memory::InMemorySink::new();
+    let fixture = failing_r4_with_dead_letters(&sink).await;
     let (consumer, signal, context) = fixture.consumer().await;
     let task = tokio::spawn(consumer.run());
     while sink.put_calls() < 3 {
@@ -445,25 +452,10 @@ async fn a_dead_letter_policy_moves_past_a_batch_only_once_its_records_are_writt
 
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_while_dead_letters_are_written_leaves_the_batch_unprocessed() {
-    use kcl_producer::memory::InMemorySink;
-    use kcl_producer::{Producer, ProducerConfig};
-
-    let mut fixture = Fixture::new(9).await;
-    let sink = InMemorySink::new();
+    let sink = kcl_producer::memory::InMemorySink::new();
     sink.create_stream("dead-letters", 1);
     sink.hold();
-    let producer = Producer::new(sink.clone(), "dead-letters", ProducerConfig::default()).unwrap();
-    fixture.policy = ProcessorRetryPolicy::DeadLetterAfter {
-        attempts: 2,
-        backoff: BackoffConfig::default(),
-        destination: DeadLetter::new(producer),
-    };
-    fixture
-        .journal
-        .lock()
-        .unwrap()
-        .fail
-        .insert("r4".into(), u32::MAX);
+    let fixture = failing_r4_with_dead_letters(&sink).await;
     let (consumer, signal, context) = fixture.consumer().await;
     let task = tokio::spawn(consumer.run());
     // Long after the second failure: the dead letters are being written
